@@ -1,0 +1,46 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+// Vireo: a KVM virtual machine monitor, host daemon and disk-image toolkit in Swift.
+// Layering (lower never imports higher):
+//   CLinux -> VireoSupport -> {KVM, GuestMemory} -> {X86Boot, Devices} -> VMM -> VireoCLI -> vireo
+//   DiskImage stands alone (VireoSupport + CZlib) and is used by the VMM's virtio-blk and the CLI.
+let package = Package(
+    name: "Vireo",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "vireo", targets: ["vireo"]),
+        .library(name: "DiskImage", targets: ["DiskImage"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        // C shims: linux/kvm.h request numbers, offsetof helpers, tun/eventfd/userfaultfd.
+        .target(name: "CLinux"),
+        // zlib for qcow2 compressed clusters (Debian's zlib1g-dev).
+        .systemLibrary(name: "CZlib"),
+        // The probe guest: ring-0 setup + ring-3 workloads, assembled by the build's own clang.
+        .target(name: "CProbeGuest"),
+        .target(name: "VireoSupport", dependencies: ["CLinux"]),
+        .target(name: "KVM", dependencies: ["CLinux", "VireoSupport"]),
+        .target(name: "GuestMemory", dependencies: ["CLinux", "VireoSupport"]),
+        .target(name: "X86Boot", dependencies: ["VireoSupport"]),
+        .target(name: "Devices", dependencies: ["VireoSupport"]),
+        .target(name: "DiskImage", dependencies: ["VireoSupport", "CZlib"]),
+        .target(name: "VMM", dependencies: [
+            "CLinux", "VireoSupport", "KVM", "GuestMemory", "X86Boot", "Devices", "DiskImage", "CProbeGuest",
+        ]),
+        .target(name: "VireoCLI", dependencies: [
+            "VMM", "DiskImage", "KVM", "VireoSupport",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .executableTarget(name: "vireo", dependencies: ["VireoCLI"]),
+
+        .testTarget(name: "X86BootTests", dependencies: ["X86Boot", "VireoSupport"]),
+        .testTarget(name: "DevicesTests", dependencies: ["Devices", "VireoSupport"]),
+        .testTarget(name: "DiskImageTests", dependencies: ["DiskImage", "VireoSupport"]),
+        .testTarget(name: "KVMTests", dependencies: ["KVM", "GuestMemory", "VMM", "VireoSupport", "CProbeGuest"]),
+        .testTarget(name: "VMMTests", dependencies: ["VMM", "X86Boot", "VireoSupport"]),
+    ]
+)

@@ -1,0 +1,117 @@
+// C shims Swift cannot import directly: the _IO* request numbers of linux/kvm.h and
+// friends (function-like macros), offsetof() of kvm_run's exit union, and a few syscalls
+// without a glibc wrapper. Pure constants and thin inline wrappers; no state.
+#ifndef VIREO_CLINUX_H
+#define VIREO_CLINUX_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/eventfd.h>
+#include <sys/epoll.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <signal.h>
+#include <unistd.h>
+#include <linux/kvm.h>
+#include <linux/if_tun.h>
+#include <net/if.h>
+#include <linux/userfaultfd.h>
+
+// ---- /dev/kvm system ioctls
+static const unsigned long VIREO_KVM_GET_API_VERSION = KVM_GET_API_VERSION;
+static const unsigned long VIREO_KVM_CREATE_VM = KVM_CREATE_VM;
+static const unsigned long VIREO_KVM_CHECK_EXTENSION = KVM_CHECK_EXTENSION;
+static const unsigned long VIREO_KVM_GET_VCPU_MMAP_SIZE = KVM_GET_VCPU_MMAP_SIZE;
+static const unsigned long VIREO_KVM_GET_SUPPORTED_CPUID = KVM_GET_SUPPORTED_CPUID;
+static const unsigned long VIREO_KVM_GET_MSR_INDEX_LIST = KVM_GET_MSR_INDEX_LIST;
+
+// ---- VM ioctls
+static const unsigned long VIREO_KVM_CREATE_VCPU = KVM_CREATE_VCPU;
+static const unsigned long VIREO_KVM_SET_USER_MEMORY_REGION = KVM_SET_USER_MEMORY_REGION;
+static const unsigned long VIREO_KVM_SET_TSS_ADDR = KVM_SET_TSS_ADDR;
+static const unsigned long VIREO_KVM_SET_IDENTITY_MAP_ADDR = KVM_SET_IDENTITY_MAP_ADDR;
+static const unsigned long VIREO_KVM_CREATE_IRQCHIP = KVM_CREATE_IRQCHIP;
+static const unsigned long VIREO_KVM_CREATE_PIT2 = KVM_CREATE_PIT2;
+static const unsigned long VIREO_KVM_IRQ_LINE = KVM_IRQ_LINE;
+static const unsigned long VIREO_KVM_IRQFD = KVM_IRQFD;
+static const unsigned long VIREO_KVM_IOEVENTFD = KVM_IOEVENTFD;
+static const unsigned long VIREO_KVM_SET_GSI_ROUTING = KVM_SET_GSI_ROUTING;
+static const unsigned long VIREO_KVM_SIGNAL_MSI = KVM_SIGNAL_MSI;
+static const unsigned long VIREO_KVM_GET_DIRTY_LOG = KVM_GET_DIRTY_LOG;
+static const unsigned long VIREO_KVM_ENABLE_CAP = KVM_ENABLE_CAP;
+static const unsigned long VIREO_KVM_SET_CLOCK = KVM_SET_CLOCK;
+static const unsigned long VIREO_KVM_GET_CLOCK = KVM_GET_CLOCK;
+static const unsigned long VIREO_KVM_GET_IRQCHIP = KVM_GET_IRQCHIP;
+static const unsigned long VIREO_KVM_SET_IRQCHIP = KVM_SET_IRQCHIP;
+
+// ---- vCPU ioctls
+static const unsigned long VIREO_KVM_RUN = KVM_RUN;
+static const unsigned long VIREO_KVM_GET_REGS = KVM_GET_REGS;
+static const unsigned long VIREO_KVM_SET_REGS = KVM_SET_REGS;
+static const unsigned long VIREO_KVM_GET_SREGS = KVM_GET_SREGS;
+static const unsigned long VIREO_KVM_SET_SREGS = KVM_SET_SREGS;
+static const unsigned long VIREO_KVM_GET_FPU = KVM_GET_FPU;
+static const unsigned long VIREO_KVM_SET_FPU = KVM_SET_FPU;
+static const unsigned long VIREO_KVM_SET_CPUID2 = KVM_SET_CPUID2;
+static const unsigned long VIREO_KVM_GET_MSRS = KVM_GET_MSRS;
+static const unsigned long VIREO_KVM_SET_MSRS = KVM_SET_MSRS;
+static const unsigned long VIREO_KVM_GET_LAPIC = KVM_GET_LAPIC;
+static const unsigned long VIREO_KVM_SET_LAPIC = KVM_SET_LAPIC;
+static const unsigned long VIREO_KVM_GET_MP_STATE = KVM_GET_MP_STATE;
+static const unsigned long VIREO_KVM_SET_MP_STATE = KVM_SET_MP_STATE;
+static const unsigned long VIREO_KVM_GET_VCPU_EVENTS = KVM_GET_VCPU_EVENTS;
+static const unsigned long VIREO_KVM_SET_VCPU_EVENTS = KVM_SET_VCPU_EVENTS;
+static const unsigned long VIREO_KVM_SET_SIGNAL_MASK = KVM_SET_SIGNAL_MASK;
+
+// ---- TUN
+static const unsigned long VIREO_TUNSETIFF = TUNSETIFF;
+static const unsigned long VIREO_TUNSETOFFLOAD = TUNSETOFFLOAD;
+static const unsigned long VIREO_TUNSETVNETHDRSZ = TUNSETVNETHDRSZ;
+static const unsigned long VIREO_TUNGETFEATURES = TUNGETFEATURES;
+
+// ---- ioctl with an int or pointer argument (Swift cannot call variadic ioctl).
+static inline int vireo_ioctl(int fd, unsigned long request, unsigned long arg) {
+    return ioctl(fd, request, arg);
+}
+static inline int vireo_ioctl_ptr(int fd, unsigned long request, void *arg) {
+    return ioctl(fd, request, arg);
+}
+
+// ---- kvm_run exit-union field offsets (the union imports as computed properties).
+static inline size_t vireo_kvm_run_io_offset(void) { return offsetof(struct kvm_run, io); }
+static inline size_t vireo_kvm_run_mmio_offset(void) { return offsetof(struct kvm_run, mmio); }
+static inline size_t vireo_kvm_run_mmio_data_offset(void) { return offsetof(struct kvm_run, mmio.data); }
+
+// ---- kvm_cpuid2 / kvm_msrs carry flexible arrays: size helpers for allocation.
+static inline size_t vireo_kvm_cpuid2_size(uint32_t n) {
+    return sizeof(struct kvm_cpuid2) + (size_t)n * sizeof(struct kvm_cpuid_entry2);
+}
+static inline size_t vireo_kvm_msrs_size(uint32_t n) {
+    return sizeof(struct kvm_msrs) + (size_t)n * sizeof(struct kvm_msr_entry);
+}
+static inline size_t vireo_kvm_msr_list_size(uint32_t n) {
+    return sizeof(struct kvm_msr_list) + (size_t)n * sizeof(uint32_t);
+}
+static inline size_t vireo_kvm_irq_routing_size(uint32_t n) {
+    return sizeof(struct kvm_irq_routing) + (size_t)n * sizeof(struct kvm_irq_routing_entry);
+}
+
+// ---- syscalls without glibc wrappers
+static inline int vireo_userfaultfd(int flags) { return (int)syscall(SYS_userfaultfd, flags); }
+static inline int vireo_memfd_create(const char *name, unsigned int flags) {
+    return (int)syscall(SYS_memfd_create, name, flags);
+}
+
+// Signal helpers: Swift cannot use sigaction's union member or SIG_* casts portably.
+typedef void (*vireo_signal_handler_t)(int);
+static inline int vireo_install_handler(int signo, vireo_signal_handler_t h) {
+    struct sigaction sa;
+    sa.sa_handler = h;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = 0;   // no SA_RESTART: a blocked KVM_RUN must return EINTR on a kick
+    return sigaction(signo, &sa, NULL);
+}
+
+#endif

@@ -1,0 +1,1 @@
+int vireo_probe_placeholder;

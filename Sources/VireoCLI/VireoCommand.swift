@@ -1,0 +1,9 @@
+import ArgumentParser
+
+public struct VireoCommand: ParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "vireo",
+        abstract: "Vireo: a KVM virtual machine monitor and virtualization toolkit.",
+        subcommands: [DiskCommand.self])
+    public init() {}
+}

@@ -1,0 +1,2 @@
+import VireoCLI
+VireoCommand.main()
