@@ -8,6 +8,8 @@
 #include <stdint.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <linux/memfd.h>
+static const unsigned int VIREO_MFD_CLOEXEC = MFD_CLOEXEC;
 #include <sys/eventfd.h>
 #include <sys/epoll.h>
 #include <sys/syscall.h>
