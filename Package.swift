@@ -26,10 +26,12 @@ let package = Package(
         .target(name: "KVM", dependencies: ["CLinux", "VireoSupport"]),
         .target(name: "GuestMemory", dependencies: ["CLinux", "VireoSupport"]),
         .target(name: "X86Boot", dependencies: ["VireoSupport"]),
-        .target(name: "Devices", dependencies: ["VireoSupport"]),
+        .target(name: "Devices", dependencies: ["VireoSupport", "GuestMemory"]),
         .target(name: "DiskImage", dependencies: ["VireoSupport", "CZlib"]),
+        // PCI bus, virtio-pci transport, virtqueues and the virtio device back ends.
+        .target(name: "Virtio", dependencies: ["VireoSupport", "GuestMemory", "Devices", "DiskImage"]),
         .target(name: "VMM", dependencies: [
-            "CLinux", "VireoSupport", "KVM", "GuestMemory", "X86Boot", "Devices", "DiskImage", "CProbeGuest",
+            "CLinux", "VireoSupport", "KVM", "GuestMemory", "X86Boot", "Devices", "Virtio", "DiskImage", "CProbeGuest",
         ]),
         .target(name: "VireoCLI", dependencies: [
             "VMM", "DiskImage", "KVM", "VireoSupport",
@@ -39,6 +41,7 @@ let package = Package(
 
         .testTarget(name: "X86BootTests", dependencies: ["X86Boot", "VireoSupport"]),
         .testTarget(name: "DevicesTests", dependencies: ["Devices", "VireoSupport"]),
+        .testTarget(name: "VirtioTests", dependencies: ["Virtio", "Devices", "GuestMemory", "VireoSupport"]),
         .testTarget(name: "DiskImageTests", dependencies: ["DiskImage", "VireoSupport"]),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "GuestMemory", "VMM", "VireoSupport", "CProbeGuest"]),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "X86Boot", "VireoSupport"]),
