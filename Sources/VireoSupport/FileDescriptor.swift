@@ -49,13 +49,18 @@ extension OwnedFD {
         guard size <= limit else {
             throw VireoError(.outOfRange, "\(what) \(path) is \(ByteSize.format(size)), larger than the \(ByteSize.format(limit)) allowed")
         }
-        var bytes = [UInt8](repeating: 0, count: Int(size))
+        // /proc and /sys files report size 0: read those in chunks until end of file.
+        var bytes = [UInt8](repeating: 0, count: size > 0 ? Int(size) : 65536)
         var done = 0
-        while done < bytes.count {
+        while true {
+            if done == bytes.count {
+                guard size == 0, UInt64(bytes.count) < limit else { break }
+                bytes.append(contentsOf: repeatElement(0, count: min(bytes.count, Int(limit) - bytes.count)))
+            }
             let n = try bytes.withUnsafeMutableBytes { (buf) throws -> Int in
                 // SAFETY: the pointer and count stay inside `bytes`' buffer (done < count).
                 try retryingEINTR("cannot read \(what) \(path)") {
-                    pread(fd.rawValue, buf.baseAddress.map { $0 + done }, buf.count - done, off_t(done))
+                    read(fd.rawValue, buf.baseAddress.map { $0 + done }, buf.count - done)
                 }
             }
             if n == 0 { break }

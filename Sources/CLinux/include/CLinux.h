@@ -14,6 +14,11 @@ static const unsigned int VIREO_MFD_CLOEXEC = MFD_CLOEXEC;
 #include <sys/epoll.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
+#include <sys/signalfd.h>
+#include <sys/sysinfo.h>
+#include <poll.h>
+static const int VIREO_SFD_CLOEXEC = SFD_CLOEXEC;
+static const int VIREO_SFD_NONBLOCK = SFD_NONBLOCK;
 #include <signal.h>
 #include <unistd.h>
 #include <linux/kvm.h>
@@ -115,5 +120,9 @@ static inline int vireo_install_handler(int signo, vireo_signal_handler_t h) {
     sa.sa_flags = 0;   // no SA_RESTART: a blocked KVM_RUN must return EINTR on a kick
     return sigaction(signo, &sa, NULL);
 }
+
+#include <pthread.h>
+int vireo_set_thread_name(pthread_t thread, const char *name);
+int vireo_pipe_cloexec(int fds[2]);
 
 #endif

@@ -1,0 +1,76 @@
+/*
+ * The Vireo probe guest: a few hundred bytes of x86-64 guest code, assembled by the
+ * package's own toolchain and kept as data (never executed on the host).
+ *
+ * The VMM loads it at guest-physical PROBE_CODE (0x10000) and starts the vCPU in 64-bit
+ * mode at CPL 0 with paging on (identity map, user-accessible). The CPL 0 part is as small
+ * as possible (on PVM hosts CPL 0 is emulated): one marker exit, then iretq to CPL 3 with
+ * IOPL 3, where the workloads run natively.
+ *
+ * Inputs (set by the VMM in the initial registers):
+ *   rdi  workload: 0 = PIO exit loop, 1 = MMIO exit loop, 2 = dirty pages, 3 = compute
+ *   rsi  iterations (loops) or passes (dirty; 0 = forever)
+ *   rdx  MMIO address for workload 1
+ *   r8   start of the region to dirty, r9 its length (a multiple of 4096)
+ * Ports (the VMM's probe device):
+ *   0xF4 write: workload finished (the VMM stops the machine, exit status 0)
+ *   0xF5 write: marker (al = 1 first instruction, 2 end of a dirty pass)
+ *   0xF6 write: the PIO exit loop's port
+ */
+    .section .rodata.vireo_probe, "a"
+    .globl vireo_probe_code_start
+    .globl vireo_probe_code_end
+    .code64
+vireo_probe_code_start:
+    mov     $1, %al
+    out     %al, $0xF5                  /* first instruction: the VMM timestamps this exit */
+    pushq   $0x1b                       /* SS: user data, GDT index 3, RPL 3 */
+    pushq   $0x3F000                    /* user RSP */
+    pushq   $0x3002                     /* RFLAGS: IOPL 3, IF 0 */
+    pushq   $0x23                       /* CS: user code64, GDT index 4, RPL 3 */
+    lea     ring3(%rip), %rax
+    push    %rax
+    iretq
+ring3:
+    cmp     $0, %rdi
+    je      pio_loop
+    cmp     $1, %rdi
+    je      mmio_loop
+    cmp     $2, %rdi
+    je      dirty
+    cmp     $3, %rdi
+    je      compute
+    jmp     done
+pio_loop:
+    mov     $0xF6, %dx
+1:  out     %al, %dx
+    dec     %rsi
+    jnz     1b
+    jmp     done
+mmio_loop:
+    mov     %rdx, %rbx
+2:  movl    %eax, (%rbx)
+    dec     %rsi
+    jnz     2b
+    jmp     done
+dirty:
+3:  mov     %r8, %rbx
+    mov     %r9, %rcx
+4:  incq    (%rbx)
+    add     $4096, %rbx
+    sub     $4096, %rcx
+    ja      4b
+    mov     $2, %al
+    out     %al, $0xF5
+    dec     %rsi
+    jnz     3b
+    jmp     done
+compute:
+5:  dec     %rsi
+    jnz     5b
+done:
+    xor     %eax, %eax
+    out     %al, $0xF4
+    jmp     done
+vireo_probe_code_end:
+    .section .note.GNU-stack, "", @progbits

@@ -1,1 +1,0 @@
-int vireo_probe_placeholder;

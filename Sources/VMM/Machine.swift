@@ -1,0 +1,248 @@
+import CLinux
+import GuestMemory
+import KVM
+import VireoSupport
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One virtual machine: KVM VM, guest memory, vCPUs, devices, and the threads that run them.
+///
+/// Threads: one host thread per vCPU, blocked in KVM_RUN and handling its own exits; the
+/// thread that calls `run()` supervises (signals, console input, stop requests).
+/// State: Created -> Running -> Stopped; the first stop reason wins (`StopSignal`).
+public final class Machine: @unchecked Sendable {
+    public let config: MachineConfig
+    public let kvm: KVMSystem
+    public let vm: VirtualMachine
+    public let memory: GuestMemory
+    public let vcpus: [VCPU]
+    public let stats: [VCPUStats]
+    public let stop: StopSignal
+    var devices: ExitHandler
+    /// Receives bytes typed on the console (the UART's input), when there is a console.
+    var consoleInput: (@Sendable ([UInt8]) -> Void)?
+    /// Closed when the machine is dropped (console file, etc.).
+    var resources: [AnyObject] = []
+    private var reportedUnmapped = 0
+
+    /// For probe guests: when the first guest instruction ran (CLOCK_MONOTONIC ns).
+    public var probeFirstInstructionNanos: UInt64? {
+        guard let p = devices as? ProbeDevices else { return nil }
+        let t = p.firstInstructionNanos.load(ordering: .relaxed)
+        return t == 0 ? nil : t
+    }
+
+    public static let tssAddress: UInt64 = 0xFFFB_D000
+    public static let identityMapAddress: UInt64 = 0xFFFB_C000
+
+    /// Builds the machine; nothing runs until `run()`.
+    /// - Parameter onProbePass: for probe `dirty` workloads, called after each pass.
+    public init(config: MachineConfig, kvmPath: String = KVMSystem.defaultPath,
+                onProbePass: (@Sendable (UInt64) -> Void)? = nil) throws {
+        self.config = config
+        let kvm = try KVMSystem(path: kvmPath)
+        self.kvm = kvm
+        let maxCPUs = kvm.maxVCPUs
+        guard config.cpus >= 1, config.cpus <= min(maxCPUs, 254) else {
+            throw VireoError(.invalidArgument, "--cpus \(config.cpus) is out of range",
+                             hint: "this host's KVM allows 1 to \(min(maxCPUs, 254)) vCPUs per VM")
+        }
+        try Machine.validateMemorySize(config.memorySize)
+        stop = try StopSignal()
+        vm = try kvm.createVM()
+        try vm.setTSSAddress(Machine.tssAddress)
+        try vm.setIdentityMapAddress(Machine.identityMapAddress)
+
+        memory = try GuestMemory(layout: Machine.ramLayout(memorySize: config.memorySize), options: config.memoryOptions)
+        for (slot, region) in memory.regions.enumerated() {
+            try vm.setMemoryRegion(slot: UInt32(slot), guestAddress: region.guestBase, size: region.size, host: region.host)
+        }
+
+        var vcpus: [VCPU] = []
+        for id in 0..<config.cpus { vcpus.append(try vm.createVCPU(id: id)) }
+        self.vcpus = vcpus
+        stats = vcpus.map { _ in VCPUStats() }
+
+        switch config.boot {
+        case let .probe(workload):
+            try ProbeGuest.load(into: memory)
+            let supported = try kvm.supportedCPUID()
+            for vcpu in vcpus {
+                try vcpu.setCPUID(supported)
+                try ProbeGuest.setUp(vcpu, workload: workload, memorySize: config.memorySize)
+            }
+            let t0 = getenv("VIREO_BENCH_T0").flatMap { UInt64(String(cString: $0)) }
+            devices = ProbeDevices(stop: stop, mmioSink: ProbeWorkload.defaultMMIOAddress,
+                                   benchStartNanos: t0, onPass: onProbePass)
+        case .linux:
+            devices = UnclaimedDevices()
+            try setUpLinux()
+        }
+    }
+
+    /// The largest guest RAM we accept: what the host could plausibly back (RAM + swap, times
+    /// an overcommit factor of 4) and never past the 46-bit guest-physical space KVM maps.
+    static func validateMemorySize(_ size: UInt64) throws {
+        guard size > 0 else {
+            throw VireoError(.invalidArgument, "--memory must be larger than 0", hint: "give a size such as 512M or 2G")
+        }
+        guard size % 4096 == 0 else {
+            throw VireoError(.invalidArgument, "--memory \(size) is not a multiple of 4 KiB", hint: "give a size such as 512M or 2G")
+        }
+        guard size >= 4 << 20 else {
+            throw VireoError(.invalidArgument, "--memory \(ByteSize.format(size)) is too small", hint: "give at least 4M (Linux wants 64M or more)")
+        }
+        var info = sysinfo()
+        if sysinfo(&info) == 0 {
+            let unit = UInt64(max(1, info.mem_unit))
+            let host = (UInt64(info.totalram) &+ UInt64(info.totalswap)) &* unit
+            let limit = host &* 4
+            if size > limit {
+                throw VireoError(.outOfRange, "--memory \(ByteSize.format(size)) is more than this host can back (\(ByteSize.format(host)) of RAM and swap)",
+                                 hint: "give at most \(ByteSize.format(limit / (1 << 20) * (1 << 20))) (4x overcommit)")
+            }
+        }
+        guard size <= 1 << 46 else {
+            throw VireoError(.outOfRange, "--memory \(ByteSize.format(size)) exceeds the 64 TiB guest-physical limit")
+        }
+    }
+
+    /// Guest RAM below the 3-4 GiB MMIO hole and, past 3 GiB, above 4 GiB.
+    static func ramLayout(memorySize: UInt64) -> [(base: UInt64, size: UInt64)] {
+        let hole: UInt64 = 3 << 30
+        if memorySize <= hole { return [(0, memorySize)] }
+        return [(0, hole), (4 << 30, memorySize - hole)]
+    }
+
+    // MARK: - Running
+
+    /// Runs the machine until it stops; returns why. Blocks the calling thread.
+    public func run() -> MachineExit {
+        // SIGINT/SIGTERM are taken by this thread through a signalfd; block them everywhere
+        // (threads inherit the mask). SIGUSR1 only interrupts KVM_RUN on a vCPU thread.
+        var stopSignals = sigset_t()
+        sigemptyset(&stopSignals)
+        sigaddset(&stopSignals, SIGINT)
+        sigaddset(&stopSignals, SIGTERM)
+        var previousMask = sigset_t()
+        pthread_sigmask(SIG_BLOCK, &stopSignals, &previousMask)
+        defer { pthread_sigmask(SIG_SETMASK, &previousMask, nil) }
+        _ = vireo_install_handler(SIGUSR1, { _ in })
+        let sfd = signalfd(-1, &stopSignals, VIREO_SFD_CLOEXEC | VIREO_SFD_NONBLOCK)
+        defer { if sfd >= 0 { close(sfd) } }
+
+        var threads: [HostThread] = []
+        for (index, vcpu) in vcpus.enumerated() {
+            do {
+                let stats = stats[index]
+                threads.append(try HostThread(name: "vcpu\(index)") { [self] in
+                    self.vcpuLoop(vcpu: vcpu, index: index, stats: stats)
+                })
+            } catch {
+                stop.request(.failed("cannot start vCPU \(index): \(error)"))
+                break
+            }
+        }
+
+        supervise(signalFD: sfd)
+
+        for (i, t) in threads.enumerated() {
+            vcpus[i].setImmediateExit(true)
+            t.signal(SIGUSR1)
+        }
+        for t in threads { t.join() }
+        return stop.recorded ?? .failed("the machine stopped without a reason (a Vireo bug)")
+    }
+
+    /// Waits for a stop request, a signal, or console input.
+    private func supervise(signalFD: Int32) {
+        let stdinOpen = consoleInput != nil
+        var fds = [pollfd(fd: stop.eventFD, events: Int16(POLLIN), revents: 0),
+                   pollfd(fd: signalFD, events: Int16(POLLIN), revents: 0),
+                   pollfd(fd: stdinOpen ? 0 : -1, events: Int16(POLLIN), revents: 0)]
+        var buffer = [UInt8](repeating: 0, count: 256)
+        while !stop.isStopping {
+            let n = poll(&fds, nfds_t(fds.count), -1)
+            if n < 0 { if errno == EINTR { continue }; stop.request(.failed("poll failed: \(VireoError.strerror(errno))")); break }
+            if fds[1].revents & Int16(POLLIN) != 0 {
+                var info = signalfd_siginfo()
+                if read(signalFD, &info, MemoryLayout<signalfd_siginfo>.size) == MemoryLayout<signalfd_siginfo>.size {
+                    stop.request(.signal(Int32(info.ssi_signo)))
+                }
+            }
+            if fds[2].revents & Int16(POLLIN | POLLHUP) != 0 {
+                let got = buffer.withUnsafeMutableBytes { read(0, $0.baseAddress, $0.count) }
+                if got > 0 { consoleInput?(Array(buffer[0..<got])) } else { fds[2].fd = -1 }   // EOF: stop polling stdin
+            }
+        }
+    }
+
+    private func vcpuLoop(vcpu: VCPU, index: Int, stats: VCPUStats) {
+        let devices = self.devices
+        while !stop.isStopping {
+            let exit: VCPUExit
+            do { exit = try vcpu.run() } catch {
+                stop.request(.failed("\(error)"))
+                return
+            }
+            switch exit {
+            case let .io(io):
+                stats.pioExits.add(1, ordering: .relaxed)
+                if !devices.handlePortIO(io, vcpu: index), !io.isWrite {
+                    for i in io.data.indices { io.data[i] = 0xFF }
+                }
+            case let .mmio(mmio):
+                stats.mmioExits.add(1, ordering: .relaxed)
+                if !devices.handleMMIO(mmio, vcpu: index) {
+                    stats.unmappedAccesses.add(1, ordering: .relaxed)
+                    reportUnmapped(mmio, vcpu: index)
+                    if !mmio.isWrite { for i in mmio.data.indices { mmio.data[i] = 0xFF } }
+                }
+            case .interrupted:
+                continue
+            case .halt:
+                stats.otherExits.add(1, ordering: .relaxed)
+                // Without an in-kernel LAPIC a halted CPU with interrupts off never wakes.
+                stop.request(.failed("vCPU \(index) halted with no interrupt controller to wake it"))
+            case .shutdown:
+                stop.request(.reset("triple fault on vCPU \(index)"))
+            case let .systemEvent(type, _):
+                switch Int32(type) {
+                case KVM_SYSTEM_EVENT_SHUTDOWN: stop.request(.poweroff)
+                case KVM_SYSTEM_EVENT_RESET: stop.request(.reset("system reset event"))
+                default: stop.request(.failed("vCPU \(index): guest crash system event \(type)"))
+                }
+            case let .internalError(suberror, data):
+                let rip = (try? vcpu.registers().rip).map { hex($0) } ?? "?"
+                let what = suberror == 1 ? "emulation failure (an instruction KVM cannot emulate)" : "suberror \(suberror)"
+                stop.request(.failed("KVM internal error on vCPU \(index): \(what) at rip \(rip), data [\(data.map { hex($0) }.joined(separator: " "))]"))
+            case let .failEntry(reason, cpu):
+                stop.request(.failed("KVM could not enter vCPU \(index): hardware entry failure reason \(hex(reason)) on host CPU \(cpu)"))
+            case let .exception(number, code):
+                stop.request(.failed("vCPU \(index): unhandled guest exception \(number) (error code \(code))"))
+            case .irqWindowOpen:
+                continue
+            case let .other(reason):
+                stop.request(.failed("vCPU \(index): unexpected KVM exit reason \(reason)"))
+            }
+        }
+    }
+
+    private func reportUnmapped(_ mmio: MMIOExit, vcpu: Int) {
+        // Racy counter, but only bounds how many lines are printed.
+        reportedUnmapped += 1
+        guard reportedUnmapped <= 8 else { return }
+        let verb = mmio.isWrite ? "wrote \(mmio.data.count) bytes to" : "read \(mmio.data.count) bytes from"
+        var line = "vireo: vCPU \(vcpu) \(verb) unmapped guest-physical address \(hex(mmio.address)); ignored"
+        if reportedUnmapped == 8 { line += " (further unmapped accesses are counted, not printed)" }
+        line += "\n"
+        _ = line.withCString { write(2, $0, strlen($0)) }
+    }
+}
+
+/// Devices of a machine that has none yet: every access is unclaimed.
+final class UnclaimedDevices: ExitHandler, @unchecked Sendable {
+    func handlePortIO(_ io: IOExit, vcpu: Int) -> Bool { false }
+    func handleMMIO(_ mmio: MMIOExit, vcpu: Int) -> Bool { false }
+}

@@ -1,0 +1,65 @@
+import GuestMemory
+import VireoSupport
+
+/// Everything that defines one virtual machine, as the CLI (or later the daemon) gives it.
+public struct MachineConfig: Sendable {
+    public enum Boot: Sendable, Equatable {
+        /// A Linux kernel: an ELF `vmlinux` (PVH or 64-bit entry) or a `bzImage`.
+        case linux(kernel: String, initrd: String?, cmdline: String)
+        /// The built-in probe guest (ring-3 workloads for measuring the VMM).
+        case probe(ProbeWorkload)
+    }
+
+    public enum Serial: Sendable, Equatable {
+        case stdio
+        case file(String)
+        case none
+    }
+
+    public var boot: Boot
+    public var cpus: Int = 1
+    public var memorySize: UInt64 = 512 << 20
+    public var serial: Serial = .stdio
+    public var memoryOptions = GuestMemory.Options()
+
+    public static let defaultCmdline = "console=ttyS0 reboot=k panic=-1"
+
+    public init(boot: Boot, cpus: Int = 1, memorySize: UInt64 = 512 << 20, serial: Serial = .stdio) {
+        self.boot = boot
+        self.cpus = cpus
+        self.memorySize = memorySize
+        self.serial = serial
+    }
+}
+
+/// How a machine ended, and the process exit status that goes with it.
+public enum MachineExit: Sendable, Equatable, CustomStringConvertible {
+    /// The guest rebooted (reboot, i8042 reset, triple fault, panic with panic=-1).
+    case reset(String)
+    /// The guest powered off (ACPI / system event shutdown).
+    case poweroff
+    /// The probe guest finished its workload.
+    case probeDone
+    /// The VMM was asked to stop by a signal (SIGINT, SIGTERM).
+    case signal(Int32)
+    /// Something failed: one line saying what, with the details a bug report needs.
+    case failed(String)
+
+    public var exitStatus: Int32 {
+        switch self {
+        case .reset, .poweroff, .probeDone: return 0
+        case let .signal(s): return 128 + s
+        case .failed: return 1
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case let .reset(why): return "guest reset (\(why))"
+        case .poweroff: return "guest powered off"
+        case .probeDone: return "probe workload finished"
+        case let .signal(s): return "stopped by signal \(s)"
+        case let .failed(why): return why
+        }
+    }
+}

@@ -1,0 +1,57 @@
+import KVM
+import Synchronization
+import VireoSupport
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The probe guest's devices: the control, marker and loop ports, and a sink MMIO page.
+final class ProbeDevices: ExitHandler, @unchecked Sendable {
+    let stop: StopSignal
+    let mmioSink: UInt64
+    /// CLOCK_MONOTONIC nanoseconds at which the parent started this process (bench harness), if given.
+    let benchStartNanos: UInt64?
+    let firstInstructionNanos = Atomic<UInt64>(0)
+    let passes = Atomic<UInt64>(0)
+    /// Called on every completed dirty pass (count so far).
+    let onPass: (@Sendable (UInt64) -> Void)?
+
+    init(stop: StopSignal, mmioSink: UInt64, benchStartNanos: UInt64?, onPass: (@Sendable (UInt64) -> Void)?) {
+        self.stop = stop
+        self.mmioSink = mmioSink
+        self.benchStartNanos = benchStartNanos
+        self.onPass = onPass
+    }
+
+    func handlePortIO(_ io: IOExit, vcpu: Int) -> Bool {
+        switch io.port {
+        case ProbeGuest.loopPort:
+            return true
+        case ProbeGuest.markerPort:
+            guard io.isWrite, let marker = io.data.first else { return true }
+            if marker == 1 {
+                let now = monotonicNanos()
+                firstInstructionNanos.store(now, ordering: .relaxed)
+                if let t0 = benchStartNanos, now >= t0 {
+                    let line = "first_instruction_us=\((now - t0) / 1000)\n"
+                    _ = line.withCString { write(2, $0, strlen($0)) }
+                }
+            } else if marker == 2 {
+                let n = passes.add(1, ordering: .relaxed).newValue
+                onPass?(n)
+            }
+            return true
+        case ProbeGuest.controlPort:
+            if io.isWrite { stop.request(.probeDone) }
+            return true
+        default:
+            return false
+        }
+    }
+
+    func handleMMIO(_ mmio: MMIOExit, vcpu: Int) -> Bool {
+        guard mmio.address >= mmioSink, mmio.address < mmioSink &+ 4096 else { return false }
+        if !mmio.isWrite { for i in mmio.data.indices { mmio.data[i] = 0 } }
+        return true
+    }
+}

@@ -1,0 +1,125 @@
+import CLinux
+import CProbeGuest
+import GuestMemory
+import KVM
+import VireoSupport
+
+/// What the probe guest does once it reaches ring 3 (see Sources/CProbeGuest/probe.S).
+public enum ProbeWorkload: Sendable, Equatable {
+    /// `iterations` guest `out` instructions to port 0xF6: one PIO exit each.
+    case pioLoop(iterations: UInt64)
+    /// `iterations` 4-byte stores to `address` (unmapped guest-physical): one MMIO exit each.
+    case mmioLoop(iterations: UInt64, address: UInt64)
+    /// Writes one word in every page of the RAM above 2 MiB, `passes` times (0 = forever),
+    /// with a marker exit after each pass.
+    case dirty(passes: UInt64)
+    /// `iterations` of a dec/jnz loop, then done: native CPU speed.
+    case compute(iterations: UInt64)
+
+    public static let defaultMMIOAddress: UInt64 = 0xD000_0000
+}
+
+/// Lays out the probe guest: GDT, TSS, identity page tables for the first 4 GiB (user
+/// accessible), the code, and the vCPU registers to start it with. Pure except for the
+/// writes into `memory`.
+public enum ProbeGuest {
+    public static let controlPort: UInt16 = 0xF4
+    public static let markerPort: UInt16 = 0xF5
+    public static let loopPort: UInt16 = 0xF6
+
+    static let gdtAddress: UInt64 = 0x1000
+    static let tssAddress: UInt64 = 0x2000
+    /// The TSS is followed by an all-zero I/O permission bitmap (every port allowed at CPL 3)
+    /// and its 0xFF terminator: 0x2000...0x4068.
+    static let tssLimit: UInt64 = 0x68 + 0x2000
+    static let pml4Address: UInt64 = 0x5000
+    static let pdptAddress: UInt64 = 0x6000
+    static let pdAddress: UInt64 = 0x7000          // four PDs: 0x7000...0xafff
+    static let codeAddress: UInt64 = 0x10000
+    static let kernelStackTop: UInt64 = 0x1F000
+    public static let dirtyStart: UInt64 = 0x20_0000
+
+    /// The assembled probe code.
+    public static var code: [UInt8] {
+        var length = 0
+        guard let p = vireo_probe_code(&length) else { return [] }
+        // SAFETY: vireo_probe_code returns a pointer to `length` bytes of read-only data in this binary.
+        return Array(UnsafeBufferPointer(start: p, count: length))
+    }
+
+    static let gdt: [UInt64] = [
+        0,                        // null
+        0x00AF_9B00_0000_FFFF,    // 0x08 kernel code64
+        0x00CF_9300_0000_FFFF,    // 0x10 kernel data
+        0x00CF_F300_0000_FFFF,    // 0x18 user data (selector 0x1b)
+        0x00AF_FB00_0000_FFFF,    // 0x20 user code64 (selector 0x23)
+        // 0x28: 64-bit available TSS at tssAddress, limit 0x67 (two slots)
+        0x0000_8900_0000_2068 | ((0x2000 & 0xFFFF) << 16) | (((0x2000 >> 16) & 0xFF) << 32),
+        0,
+    ]
+
+    /// Writes the probe into guest memory. RAM must be at least 4 MiB.
+    public static func load(into memory: GuestMemory) throws {
+        guard memory.totalSize >= 4 << 20 else {
+            throw VireoError(.invalidArgument, "the probe guest needs at least 4 MiB of memory")
+        }
+        for (i, d) in gdt.enumerated() { try memory.write(d, at: gdtAddress + UInt64(i * 8)) }
+        // TSS: RSP0, the I/O map base right after the TSS, the bitmap (zero: all ports
+        // allowed) and its terminating 0xFF byte. IOPL alone is not honoured on PVM hosts.
+        try memory.write(kernelStackTop, at: tssAddress + 4)
+        try memory.write(UInt16(0x68), at: tssAddress + 0x66)
+        try memory.write([UInt8](repeating: 0, count: 0x2000), at: tssAddress + 0x68)
+        try memory.write(UInt8(0xFF), at: tssAddress + tssLimit)
+        try memory.write(pdptAddress | 0x7, at: pml4Address)
+        for i in 0..<UInt64(4) {
+            try memory.write((pdAddress + i * 0x1000) | 0x7, at: pdptAddress + i * 8)
+            for j in 0..<UInt64(512) {
+                let frame = (i << 30) | (j << 21)
+                try memory.write(frame | 0x87, at: pdAddress + i * 0x1000 + j * 8)   // P RW US PS
+            }
+        }
+        try memory.write(code, at: codeAddress)
+    }
+
+    /// Puts the vCPU in 64-bit mode at CPL 0 at the probe entry, with the workload's inputs.
+    public static func setUp(_ vcpu: VCPU, workload: ProbeWorkload, memorySize: UInt64) throws {
+        var sregs = try vcpu.specialRegisters()
+        func segment(_ selector: UInt16, type: UInt8, long: Bool) -> kvm_segment {
+            var s = kvm_segment()
+            s.base = 0; s.limit = 0xFFFF_FFFF; s.selector = selector; s.type = type
+            s.present = 1; s.dpl = 0; s.db = long ? 0 : 1; s.s = 1; s.l = long ? 1 : 0; s.g = 1
+            return s
+        }
+        sregs.cs = segment(0x08, type: 0xB, long: true)
+        let data = segment(0x10, type: 0x3, long: false)
+        sregs.ds = data; sregs.es = data; sregs.fs = data; sregs.gs = data; sregs.ss = data
+        var tr = kvm_segment()
+        tr.base = tssAddress; tr.limit = UInt32(tssLimit); tr.selector = 0x28; tr.type = 0xB; tr.present = 1
+        sregs.tr = tr
+        sregs.gdt.base = gdtAddress
+        sregs.gdt.limit = UInt16(gdt.count * 8 - 1)
+        sregs.idt.base = 0
+        sregs.idt.limit = 0
+        sregs.cr3 = pml4Address
+        sregs.cr4 = 0x20                                     // PAE
+        sregs.cr0 = 0x8000_0001 | 0x10 | 0x20                // PG PE ET NE
+        sregs.efer = 0x500                                   // LME LMA
+        try vcpu.setSpecialRegisters(sregs)
+
+        var regs = kvm_regs()
+        regs.rip = codeAddress
+        regs.rsp = kernelStackTop
+        regs.rflags = 0x2
+        switch workload {
+        case let .pioLoop(n): regs.rdi = 0; regs.rsi = max(1, n)
+        case let .mmioLoop(n, address): regs.rdi = 1; regs.rsi = max(1, n); regs.rdx = address
+        case let .dirty(passes):
+            regs.rdi = 2; regs.rsi = passes
+            regs.r8 = dirtyStart
+            let top = min(memorySize, 3 << 30)
+            regs.r9 = top > dirtyStart ? (top - dirtyStart) & ~0xFFF : 0x1000
+        case let .compute(n): regs.rdi = 3; regs.rsi = max(1, n)
+        }
+        try vcpu.setRegisters(regs)
+    }
+}

@@ -1,0 +1,105 @@
+import ArgumentParser
+import VMM
+import VireoSupport
+import GuestMemory
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `vireo run`: boot one VM in this process, its serial console on the terminal.
+struct RunCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run",
+        abstract: "Boot a virtual machine in this process, with its serial console on the terminal.",
+        discussion: """
+        The VM ends when the guest reboots or powers off (exit 0), on SIGINT/SIGTERM (130/143),
+        or on a fatal error (1, with a one-line reason).
+        Example: vireo run --kernel out/guest/vmlinuz --initrd out/guest/initramfs.cpio.gz --cpus 2 --memory 512M
+        """)
+
+    @Option(help: "Guest kernel: an ELF vmlinux or a bzImage.")
+    var kernel: String?
+
+    @Option(help: "Initial ramdisk to load with the kernel.")
+    var initrd: String?
+
+    @Option(help: "Kernel command line.")
+    var cmdline: String = MachineConfig.defaultCmdline
+
+    @Option(help: "Number of vCPUs.")
+    var cpus: Int = 1
+
+    @Option(help: "Guest RAM, like 512M or 2G (a bare number is MiB).")
+    var memory: String = "512M"
+
+    @Option(help: "Where the guest's serial console goes: stdio, file=PATH or none.")
+    var serial: String = "stdio"
+
+    @Option(help: ArgumentHelp("Run the built-in probe guest instead of a kernel: pio:N, mmio:N, dirty[:PASSES], compute:N.", visibility: .hidden))
+    var probe: String?
+
+    func makeConfig() throws -> MachineConfig {
+        let boot: MachineConfig.Boot
+        if let probe {
+            guard kernel == nil else { throw ValidationError("give either --kernel or --probe, not both") }
+            boot = .probe(try parseProbe(probe))
+        } else {
+            guard let kernel else {
+                throw ValidationError("missing --kernel PATH (a vmlinux or bzImage; scripts/guest-assets.sh makes one from Debian's kernel)")
+            }
+            boot = .linux(kernel: kernel, initrd: initrd, cmdline: cmdline)
+        }
+        var config = MachineConfig(boot: boot, cpus: cpus, memorySize: try parseSize(memory, option: "--memory"))
+        config.serial = try parseSerial(serial)
+        return config
+    }
+
+    func run() throws {
+        let config = try makeConfig()
+        let exit = try reportingErrors { () throws -> MachineExit in
+            let machine = try Machine(config: config, onProbePass: { pass in
+                if pass == 1 { writeLine("probe_pass=1") }
+            })
+            if case .probe = config.boot, let ram = machine.memory.regions.first {
+                let start = UInt64(UInt(bitPattern: ram.host))
+                writeLine("guest_ram=\(hex(start))-\(hex(start + ram.size))")
+            }
+            return machine.run()
+        }
+        switch exit {
+        case .failed(let why): printError("vireo: \(why)")
+        case .signal(let s): printError("vireo: stopped by \(s == 2 ? "SIGINT" : s == 15 ? "SIGTERM" : "signal \(s)"); guest halted")
+        default: break
+        }
+        if exit.exitStatus != 0 { throw ExitCode(exit.exitStatus) }
+    }
+}
+
+/// Writes a line to stdout immediately (unbuffered: benchmark harnesses read it through a pipe).
+func writeLine(_ s: String) {
+    let line = s + "\n"
+    _ = line.withCString { write(1, $0, strlen($0)) }
+}
+
+func parseSerial(_ text: String) throws -> MachineConfig.Serial {
+    switch text {
+    case "stdio": return .stdio
+    case "none", "off": return .none
+    default:
+        if text.hasPrefix("file="), text.count > 5 { return .file(String(text.dropFirst(5))) }
+        throw ValidationError("--serial '\(text)' is not one of stdio, file=PATH, none")
+    }
+}
+
+func parseProbe(_ text: String) throws -> ProbeWorkload {
+    let parts = text.split(separator: ":", maxSplits: 1).map(String.init)
+    let count = parts.count > 1 ? UInt64(parts[1]) : nil
+    if parts.count > 1, count == nil { throw ValidationError("--probe '\(text)': '\(parts[1])' is not a count") }
+    switch parts[0] {
+    case "pio": return .pioLoop(iterations: count ?? 100_000)
+    case "mmio": return .mmioLoop(iterations: count ?? 100_000, address: ProbeWorkload.defaultMMIOAddress)
+    case "dirty": return .dirty(passes: count ?? 0)
+    case "compute": return .compute(iterations: count ?? 1_000_000_000)
+    default: throw ValidationError("--probe '\(text)' is not one of pio:N, mmio:N, dirty[:PASSES], compute:N")
+    }
+}
