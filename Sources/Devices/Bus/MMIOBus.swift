@@ -1,0 +1,42 @@
+import VireoSupport
+
+/// Guest-physical MMIO space, accesses of 1, 2, 4 or 8 bytes. Unknown addresses read as
+/// all-ones and ignore writes (counted in `statistics`).
+/// Concurrency: see `AddressBus` (thread-safe; devices are called outside the bus lock).
+public final class MMIOBus: Sendable {
+    public let core = AddressBus(name: "MMIO bus", maxAddress: UInt64.max, allowedWidths: [1, 2, 4, 8])
+    public init() {}
+
+    public func register(_ device: any BusDevice, address: UInt64, length: UInt64, origin: UInt64? = nil, name: String) throws {
+        try core.register(device, base: address, length: length, origin: origin, name: name)
+    }
+
+    @discardableResult
+    public func unregister(address: UInt64) -> Bool { core.unregister(base: address) }
+
+    /// Handles a KVM_EXIT_MMIO read. Returns whether a device decoded the address.
+    @discardableResult
+    public func read(address: UInt64, data: UnsafeMutableRawBufferPointer) -> Bool { core.read(address, data) }
+
+    @discardableResult
+    public func write(address: UInt64, data: UnsafeRawBufferPointer) -> Bool { core.write(address, data) }
+
+    public func read(address: UInt64, width: Int) -> UInt64 {
+        let w = max(1, min(width, 8))
+        return withUnsafeTemporaryAllocation(byteCount: w, alignment: 8) { b in
+            read(address: address, data: UnsafeMutableRawBufferPointer(rebasing: b[0..<w]))
+            return UnsafeRawBufferPointer(b).littleEndianValue & (w >= 8 ? ~0 : (UInt64(1) << (UInt64(w) * 8)) &- 1)
+        }
+    }
+
+    public func write(address: UInt64, width: Int, value: UInt64) {
+        let w = max(1, min(width, 8))
+        withUnsafeTemporaryAllocation(byteCount: w, alignment: 8) { b in
+            let v = UnsafeMutableRawBufferPointer(rebasing: b[0..<w])
+            v.storeLittleEndian(value)
+            write(address: address, data: UnsafeRawBufferPointer(v))
+        }
+    }
+
+    public var statistics: AddressBus.Statistics { core.statistics }
+}
