@@ -2,6 +2,7 @@ import CLinux
 import GuestMemory
 import KVM
 import VireoSupport
+import X86Boot
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -33,8 +34,8 @@ public final class Machine: @unchecked Sendable {
         return t == 0 ? nil : t
     }
 
-    public static let tssAddress: UInt64 = 0xFFFB_D000
-    public static let identityMapAddress: UInt64 = 0xFFFB_C000
+    public static let tssAddress = X86MemoryLayout.tssAddress
+    public static let identityMapAddress = X86MemoryLayout.identityMapAddress
 
     /// Builds the machine; nothing runs until `run()`.
     /// - Parameter onProbePass: for probe `dirty` workloads, called after each pass.
@@ -59,6 +60,11 @@ public final class Machine: @unchecked Sendable {
             try vm.setMemoryRegion(slot: UInt32(slot), guestAddress: region.guestBase, size: region.size, host: region.host)
         }
 
+        if case .linux = config.boot {
+            // The in-kernel PIC/IOAPIC/LAPICs and PIT must exist before any vCPU.
+            try vm.createIRQChip()
+            try vm.createPIT2()
+        }
         var vcpus: [VCPU] = []
         for id in 0..<config.cpus { vcpus.append(try vm.createVCPU(id: id)) }
         self.vcpus = vcpus
@@ -110,9 +116,7 @@ public final class Machine: @unchecked Sendable {
 
     /// Guest RAM below the 3-4 GiB MMIO hole and, past 3 GiB, above 4 GiB.
     static func ramLayout(memorySize: UInt64) -> [(base: UInt64, size: UInt64)] {
-        let hole: UInt64 = 3 << 30
-        if memorySize <= hole { return [(0, memorySize)] }
-        return [(0, hole), (4 << 30, memorySize - hole)]
+        X86MemoryLayout.ramRegions(memorySize: memorySize)
     }
 
     // MARK: - Running
