@@ -48,6 +48,8 @@ public enum X86MemoryLayout {
     public static let cmdlineMaxSize: UInt64 = 0x1_0000
     /// Extended BIOS data area: the MP floating pointer and configuration table live here.
     public static let ebdaStart: UInt64 = 0x9_FC00
+    /// ACPI tables (RSDP first), in the reserved BIOS area below 1 MiB.
+    public static let acpiTablesAddress: UInt64 = 0xE_0000
     /// First address above the legacy BIOS/VGA area; the kernel is loaded here or higher.
     public static let highMemoryStart: UInt64 = 0x10_0000
     /// Where a bzImage's protected-mode code is loaded.

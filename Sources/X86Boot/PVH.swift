@@ -39,7 +39,7 @@ public enum PVHStartInfo {
             out.writeLE(initrd.size, at: modulesOffset + 8)
         }
         out.writeLE(cmdlineAddress, at: Offset.cmdlinePaddr)
-        out.writeLE(UInt64(0), at: Offset.rsdpPaddr)
+        out.writeLE(X86MemoryLayout.acpiTablesAddress, at: Offset.rsdpPaddr)
         out.writeLE(address + UInt64(memmapOffset), at: Offset.memmapPaddr)
         out.writeLE(UInt32(e820.count), at: Offset.memmapEntries)
         for (i, e) in e820.enumerated() {

@@ -57,6 +57,7 @@ public enum ZeroPage {
 
     static func fill(_ page: inout [UInt8], _ p: Parameters) throws {
         page[BzImage.Offset.typeOfLoader] = loaderTypeUndefined
+        page.writeLE(X86MemoryLayout.acpiTablesAddress, at: acpiRsdpAddrOffset)
         guard p.cmdlineAddress <= UInt64(UInt32.max) else {
             throw VireoError(.internalError, "command line address \(hexString(p.cmdlineAddress)) is above 4 GiB")
         }

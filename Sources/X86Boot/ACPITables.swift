@@ -1,0 +1,118 @@
+import VireoSupport
+
+/// The ACPI tables Linux needs to find its CPUs and interrupt controllers when the kernel has
+/// no MP-table parser (Debian's cloud kernel: `# CONFIG_X86_MPPARSE is not set`):
+/// RSDP -> XSDT -> { FADT (hardware-reduced, -> DSDT), MADT }.
+///
+/// All of them sit contiguously at `X86MemoryLayout.acpiTablesAddress` (0xE0000, inside the
+/// reserved BIOS area of the e820 map, where Linux also scans for the RSDP), and the boot
+/// paths pass the RSDP's address explicitly (boot_params.acpi_rsdp_addr, PVH rsdp_paddr).
+public enum ACPITables {
+    static let oemID = "VIREO "
+    static let oemTableID = "VIREOVM "
+    static let headerSize = 36
+
+    /// The tables for `cpuCount` CPUs (local APIC IDs 0..n-1, IOAPIC ID n), laid out from `address`.
+    public static func build(cpuCount: Int, address: UInt64 = X86MemoryLayout.acpiTablesAddress) throws -> [UInt8] {
+        guard cpuCount >= 1, cpuCount <= MPTable.maxCPUs else {
+            throw VireoError(.invalidArgument, "\(cpuCount) vCPUs: the MADT describes 1 to \(MPTable.maxCPUs)")
+        }
+        let dsdt = table("DSDT", revision: 2, body: [])
+        let madt = table("APIC", revision: 5, body: madtBody(cpuCount: cpuCount))
+        // Layout: RSDP (36, padded to 64) | XSDT (36 + 2*8) | FADT (276) | DSDT | MADT
+        let rsdpAddress = address
+        let xsdtAddress = address + 64
+        let fadtAddress = xsdtAddress + UInt64(headerSize + 16)
+        let dsdtAddress = fadtAddress + 276
+        let madtAddress = dsdtAddress + UInt64(dsdt.count)
+        let fadt = table("FACP", revision: 6, body: fadtBody(dsdt: dsdtAddress))
+        var xsdtBody: [UInt8] = []
+        appendLE(&xsdtBody, fadtAddress)
+        appendLE(&xsdtBody, madtAddress)
+        let xsdt = table("XSDT", revision: 1, body: xsdtBody)
+
+        var out = rsdp(xsdt: xsdtAddress)
+        out += [UInt8](repeating: 0, count: 64 - out.count)
+        out += xsdt + fadt + dsdt + madt
+        guard UInt64(out.count) + rsdpAddress <= X86MemoryLayout.highMemoryStart else {
+            throw VireoError(.internalError, "ACPI tables do not fit below 1 MiB")
+        }
+        return out
+    }
+
+    /// ACPI 2.0+ Root System Description Pointer.
+    static func rsdp(xsdt: UInt64) -> [UInt8] {
+        var r: [UInt8] = Array("RSD PTR ".utf8)
+        r.append(0)                                  // checksum of the first 20 bytes, below
+        r += Array(oemID.utf8)
+        r.append(2)                                  // revision: ACPI 2.0+
+        appendLE(&r, UInt32(0))                      // RSDT address: none, XSDT only
+        appendLE(&r, UInt32(36))                     // length
+        appendLE(&r, xsdt)
+        r.append(0)                                  // extended checksum, below
+        r += [0, 0, 0]
+        r[8] = checksum(r[0..<20])
+        r[32] = checksum(r[0..<36])
+        return r
+    }
+
+    /// Fixed ACPI Description Table, hardware-reduced (no PM timer, no SCI, no legacy GPEs).
+    static func fadtBody(dsdt: UInt64) -> [UInt8] {
+        var b = [UInt8](repeating: 0, count: 276 - headerSize)
+        func put32(_ v: UInt32, _ offset: Int) { for i in 0..<4 { b[offset - headerSize + i] = UInt8(truncatingIfNeeded: v >> (8 * i)) } }
+        func put16(_ v: UInt16, _ offset: Int) { for i in 0..<2 { b[offset - headerSize + i] = UInt8(truncatingIfNeeded: v >> (8 * i)) } }
+        func put64(_ v: UInt64, _ offset: Int) { for i in 0..<8 { b[offset - headerSize + i] = UInt8(truncatingIfNeeded: v >> (8 * i)) } }
+        put32(UInt32(truncatingIfNeeded: dsdt), 40)   // DSDT (32-bit)
+        put16(1 << 1, 109)                            // IAPC_BOOT_ARCH: 8042 present
+        // Flags: WBINVD (0), HW_REDUCED_ACPI (20), RESET_REG_SUP (10).
+        put32((1 << 0) | (1 << 10) | (1 << 20), 112)
+        // RESET_REG: system I/O port 0x64, 8-bit access, value 0xFE (the i8042 pulse-reset).
+        b[116 - headerSize] = 1; b[117 - headerSize] = 8; b[118 - headerSize] = 0; b[119 - headerSize] = 1
+        put64(0x64, 120)
+        b[128 - headerSize] = 0xFE
+        b[131 - headerSize] = 1                       // FADT minor version (6.1)
+        put64(dsdt, 140)                              // X_DSDT
+        return b
+    }
+
+    /// Multiple APIC Description Table: one local APIC per CPU, the IOAPIC, LINT1 as NMI.
+    static func madtBody(cpuCount: Int) -> [UInt8] {
+        var b: [UInt8] = []
+        appendLE(&b, UInt32(X86MemoryLayout.lapicAddress))
+        appendLE(&b, UInt32(1))                                     // PCAT_COMPAT: dual 8259s present
+        for cpu in 0..<cpuCount {
+            b += [0, 8, UInt8(cpu), UInt8(cpu)]                     // processor local APIC
+            appendLE(&b, UInt32(1))                                 // enabled
+        }
+        b += [1, 12, UInt8(cpuCount), 0]                            // IOAPIC
+        appendLE(&b, UInt32(X86MemoryLayout.ioapicAddress))
+        appendLE(&b, UInt32(0))                                     // GSI base
+        b += [4, 6, 0xFF, 0, 0, 1]                                  // local APIC NMI: all CPUs, LINT1
+        return b
+    }
+
+    static func table(_ signature: String, revision: UInt8, body: [UInt8]) -> [UInt8] {
+        var t: [UInt8] = Array(signature.utf8)
+        appendLE(&t, UInt32(headerSize + body.count))
+        t.append(revision)
+        t.append(0)                                   // checksum, below
+        t += Array(oemID.utf8)
+        t += Array(oemTableID.utf8)
+        appendLE(&t, UInt32(1))                       // OEM revision
+        t += Array("VIRO".utf8)                       // creator ID
+        appendLE(&t, UInt32(1))                       // creator revision
+        t += body
+        t[9] = checksum(t[...])
+        return t
+    }
+
+    static func checksum(_ bytes: ArraySlice<UInt8>) -> UInt8 {
+        var sum: UInt8 = 0
+        for b in bytes { sum = sum &+ b }
+        return 0 &- sum
+    }
+
+    static func appendLE<T: FixedWidthInteger>(_ a: inout [UInt8], _ v: T) {
+        withUnsafeBytes(of: v.littleEndian) { a += $0 }
+    }
+}
