@@ -76,6 +76,8 @@ import X86Boot
         #expect(plan.bsp.cr0 & ControlBits.cr0PG == 0)
         #expect(plan.bsp.efer == 0)
         #expect(plan.bsp.rsi == X86MemoryLayout.zeroPageAddress)
+        #expect(plan.bsp.rbp == 0 && plan.bsp.rbx == 0)
+        #expect(plan.bsp.cs.selector == 0x10 && plan.bsp.ds.selector == 0x18)
         #expect(plan.bsp.cs.db && !plan.bsp.cs.l)
     }
 
