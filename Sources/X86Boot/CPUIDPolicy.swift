@@ -29,6 +29,7 @@ public enum CPUIDPolicy {
         public init(tscDeadlineTimer: Bool = false) { self.tscDeadlineTimer = tscDeadlineTimer }
     }
 
+    /// The CPU vendor, which decides the vendor-specific topology leaves.
     public enum Vendor: Sendable, Equatable { case intel, amd, other }
 
     /// The vendor named by leaf 0 ("GenuineIntel", "AuthenticAMD"; Hygon counts as AMD).

@@ -47,6 +47,7 @@ public enum LinuxBoot {
         let entry: BootEntry = longMode ? .linux64(rip: load + 0x200) : .linux32(eip: UInt64(load))
         var bsp = registers(longMode: longMode, entry: entry.address)
         bsp.rsi = X86MemoryLayout.zeroPageAddress
+        if !longMode { bsp.rbp = 0 }   // 32-bit protocol: %ebp, %edi and %ebx must be zero
         return try assemble(entry: entry, bsp: bsp, segments: [segment], initrd: initrd, e820: e820,
                             longMode: longMode, cpuCount: config.cpuCount, blobs: [
                                 GuestBlob(address: X86MemoryLayout.zeroPageAddress, bytes: zeroPage, label: "zero page"),
