@@ -35,6 +35,9 @@ public final class VirtioPCIDevice: PCIDevice, BusDevice, @unchecked Sendable {
         /// nil when the vector is out of range or NO_VECTOR.
         public var message: MSIMessage?
         public var masked: Bool
+        public init(source: Source, vector: UInt16, message: MSIMessage?, masked: Bool) {
+            self.source = source; self.vector = vector; self.message = message; self.masked = masked
+        }
     }
 
     struct QueueRegisters {
