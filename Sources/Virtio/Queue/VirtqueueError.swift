@@ -48,5 +48,27 @@ public enum VirtqueueError: Error, Sendable, Equatable, CustomStringConvertible 
         }
     }
 
+    /// The case name, stable for logs, metrics and the test corpus.
+    public var caseName: String {
+        switch self {
+        case .invalidQueueSize: return "invalidQueueSize"
+        case .misalignedRing: return "misalignedRing"
+        case .ringOutsideMemory: return "ringOutsideMemory"
+        case .availableIndexOutOfRange: return "availableIndexOutOfRange"
+        case .headOutOfRange: return "headOutOfRange"
+        case .nextOutOfRange: return "nextOutOfRange"
+        case .chainTooLong: return "chainTooLong"
+        case .bufferOutsideMemory: return "bufferOutsideMemory"
+        case .readableAfterWritable: return "readableAfterWritable"
+        case .indirectNotNegotiated: return "indirectNotNegotiated"
+        case .indirectWithNext: return "indirectWithNext"
+        case .nestedIndirect: return "nestedIndirect"
+        case .badIndirectTableLength: return "badIndirectTableLength"
+        case .indirectTableOutsideMemory: return "indirectTableOutsideMemory"
+        case .unexpectedBufferDirection: return "unexpectedBufferDirection"
+        case .requestTooShort: return "requestTooShort"
+        }
+    }
+
     public var vireoError: VireoError { VireoError(.guest, "virtqueue: \(description)") }
 }
