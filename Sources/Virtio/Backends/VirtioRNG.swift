@@ -42,10 +42,12 @@ public final class VirtioRNG: VirtioDevice {
         interrupt = nil
     }
 
-    public func processQueue(_ index: Int) throws {
-        guard index == 0, let queue, let memory, let interrupt else { return }
+    public func processQueue(_ index: Int) throws -> Bool {
+        guard index == 0, let queue, let memory, let interrupt else { return false }
+        var budget = Int(queue.layout.size) * 2
         var rng = SystemRandomNumberGenerator()
         var usedAny = false
+        var more = false
         repeat {
             while let chain = try queue.popAvailableChain() {
                 guard chain.readable.isEmpty else {
@@ -68,8 +70,11 @@ public final class VirtioRNG: VirtioDevice {
                 queue.addUsed(head: chain.head, length: UInt32(truncatingIfNeeded: total))
                 bytesProvided &+= total
                 usedAny = true
+                budget -= 1
+                if budget == 0 { more = queue.hasAvailable(); break }
             }
-        } while queue.enableNotificationAndCheck()
+        } while !more && budget > 0 && queue.enableNotificationAndCheck()
         if usedAny && queue.needsNotification() { interrupt.signalQueue(0) }
+        return more
     }
 }

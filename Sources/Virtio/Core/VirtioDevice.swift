@@ -49,8 +49,10 @@ public protocol VirtioDevice: AnyObject {
     func writeConfig(offset: Int, data: UnsafeRawBufferPointer)
     /// The driver finished initialisation (DRIVER_OK).
     func activate(_ activation: VirtioActivation) throws
-    /// The driver notified queue `index`, or the VMM polls it.
-    func processQueue(_ index: Int) throws
+    /// The driver notified queue `index`, or the VMM polls it. Returns true when the back end
+    /// stopped early (its per-call budget, so a guest that keeps the ring full cannot monopolise
+    /// the thread) with buffers still pending: the caller must call again soon.
+    func processQueue(_ index: Int) throws -> Bool
     /// Return to the initial state; drop queues and activation.
     func reset()
 }

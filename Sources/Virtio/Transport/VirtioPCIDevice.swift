@@ -192,15 +192,19 @@ public final class VirtioPCIDevice: PCIDevice, BusDevice, @unchecked Sendable {
 
     /// Runs the back end for queue `index` (the ioeventfd fired). No-op unless the device is
     /// live (DRIVER_OK, not needing reset). A thrown error puts the device in NEEDS_RESET.
-    public func processQueue(_ index: Int) {
-        guard index >= 0, index < queueCount else { return }
-        backendLock.withLock { _ in
+    /// Returns true when buffers are still pending after the back end's per-call budget: the
+    /// event loop should call again after serving its other sources (fairness between devices).
+    @discardableResult
+    public func processQueue(_ index: Int) -> Bool {
+        guard index >= 0, index < queueCount else { return false }
+        return backendLock.withLock { _ -> Bool in
             let live = state.withLock { s in s.active && s.status & VirtioStatus.needsReset == 0 && s.queues[index].enabled }
-            guard live else { return }
+            guard live else { return false }
             do {
-                try device.processQueue(index)
+                return try device.processQueue(index)
             } catch {
                 deviceFault("queue \(index): \(error)")
+                return false
             }
         }
     }
@@ -353,7 +357,13 @@ public final class VirtioPCIDevice: PCIDevice, BusDevice, @unchecked Sendable {
         case VirtioPCILayout.notifyOffset..<(VirtioPCILayout.notifyOffset + UInt64(queueCount) * VirtioPCILayout.notifyOffMultiplier):
             let q = Int((offset - VirtioPCILayout.notifyOffset) / VirtioPCILayout.notifyOffMultiplier)
             let handler = state.withLock { $0.notifyHandler }
-            if let handler { handler(q) } else { processQueue(q) }
+            if let handler {
+                handler(q)
+            } else {
+                // Inline fallback on the vCPU thread: a bounded number of rounds.
+                var rounds = 0
+                while processQueue(q) && rounds < 16 { rounds += 1 }
+            }
         case VirtioPCILayout.msixTableOffset..<VirtioPCILayout.msixPBAOffset:
             let o = offset - VirtioPCILayout.msixTableOffset
             guard o % 4 == 0, data.count == 4 || data.count == 8 else { return }
