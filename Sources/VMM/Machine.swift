@@ -150,12 +150,23 @@ public final class Machine: @unchecked Sendable {
         }
 
         supervise(signalFD: sfd)
+        DebugLog.log("supervisor woke; stopping \(threads.count) vCPU threads")
 
         for (i, t) in threads.enumerated() {
             vcpus[i].setImmediateExit(true)
             t.signal(SIGUSR1)
         }
-        for t in threads { t.join() }
+        for (i, t) in threads.enumerated() {
+            t.join()
+            if DebugLog.enabled, let r = try? vcpus[i].registers() {
+                DebugLog.log("vCPU \(i) stopped at rip \(hex(r.rip)) rsp \(hex(r.rsp)) rflags \(hex(r.rflags))")
+            }
+            DebugLog.log("vCPU \(i) joined: pio=\(stats[i].pioExits.load(ordering: .relaxed)) mmio=\(stats[i].mmioExits.load(ordering: .relaxed)) unmapped=\(stats[i].unmappedAccesses.load(ordering: .relaxed))")
+        }
+        if let platform = devices as? PlatformDevices {
+            let p = platform.ports.statistics
+            DebugLog.log("port bus: unhandled reads \(p.unhandledReads) writes \(p.unhandledWrites), last \(p.lastUnhandledAddress.map { hex($0) } ?? "-")")
+        }
         return stop.recorded ?? .failed("the machine stopped without a reason (a Vireo bug)")
     }
 

@@ -32,6 +32,7 @@ public final class StopSignal: Sendable {
             return false
         }
         stopping.store(true, ordering: .releasing)
+        DebugLog.log("stop requested: \(exit)\(first ? "" : " (ignored: already stopping)")")
         if first {
             var one: UInt64 = 1
             _ = write(eventFD, &one, 8)

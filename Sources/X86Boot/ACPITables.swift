@@ -17,7 +17,7 @@ public enum ACPITables {
         guard cpuCount >= 1, cpuCount <= MPTable.maxCPUs else {
             throw VireoError(.invalidArgument, "\(cpuCount) vCPUs: the MADT describes 1 to \(MPTable.maxCPUs)")
         }
-        let dsdt = table("DSDT", revision: 2, body: [])
+        let dsdt = table("DSDT", revision: 2, body: AML.legacyDevices())
         let madt = table("APIC", revision: 5, body: madtBody(cpuCount: cpuCount))
         // Layout: RSDP (36, padded to 64) | XSDT (36 + 2*8) | FADT (276) | DSDT | MADT
         let rsdpAddress = address
@@ -64,12 +64,9 @@ public enum ACPITables {
         func put64(_ v: UInt64, _ offset: Int) { for i in 0..<8 { b[offset - headerSize + i] = UInt8(truncatingIfNeeded: v >> (8 * i)) } }
         put32(UInt32(truncatingIfNeeded: dsdt), 40)   // DSDT (32-bit)
         put16(1 << 1, 109)                            // IAPC_BOOT_ARCH: 8042 present
-        // Flags: WBINVD (0), HW_REDUCED_ACPI (20), RESET_REG_SUP (10).
-        put32((1 << 0) | (1 << 10) | (1 << 20), 112)
-        // RESET_REG: system I/O port 0x64, 8-bit access, value 0xFE (the i8042 pulse-reset).
-        b[116 - headerSize] = 1; b[117 - headerSize] = 8; b[118 - headerSize] = 0; b[119 - headerSize] = 1
-        put64(0x64, 120)
-        b[128 - headerSize] = 0xFE
+        // Flags: WBINVD (0), HW_REDUCED_ACPI (20). With a hardware-reduced FADT Linux reboots
+        // through EFI, then the BIOS reset vector (see ResetVector), then the i8042 pulse.
+        put32((1 << 0) | (1 << 20), 112)
         b[131 - headerSize] = 1                       // FADT minor version (6.1)
         put64(dsdt, 140)                              // X_DSDT
         return b
@@ -104,6 +101,47 @@ public enum ACPITables {
         t += body
         t[9] = checksum(t[...])
         return t
+    }
+
+    /// The few AML objects Vireo's DSDT needs. In hardware-reduced ACPI Linux has no legacy
+    /// PIC and maps no ISA IRQ by itself, so every legacy device must be declared with its
+    /// ports and IRQ (`_CRS`) for its driver to get a working interrupt.
+    enum AML {
+        /// \_SB.COM1 (16550 at 0x3F8, IRQ 4), \_SB.PS2K (i8042 at 0x60/0x64, IRQ 1),
+        /// \_SB.RTC0 (CMOS at 0x70, IRQ 8).
+        static func legacyDevices() -> [UInt8] {
+            let devices = device("COM1", eisaID: 0x0105_D041, resources: io(0x3F8, 8) + irq(4))
+                + device("PS2K", eisaID: 0x0303_D041, resources: io(0x60, 1) + io(0x64, 1) + irq(1))
+                + device("RTC0", eisaID: 0x000B_D041, resources: io(0x70, 2) + irq(8))
+            return [0x10] + pkgLength(1 + 4 + devices.count) + Array("\\_SB_".utf8) + devices   // Scope (\_SB)
+        }
+
+        static func device(_ name: String, eisaID: UInt32, resources: [UInt8]) -> [UInt8] {
+            var body = Array(name.utf8)
+            body += [0x08] + Array("_HID".utf8) + [0x0C] + le(eisaID)                  // Name (_HID, EisaId)
+            body += [0x08] + Array("_UID".utf8) + [0x00]                                // Name (_UID, Zero)
+            let template = resources + [0x79, 0x00]                                    // + EndTag
+            let buffer = [0x0A, UInt8(template.count)] + template                      // BufferSize, bytes
+            body += [0x08] + Array("_CRS".utf8) + [0x11] + pkgLength(buffer.count) + buffer
+            return [0x5B, 0x82] + pkgLength(body.count) + body                          // Device (name) { ... }
+        }
+
+        /// IO (Decode16, base, base, 1, length)
+        static func io(_ base: UInt16, _ length: UInt8) -> [UInt8] {
+            [0x47, 0x01] + le(base) + le(base) + [0x01, length]
+        }
+
+        /// IRQNoFlags () {n}: edge-triggered, active high, as ISA interrupts are.
+        static func irq(_ n: Int) -> [UInt8] { [0x22] + le(UInt16(1) << UInt16(n)) }
+
+        /// AML PkgLength for a body of `n` bytes (the encoding counts its own bytes).
+        static func pkgLength(_ n: Int) -> [UInt8] {
+            if n + 1 < 0x40 { return [UInt8(n + 1)] }
+            let total = n + 2
+            return [UInt8(0x40 | (total & 0x0F)), UInt8((total >> 4) & 0xFF)]
+        }
+
+        static func le<T: FixedWidthInteger>(_ v: T) -> [UInt8] { withUnsafeBytes(of: v.littleEndian) { Array($0) } }
     }
 
     static func checksum(_ bytes: ArraySlice<UInt8>) -> UInt8 {

@@ -169,6 +169,7 @@ public enum LinuxBoot {
                              label: "MP table"))
         all.append(GuestBlob(address: X86MemoryLayout.acpiTablesAddress,
                              bytes: try ACPITables.build(cpuCount: cpuCount), label: "ACPI tables"))
+        all.append(GuestBlob(address: ResetVector.address, bytes: ResetVector.code, label: "reset vector"))
         // Internal consistency: blobs are in RAM and nothing overlaps (kernel, initrd, blobs).
         var ranges: [(start: UInt64, end: UInt64, label: String)] = all.map { ($0.address, $0.end, $0.label) }
         ranges += segments.enumerated().map { ($0.element.guestAddress, $0.element.guestEnd, "kernel segment \($0.offset)") }

@@ -1,0 +1,16 @@
+import VireoSupport
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Diagnostics for the VMM's own behaviour, on stderr when VIREO_DEBUG is set.
+enum DebugLog {
+    static let enabled: Bool = getenv("VIREO_DEBUG") != nil
+
+    @inline(__always)
+    static func log(_ message: @autoclosure () -> String) {
+        guard enabled else { return }
+        let line = "vireo[debug] \(message())\n"
+        _ = line.withCString { write(2, $0, strlen($0)) }
+    }
+}
