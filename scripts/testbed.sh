@@ -101,7 +101,8 @@ GKEY=$(for f in "${GFILES[@]}"; do [[ -f $GUEST/$f ]] && stat -c '%n %s %Y %i' "
 GPIECE=$VIREO_CACHE/l1-guest-$GKEY.cpio
 if [[ ! -f $GPIECE ]]; then
 	log "packing L2 assets from $GUEST into L1 /guest"
-	rm -f "$VIREO_CACHE"/l1-guest-*.cpio # keep one: they are large
+	# keep only the newest few: they are large (concurrent runs may still read older ones)
+	ls -t "$VIREO_CACHE"/l1-guest-*.cpio 2>/dev/null | tail -n +4 | xargs -r rm -f
 	R=$(mktemp -d "$WORK/l1guest.XXXXXX")
 	mkdir -p "$R/guest"
 	for f in "${GFILES[@]}"; do [[ -f $GUEST/$f ]] && cp "$GUEST/$f" "$R/guest/$f"; done
@@ -135,14 +136,17 @@ fi
 
 # ---- per-run piece: the command, vireo, --add files ----
 RUNDIR=$(mktemp -d "$WORK/run.XXXXXX")
-QPID=
+QPID= TEEPID=
 cleanup() {
+	# timeout(1) runs QEMU in its own process group, so signals to ours do not reach it:
+	# kill it explicitly (timeout forwards the signal to QEMU).
 	[[ -n $QPID ]] && kill "$QPID" 2>/dev/null
+	[[ -n $TEEPID ]] && wait "$TEEPID" 2>/dev/null
 	rm -rf "$RUNDIR"
 }
 trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+trap 'log "interrupted; stopping QEMU"; exit 130' INT
+trap 'log "terminated; stopping QEMU"; exit 143' TERM
 R=$RUNDIR/root
 mkdir -p "$R/testbed"
 printf '%s\n' "$COMMAND" >"$R/testbed/cmd.sh"
@@ -165,17 +169,27 @@ log "booting L1 (QEMU TCG EPYC-Rome+svm+npt, ${SMP} vCPU, ${MEM} MiB, timeout ${
 T0=$(date +%s.%N)
 set +e
 # QEMU's stdin is /dev/null: no interaction, nothing to restore on a tty, fine without stdin.
+# Run in the background and `wait`, so the INT/TERM traps fire while QEMU runs.
+mkfifo "$RUNDIR/console.fifo"
+tee "$RUNDIR/console.log" <"$RUNDIR/console.fifo" &
+TEEPID=$!
 timeout -k 10 "$TIMEOUT" qemu-system-x86_64 -accel tcg -cpu EPYC-Rome,+svm,+npt -m "$MEM" -smp "$SMP" \
 	-nodefaults -no-user-config -display none -serial stdio -no-reboot \
-	-kernel "$KERNEL" -initrd "$RUNDIR/l1.cpio" -append "$APPEND" </dev/null 2>"$RUNDIR/qemu.err" | tee "$LOG"
-QRC=${PIPESTATUS[0]}
+	-kernel "$KERNEL" -initrd "$RUNDIR/l1.cpio" -append "$APPEND" </dev/null 2>"$RUNDIR/qemu.err" >"$RUNDIR/console.fifo" &
+QPID=$!
+wait "$QPID"
+QRC=$?
+QPID=
+wait "$TEEPID"
+TEEPID=
 set -e
+cp -f "$RUNDIR/console.log" "$LOG" 2>/dev/null || true
 T1=$(date +%s.%N)
 WALL=$(awk -v a="$T0" -v b="$T1" 'BEGIN{printf "%.1f", b-a}')
 grep -v 'CPUID\|host doesn.t support requested feature' "$RUNDIR/qemu.err" >&2 || true
 
-L1UP=$(tr -d '\r' <"$LOG" | sed -n 's/^VIREO-TESTBED-L1-READY uptime=\([0-9.]*\).*/\1/p' | tail -n1)
-STATUS=$(tr -d '\r' <"$LOG" | sed -n 's/^VIREO-TESTBED-EXIT=\([0-9]*\)$/\1/p' | tail -n1)
+L1UP=$(tr -d '\r' <"$RUNDIR/console.log" | sed -n 's/^VIREO-TESTBED-L1-READY uptime=\([0-9.]*\).*/\1/p' | tail -n1)
+STATUS=$(tr -d '\r' <"$RUNDIR/console.log" | sed -n 's/^VIREO-TESTBED-EXIT=\([0-9]*\)$/\1/p' | tail -n1)
 if [[ $QRC == 124 || $QRC == 137 ]]; then
 	log "TIMEOUT: L1 did not finish within ${TIMEOUT}s; QEMU killed (raise --timeout; log: $LOG)"
 	exit 124
