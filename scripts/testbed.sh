@@ -102,7 +102,7 @@ GPIECE=$VIREO_CACHE/l1-guest-$GKEY.cpio
 if [[ ! -f $GPIECE ]]; then
 	log "packing L2 assets from $GUEST into L1 /guest"
 	# keep only the newest few: they are large (concurrent runs may still read older ones)
-	ls -t "$VIREO_CACHE"/l1-guest-*.cpio 2>/dev/null | tail -n +4 | xargs -r rm -f
+	ls -t "$VIREO_CACHE"/l1-guest-*.cpio 2>/dev/null | tail -n +4 | xargs -r rm -f || true
 	R=$(mktemp -d "$WORK/l1guest.XXXXXX")
 	mkdir -p "$R/guest"
 	for f in "${GFILES[@]}"; do [[ -f $GUEST/$f ]] && cp "$GUEST/$f" "$R/guest/$f"; done

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Runs the testbed scenarios (tests/testbed/*.sh, each a busybox sh script that exits 0 on
+# success) inside ONE nested-testbed L1 boot, against a freshly built static release vireo.
+#
+#   scripts/testbed-tests.sh [--vireo BIN] [--timeout S] [NAME...]
+#
+# Prints PASS/FAIL per scenario (a failure's log tail goes with it) and closes with the line
+# "testbed: N passed, N failed". Exit 0 only when every scenario passed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VIREO=""
+TIMEOUT=1500
+NAMES=()
+while (($#)); do
+  case $1 in
+    --vireo) VIREO=$2; shift 2 ;;
+    --timeout) TIMEOUT=$2; shift 2 ;;
+    -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) NAMES+=("$1"); shift ;;
+  esac
+done
+if [[ -z $VIREO ]]; then
+  echo "[testbed-tests] building vireo (release, static Swift runtime)"
+  swift build -c release --static-swift-stdlib --product vireo >/dev/null
+  VIREO=$(swift build -c release --static-swift-stdlib --show-bin-path)/vireo
+fi
+if ((${#NAMES[@]} == 0)); then
+  for f in tests/testbed/*.sh; do n=$(basename "$f" .sh); [[ $n == lib ]] || NAMES+=("$n"); done
+fi
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+{
+  echo 'cd /root'
+  for n in "${NAMES[@]}"; do
+    cat <<EOS
+echo "VIREO-TEST-START $n"
+sh /root/tests/$n.sh > /tmp/test-$n.log 2>&1
+rc=\$?
+if [ \$rc -ne 0 ]; then sed 's/^/  | /' /tmp/test-$n.log | tail -n 40; fi
+grep -E '^(ok|FAIL):' /tmp/test-$n.log | sed 's/^/  /'
+echo "VIREO-TEST-RESULT $n \$rc"
+EOS
+  done
+} > "$work/run-all.sh"
+
+log="$work/testbed.log"
+set +e
+bash scripts/testbed.sh --vireo "$VIREO" --timeout "$TIMEOUT" --add "tests/testbed:/root/tests" --add "$work/run-all.sh:/root/run-all.sh" -- sh /root/run-all.sh > "$log" 2>&1
+tb=$?
+set -e
+tr -d '\r' < "$log" > "$log.clean" && mv "$log.clean" "$log"   # the serial console ends lines with CR LF
+passed=0 failed=0
+for n in "${NAMES[@]}"; do
+  line=$(grep -a "^VIREO-TEST-RESULT $n " "$log" | tail -1 || true)
+  rc=${line##* }
+  if [[ -n $line && $rc == 0 ]]; then
+    echo "PASS  $n"; passed=$((passed + 1))
+  else
+    echo "FAIL  $n${line:+ (status $rc)}${line:- (did not finish; testbed status $tb)}"; failed=$((failed + 1))
+  fi
+  awk -v n="$n" '$0 ~ "^VIREO-TEST-START "n"$" {on=1; next} $0 ~ "^VIREO-TEST-RESULT "n" " {on=0} on && /^  /' "$log"
+done
+if ((failed)); then echo "--- testbed log tail"; grep -av 'CPUID\[' "$log" | tail -n 30; fi
+echo "testbed: $passed passed, $failed failed"
+((failed == 0))
