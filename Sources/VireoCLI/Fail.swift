@@ -28,7 +28,7 @@ func reportingErrors<T>(_ body: () throws -> T) throws -> T {
 /// Parses a size like 512M / 2G for an option, with an error naming the option.
 func parseSize(_ text: String, option: String) throws -> UInt64 {
     guard let v = ByteSize.parse(text, defaultUnit: 1 << 20) else {
-        throw ValidationError("\(option) '\(text)' is not a size; write it like 512M or 2G")
+        throw VireoError(.invalidArgument, "\(option) '\(text)' is not a size; write it like 512M or 2G")
     }
     return v
 }

@@ -45,7 +45,7 @@ struct RunCommand: ParsableCommand {
             boot = .probe(try parseProbe(probe))
         } else {
             guard let kernel else {
-                throw ValidationError("missing --kernel PATH (a vmlinux or bzImage; scripts/guest-assets.sh makes one from Debian's kernel)")
+                throw VireoError(.invalidArgument, "missing --kernel PATH (a vmlinux or bzImage; scripts/guest-assets.sh makes one from Debian's kernel)")
             }
             boot = .linux(kernel: kernel, initrd: initrd, cmdline: cmdline)
         }
@@ -55,8 +55,8 @@ struct RunCommand: ParsableCommand {
     }
 
     func run() throws {
-        let config = try makeConfig()
         let exit = try reportingErrors { () throws -> MachineExit in
+            let config = try makeConfig()
             let machine = try Machine(config: config, onProbePass: { pass in
                 if pass == 1 { writeLine("probe_pass=1") }
             })
@@ -87,7 +87,7 @@ func parseSerial(_ text: String) throws -> MachineConfig.Serial {
     case "none", "off": return .none
     default:
         if text.hasPrefix("file="), text.count > 5 { return .file(String(text.dropFirst(5))) }
-        throw ValidationError("--serial '\(text)' is not one of stdio, file=PATH, none")
+        throw VireoError(.invalidArgument, "--serial '\(text)' is not one of stdio, file=PATH, none")
     }
 }
 
@@ -100,6 +100,6 @@ func parseProbe(_ text: String) throws -> ProbeWorkload {
     case "mmio": return .mmioLoop(iterations: count ?? 100_000, address: ProbeWorkload.defaultMMIOAddress)
     case "dirty": return .dirty(passes: count ?? 0)
     case "compute": return .compute(iterations: count ?? 1_000_000_000)
-    default: throw ValidationError("--probe '\(text)' is not one of pio:N, mmio:N, dirty[:PASSES], compute:N")
+    default: throw VireoError(.invalidArgument, "--probe '\(text)' is not one of pio:N, mmio:N, dirty[:PASSES], compute:N")
     }
 }

@@ -123,6 +123,16 @@ public struct BzImage: Sendable, Equatable {
                              "kernel \(name) is truncated: \(file.size) bytes, but its \(setupSects) setup sectors end at \(hexString(kernelOffset))",
                              hint: "the file is damaged or incomplete")
         }
+        // syssize (16-byte paragraphs) and, from 2.08, the compressed payload must lie inside the file.
+        let syssize = UInt64(field(UInt32.self, Offset.syssize)) &* 16
+        let payloadEnd = version >= 0x0208
+            ? UInt64(field(UInt32.self, Offset.payloadOffset)) &+ UInt64(field(UInt32.self, Offset.payloadLength)) : 0
+        let declared = max(syssize, payloadEnd)
+        guard declared <= file.size - kernelOffset else {
+            throw VireoError(.corrupt,
+                             "kernel \(name) is truncated: its header declares \(declared) bytes of kernel after the setup sectors, the file has \(file.size - kernelOffset)",
+                             hint: "the file is damaged or incomplete; copy the vmlinuz again")
+        }
         let loadflags: UInt8 = field(UInt8.self, Offset.loadflags)
         guard loadflags & loadedHigh != 0 else {
             throw VireoError(.unsupported, "kernel \(name) is a zImage (loaded below 1 MiB), not a bzImage",

@@ -47,8 +47,10 @@ import X86Boot
             #expect(zp.u64(o) == e.0); #expect(zp.u64(o + 8) == e.1); #expect(zp.u32(o + 16) == e.2)
         }
         #expect(zp.u64(0x2D0 + 3 * 20) == 0)             // nothing past the entries
-        // Outside the header and the e820 table the page stays zero (no stray bytes).
-        #expect(zp[0..<0x1E8].allSatisfy { $0 == 0 })
+        // Outside the header, the e820 table and acpi_rsdp_addr the page stays zero (no stray bytes).
+        #expect(zp.u64(0x070) == 0xE_0000)               // acpi_rsdp_addr: the RSDP
+        #expect(zp[0..<0x070].allSatisfy { $0 == 0 })
+        #expect(zp[0x078..<0x1E8].allSatisfy { $0 == 0 })
         #expect(zp[(0x2D0 + 3 * 20)...].allSatisfy { $0 == 0 })
     }
 
@@ -172,7 +174,7 @@ import X86Boot
         #expect(si.u32(4) == 1)
         #expect(si.u32(12) == 1)                          // nr_modules
         #expect(si.u64(24) == 0x2_0000)                   // cmdline_paddr
-        #expect(si.u64(32) == 0)                          // rsdp_paddr
+        #expect(si.u64(32) == 0xE_0000)                   // rsdp_paddr: the RSDP
         let modlist = Int(si.u64(16) - 0x6000)
         #expect(si.u64(modlist) == p.initrdAddress)
         #expect(si.u64(modlist + 8) == 4096)

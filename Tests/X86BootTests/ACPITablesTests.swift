@@ -1,0 +1,98 @@
+import Testing
+import X86Boot
+
+/// The ACPI tables Linux reads to find CPUs, the IOAPIC and the legacy devices' IRQs.
+struct ACPITablesTests {
+    let base: UInt64 = 0xE_0000
+
+    func table(_ t: [UInt8], at address: UInt64) -> ArraySlice<UInt8> {
+        let o = Int(address - base)
+        let length = Int(t.u32(o + 4))
+        return t[o..<(o + length)]
+    }
+
+    func sum(_ s: ArraySlice<UInt8>) -> UInt8 { s.reduce(0, &+) }
+
+    @Test(arguments: [1, 2, 8, 254])
+    func tablesChecksumAndLink(cpus: Int) throws {
+        let t = try ACPITables.build(cpuCount: cpus)
+        // RSDP: signature, both checksums, XSDT pointer.
+        #expect(Array(t[0..<8]) == Array("RSD PTR ".utf8))
+        #expect(sum(t[0..<20]) == 0)
+        #expect(sum(t[0..<36]) == 0)
+        #expect(t[15] == 2)                                   // ACPI 2.0+
+        let xsdtAddress = t.u64(24)
+        let xsdt = table(t, at: xsdtAddress)
+        #expect(Array(xsdt.prefix(4)) == Array("XSDT".utf8))
+        #expect(sum(xsdt) == 0)
+        // XSDT -> FADT, MADT
+        let entries = (xsdt.count - 36) / 8
+        #expect(entries == 2)
+        var signatures: [String] = []
+        for i in 0..<entries {
+            let address = t.u64(Int(xsdtAddress - base) + 36 + i * 8)
+            let child = table(t, at: address)
+            #expect(sum(child) == 0)
+            signatures.append(String(decoding: child.prefix(4), as: UTF8.self))
+            if signatures.last == "FACP" {
+                let fadt = Array(child)
+                #expect(fadt.u32(112) & (1 << 20) != 0)        // hardware-reduced ACPI
+                let dsdt = table(t, at: fadt.u64(140))
+                #expect(Array(dsdt.prefix(4)) == Array("DSDT".utf8))
+                #expect(sum(dsdt) == 0)
+            }
+            if signatures.last == "APIC" {
+                let madt = Array(child)
+                // One 8-byte local APIC entry per CPU with APIC IDs 0..n-1, then the IOAPIC.
+                var o = 44, lapics: [UInt8] = [], ioapics = 0
+                while o + 2 <= madt.count {
+                    let type = madt[o], length = Int(madt[o + 1])
+                    #expect(length >= 2)
+                    if length < 2 { break }
+                    if type == 0 { lapics.append(madt[o + 3]); #expect(madt.u32(o + 4) == 1) }
+                    if type == 1 { ioapics += 1; #expect(madt.u32(o + 4) == 0xFEC0_0000) }
+                    o += length
+                }
+                #expect(lapics == (0..<cpus).map { UInt8($0) })
+                #expect(ioapics == 1)
+            }
+        }
+        #expect(signatures == ["FACP", "APIC"])
+        #expect(UInt64(t.count) + base <= 0x10_0000)
+    }
+
+    @Test func dsdtDeclaresTheLegacyDevicesWithTheirIRQs() throws {
+        let t = try ACPITables.build(cpuCount: 1)
+        let fadt = Array(table(t, at: t.u64(Int(t.u64(24) - base) + 36)))
+        let dsdt = Array(table(t, at: fadt.u64(140)))
+        let aml = Array(dsdt[36...])
+        // Scope (\_SB) { Device (COM1) ... Device (PS2K) ... Device (RTC0) ... }
+        #expect(aml[0] == 0x10)
+        for name in ["COM1", "PS2K", "RTC0"] {
+            #expect(aml.firstRange(of: [0x5B, 0x82]) != nil)
+            #expect(aml.firstRange(of: Array(name.utf8)) != nil, "missing device \(name)")
+        }
+        // COM1: IO 0x3F8 length 8 and IRQ 4 (mask 0x0010); PS2K IRQ 1; RTC0 IRQ 8.
+        #expect(aml.firstRange(of: [0x47, 0x01, 0xF8, 0x03, 0xF8, 0x03, 0x01, 0x08, 0x22, 0x10, 0x00]) != nil)
+        #expect(aml.firstRange(of: [0x22, 0x02, 0x00]) != nil)
+        #expect(aml.firstRange(of: [0x22, 0x00, 0x01]) != nil)
+        // The scope's PkgLength covers exactly the rest of the table.
+        let lead = aml[1]
+        let length = lead & 0xC0 == 0 ? Int(lead) : Int(lead & 0x0F) | Int(aml[2]) << 4
+        #expect(length + 1 == aml.count)
+    }
+
+    @Test func refusesAbsurdCPUCounts() {
+        #expect(throws: (any Error).self) { _ = try ACPITables.build(cpuCount: 0) }
+        #expect(throws: (any Error).self) { _ = try ACPITables.build(cpuCount: 10_000) }
+    }
+
+    @Test func resetVectorPulsesTheI8042() throws {
+        let plan = try LinuxBoot.plan(kernel: KernelImage.parse(bytes: Fixtures.bzImage(), name: "/k"),
+                                      config: BootConfig(memorySize: 256 << 20, cpuCount: 1, cmdline: "console=ttyS0"))
+        let blob = try #require(plan.blobs.first { $0.address == 0xF_FFF0 })
+        // mov al, 0xFE; out 0x64, al
+        #expect(Array(blob.bytes.prefix(4)) == [0xB0, 0xFE, 0xE6, 0x64])
+        #expect(plan.blobs.contains { $0.address == 0xE_0000 && $0.label == "ACPI tables" })
+    }
+}
