@@ -154,11 +154,11 @@ mod_closure() {
 	printf '%s\n' "${out[@]}"
 }
 
-# copy_bin_with_libs BIN DESTROOT -> copies BIN to DESTROOT/<same path> plus every library
-# ldd names (and the dynamic loader), at their own paths.
+# copy_bin_with_libs BIN DESTROOT [DEST] -> copies BIN to DESTROOT/DEST (default: BIN's own
+# path) plus every library ldd names (and the dynamic loader), at their own paths.
 copy_bin_with_libs() {
-	local bin=$1 root=$2 lib
-	install -D -m 0755 "$bin" "$root$bin"
+	local bin=$1 root=$2 dest=${3:-$1} lib
+	install -D -m 0755 "$bin" "$root$dest"
 	if ldd "$bin" >/dev/null 2>&1; then
 		while read -r lib; do
 			[[ -n $lib && -e $lib ]] || continue

@@ -152,10 +152,8 @@ mkdir -p "$R/testbed"
 printf '%s\n' "$COMMAND" >"$R/testbed/cmd.sh"
 if [[ -n $VIREO ]]; then
 	[[ -f $VIREO && -x $VIREO ]] || die "--vireo $VIREO is not an executable file (build it: swift build -c release --static-swift-stdlib)"
-	VABS=$(readlink -f "$VIREO")
-	copy_bin_with_libs "$VABS" "$R"
-	mkdir -p "$R/usr/local/bin"
-	[[ $VABS == /usr/local/bin/vireo ]] || ln -sf "$VABS" "$R/usr/local/bin/vireo"
+	# at a fixed path: the host path may be under /tmp, which L1 mounts a tmpfs over
+	copy_bin_with_libs "$(readlink -f "$VIREO")" "$R" /usr/local/bin/vireo
 fi
 ((${#ADDS[@]})) && add_spec_files "$R" "${ADDS[@]}"
 cpio_dir "$R" "$RUNDIR/run.cpio.gz" gzip
