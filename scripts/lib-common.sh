@@ -204,3 +204,10 @@ hash_of() {
 		if [[ -f $a ]]; then printf '%s\n' "$a"; sha256sum <"$a"; else printf '%s\n' "$a"; fi
 	done | sha256sum | cut -c1-16
 }
+
+# prune_cache GLOB KEEP -> delete all but the KEEP newest cache entries matching GLOB (under
+# $VIREO_CACHE), so edits to the scripts do not pile up old builds. Keep >= 2: a concurrent
+# run may still be using the previous one.
+prune_cache() {
+	ls -dt "$VIREO_CACHE"/$1 2>/dev/null | grep -v '\.tmp\.' | tail -n +$(($2 + 1)) | xargs -r rm -rf
+}
