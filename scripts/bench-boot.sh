@@ -3,7 +3,7 @@
 #
 #   scripts/bench-boot.sh [--reps N] [--warmup W] [--vireo PATH] [--timeout S] [--no-doc]
 #
-# For each VMM -- (a) QEMU -M microvm (-accel kvm -cpu host, no devices) and (b) Vireo
+# For each VMM -- (a) QEMU -M microvm and -M q35 (-accel kvm -cpu host, no devices) and (b) Vireo
 # (`vireo run --kernel /guest/vmlinuz --initrd /guest/initramfs.cpio.gz --cmdline "console=ttyS0
 # panic=-1 quiet" --cpus 2 --memory 512M`, only with --vireo) -- boots the guest N times (default
 # 5; after W uncounted warm-up boots, default 1) and measures, with L1's clock, the wall time from starting the VMM process to the guest's
@@ -75,7 +75,7 @@ for vmm in $(echo "$RESULTS" | field vmm | awk '!seen[$0]++'); do
 	e_med=$(echo "$goodrows" | field exit_s | median)
 	all=$(echo "$rows" | field ready_s | tr '\n' ' ' | sed 's/ $//')
 	case $vmm in
-	qemu-microvm) label="QEMU $(qemu-system-x86_64 --version | sed -n '1s/.*version \([^ ]*\).*/\1/p') \`-M microvm -accel kvm -cpu host\`" ;;
+	qemu-*) label="QEMU $(qemu-system-x86_64 --version | sed -n '1s/.*version \([^ ]*\).*/\1/p') \`-M ${vmm#qemu-} -accel kvm -cpu host\`" ;;
 	vireo) label="Vireo \`vireo run\`" ;;
 	*) label=$vmm ;;
 	esac

@@ -209,5 +209,5 @@ hash_of() {
 # $VIREO_CACHE), so edits to the scripts do not pile up old builds. Keep >= 2: a concurrent
 # run may still be using the previous one.
 prune_cache() {
-	ls -dt "$VIREO_CACHE"/$1 2>/dev/null | grep -v '\.tmp\.' | tail -n +$(($2 + 1)) | xargs -r rm -rf
+	ls -dt "$VIREO_CACHE"/$1 2>/dev/null | grep -v '\.tmp\.' | tail -n +$(($2 + 1)) | xargs -r rm -rf || true
 }
