@@ -109,6 +109,10 @@ if ((DOC)); then
 		echo "start, $LOAD1 at end: other TCG runs share the cores, so expect large run-to-run spread."
 		echo
 		echo "$TABLE"
+		echo
+		echo "A run is ok when the guest printed \`nproc=2\` and the VMM exited 0 by itself; exit medians are over ok"
+		echo "runs only, READY medians over all runs that reached READY. QEMU microvm sometimes hangs after the"
+		echo "guest's reboot (\`KVM internal error\`, see docs/testbed.md), which is what its failed runs were."
 		[[ -z $SKIPS ]] || { echo; echo "Not measured in this run: $SKIPS."; }
 	} >"$OUT/boot-section.md"
 	awk -v f="$OUT/boot-section.md" '
