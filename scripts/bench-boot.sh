@@ -110,6 +110,7 @@ if ((DOC)); then
 		echo
 		echo "$TABLE"
 		echo
+		echo "Repetitions are interleaved across VMMs (round i boots each VMM once) so load drift hits all alike."
 		echo "A run is ok when the guest printed \`nproc=2\` and the VMM exited 0 by itself; exit medians are over ok"
 		echo "runs only, READY medians over all runs that reached READY. QEMU microvm sometimes hangs after the"
 		echo "guest's reboot (\`KVM internal error\`, see docs/testbed.md), which is what its failed runs were."
