@@ -1,22 +1,23 @@
 #!/usr/bin/env bash
 # Boot-time benchmark of the stock Debian cloud kernel as an L2 guest, inside ONE testbed run.
 #
-#   scripts/bench-boot.sh [--reps N] [--vireo PATH] [--timeout S] [--no-doc]
+#   scripts/bench-boot.sh [--reps N] [--warmup W] [--vireo PATH] [--timeout S] [--no-doc]
 #
-# For each VMM -- (a) QEMU -M microvm (-accel kvm -cpu host, no devices) and (b) Vireo
+# For each VMM -- (a) QEMU -M microvm and -M q35 (-accel kvm -cpu host, no devices) and (b) Vireo
 # (`vireo run --kernel /guest/vmlinuz --initrd /guest/initramfs.cpio.gz --cmdline "console=ttyS0
 # panic=-1 quiet" --cpus 2 --memory 512M`, only with --vireo) -- boots the guest N times (default
-# 5) and measures, with L1's clock, the wall time from starting the VMM process to the guest's
+# 5; after W uncounted warm-up boots, default 1) and measures, with L1's clock, the wall time from starting the VMM process to the guest's
 # VIREO-GUEST-READY line and to the VMM's exit after the guest's `reboot -f`. Prints medians
 # and writes them to docs/PERFORMANCE.md between <!-- BEGIN boot --> and <!-- END boot -->
 # (unless --no-doc). The raw console log is out/bench/boot.log.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib-common.sh"
 
-REPS=5 VIREO= TIMEOUT=900 DOC=1
+REPS=5 WARMUP=1 VIREO= TIMEOUT=900 DOC=1
 while (($#)); do
 	case $1 in
 	--reps) REPS=${2:?}; shift 2 ;;
+	--warmup) WARMUP=${2:?}; shift 2 ;;
 	--vireo) VIREO=${2:?}; shift 2 ;;
 	--timeout) TIMEOUT=${2:?}; shift 2 ;;
 	--no-doc) DOC=0; shift ;;
@@ -25,6 +26,7 @@ while (($#)); do
 	esac
 done
 [[ $REPS =~ ^[1-9][0-9]*$ ]] || die "--reps wants a positive integer"
+[[ $WARMUP =~ ^[0-9]+$ ]] || die "--warmup wants an integer >= 0"
 OUT=$VIREO_ROOT/out/bench
 mkdir -p "$OUT"
 LOG=$OUT/boot.log
@@ -36,11 +38,12 @@ if [[ -n $VIREO ]]; then
 else
 	log "no --vireo PATH given: the Vireo part (b) is skipped; only QEMU is measured"
 fi
-log "running ${REPS} boots per VMM inside one testbed L1"
+LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
+log "running ${WARMUP}+${REPS} boots per VMM inside one testbed L1 (host load average now: $LOAD0)"
 : >"$STAMPS"
 set +e
 # Stamp L1's start/end bench lines with the host clock to check that L1's clock keeps time.
-"${TB[@]}" -- vireo-bench-boot "$REPS" | while IFS= read -r line; do
+"${TB[@]}" -- WARMUP="$WARMUP" vireo-bench-boot "$REPS" | while IFS= read -r line; do
 	printf '%s\n' "$line"
 	case $line in VIREO-BENCH-L1*) printf '%s %s\n' "$(date +%s.%N)" "${line%$'\r'}" >>"$STAMPS" ;; esac
 done
@@ -48,7 +51,8 @@ RC=${PIPESTATUS[0]}
 set -e
 ((RC == 0)) || die "testbed run failed (status $RC); see $LOG"
 
-RESULTS=$(tr -d '\r' <"$LOG" | grep '^VIREO-BENCH vmm=' || true)
+LOAD1=$(cut -d' ' -f1-3 /proc/loadavg)
+RESULTS=$(tr -d '\r' <"$LOG" | grep '^VIREO-BENCH vmm=' | grep -Ev ' rep=(0|-[0-9]+) ' || true)
 [[ -n $RESULTS ]] || die "no VIREO-BENCH lines in $LOG"
 SKIPS=$(tr -d '\r' <"$LOG" | sed -n 's/^VIREO-BENCH-SKIP vmm=\([^ ]*\) reason=\(.*\)/\1 (\2)/p')
 
@@ -71,7 +75,7 @@ for vmm in $(echo "$RESULTS" | field vmm | awk '!seen[$0]++'); do
 	e_med=$(echo "$goodrows" | field exit_s | median)
 	all=$(echo "$rows" | field ready_s | tr '\n' ' ' | sed 's/ $//')
 	case $vmm in
-	qemu-microvm) label="QEMU $(qemu-system-x86_64 --version | sed -n '1s/.*version \([^ ]*\).*/\1/p') \`-M microvm -accel kvm -cpu host\`" ;;
+	qemu-*) label="QEMU $(qemu-system-x86_64 --version | sed -n '1s/.*version \([^ ]*\).*/\1/p') \`-M ${vmm#qemu-} -accel kvm -cpu host\`" ;;
 	vireo) label="Vireo \`vireo run\`" ;;
 	*) label=$vmm ;;
 	esac
@@ -87,7 +91,7 @@ if ((DOC)); then
 	[[ -f $DOCF ]] || printf '# Vireo performance\n\nFigures are measured by the scripts named in each section; never edited by hand.\n\n<!-- BEGIN boot -->\n<!-- END boot -->\n' >"$DOCF"
 	grep -q '<!-- BEGIN boot -->' "$DOCF" && grep -q '<!-- END boot -->' "$DOCF" ||
 		printf '\n<!-- BEGIN boot -->\n<!-- END boot -->\n' >>"$DOCF"
-	REPRO="scripts/bench-boot.sh --reps $REPS${VIREO:+ --vireo <path-to-vireo>}"
+	REPRO="scripts/bench-boot.sh --reps $REPS --warmup $WARMUP${VIREO:+ --vireo <path-to-vireo>}"
 	KVER=$(cat "$VIREO_ROOT/out/testbed/guest/kernel-version" 2>/dev/null || echo '?')
 	{
 		echo "## Boot time: stock Debian kernel to user space (nested testbed)"
@@ -100,9 +104,16 @@ if ((DOC)); then
 		echo "prints \`VIREO-GUEST-READY\`, then \`reboot -f\`. Each L2 VMM runs inside the testbed's L1"
 		echo "(QEMU TCG, \`-cpu EPYC-Rome,+svm,+npt\`, so L2 is also ultimately executed by TCG): the figures"
 		echo "compare VMMs with each other and are many times slower than on VT-x/AMD-V hardware."
-		echo "Times are L1 wall clock (/proc/uptime, 10 ms) from starting the VMM process; ${CLOCK:-clock check n/a}."
+		echo "Times are L1 wall clock (/proc/uptime, 10 ms) from starting the VMM process, after $WARMUP uncounted"
+		echo "warm-up boot(s) per VMM; ${CLOCK:-clock check n/a}. Host load average (1/5/15 min) $LOAD0 at"
+		echo "start, $LOAD1 at end: other TCG runs share the cores, so expect large run-to-run spread."
 		echo
 		echo "$TABLE"
+		echo
+		echo "Repetitions are interleaved across VMMs (round i boots each VMM once) so load drift hits all alike."
+		echo "A run is ok when the guest printed \`nproc=2\` and the VMM exited 0 by itself; exit medians are over ok"
+		echo "runs only, READY medians over all runs that reached READY. QEMU microvm sometimes hangs after the"
+		echo "guest's reboot (\`KVM internal error\`, see docs/testbed.md), which is what its failed runs were."
 		[[ -z $SKIPS ]] || { echo; echo "Not measured in this run: $SKIPS."; }
 	} >"$OUT/boot-section.md"
 	awk -v f="$OUT/boot-section.md" '

@@ -51,7 +51,10 @@ BASE=$VIREO_CACHE/guest-$KEY
 
 if [[ $FORCE == 1 || ! -f $BASE/.done ]]; then
 	log "building guest assets for $KVER (cache key $KEY)"
+	FINAL=$BASE
+	BASE=$FINAL.tmp.$$ # built aside and renamed into place: concurrent runs never see half a build
 	rm -rf "$BASE" && mkdir -p "$BASE"
+	trap 'rm -rf "$BASE"' EXIT
 	VMLINUZ=$KERNEL_DIR/boot/vmlinuz-$KVER
 	[[ -f $VMLINUZ ]] || die "no boot/vmlinuz-$KVER in the kernel package"
 	cp "$VMLINUZ" "$BASE/vmlinuz"
@@ -102,25 +105,33 @@ if [[ $FORCE == 1 || ! -f $BASE/.done ]]; then
 	cpio_dir "$R" "$BASE/initramfs.cpio.gz" gzip
 	rm -rf "$R"
 	touch "$BASE/.done"
+	if ((FORCE)); then rm -rf "$FINAL"; fi
+	mv -T "$BASE" "$FINAL" 2>/dev/null || rm -rf "$BASE" # lost a race: theirs is identical
+	trap - EXIT
+	BASE=$FINAL
+	prune_cache 'guest-*' 3
 else
 	log "guest assets for $KVER are cached ($BASE)"
 fi
 
-for f in vmlinuz vmlinux modules.txt kernel-version; do
-	ln -f "$BASE/$f" "$OUTDIR/$f" 2>/dev/null || cp -f "$BASE/$f" "$OUTDIR/$f"
-done
+# place SRC DST: hard link (or copy) then rename, so readers never see DST missing
+place() {
+	[[ $1 -ef $2 ]] && return 0
+	ln -f "$1" "$2.tmp.$$" 2>/dev/null || cp -f "$1" "$2.tmp.$$"
+	mv -f "$2.tmp.$$" "$2"
+}
+for f in vmlinuz vmlinux modules.txt kernel-version; do place "$BASE/$f" "$OUTDIR/$f"; done
 if ((${#ADDS[@]})); then
 	X=$(mktemp -d)
 	trap 'rm -rf "$X"' EXIT
-	add_spec_files "$X" "${ADDS[@]}"
-	cpio_dir "$X" "$OUTDIR/extra.cpio.gz" gzip
-	cat "$BASE/initramfs.cpio.gz" "$OUTDIR/extra.cpio.gz" >"$OUTDIR/initramfs.cpio.gz.tmp"
-	mv -f "$OUTDIR/initramfs.cpio.gz.tmp" "$OUTDIR/initramfs.cpio.gz"
-	rm -f "$OUTDIR/extra.cpio.gz"
+	mkdir "$X/root"
+	add_spec_files "$X/root" "${ADDS[@]}"
+	cpio_dir "$X/root" "$X/extra.cpio.gz" gzip
+	cat "$BASE/initramfs.cpio.gz" "$X/extra.cpio.gz" >"$OUTDIR/initramfs.cpio.gz.tmp.$$"
+	mv -f "$OUTDIR/initramfs.cpio.gz.tmp.$$" "$OUTDIR/initramfs.cpio.gz"
 	log "added to initramfs: ${ADDS[*]}"
 else
-	rm -f "$OUTDIR/initramfs.cpio.gz"
-	ln -f "$BASE/initramfs.cpio.gz" "$OUTDIR/initramfs.cpio.gz" 2>/dev/null || cp -f "$BASE/initramfs.cpio.gz" "$OUTDIR/initramfs.cpio.gz"
+	place "$BASE/initramfs.cpio.gz" "$OUTDIR/initramfs.cpio.gz"
 fi
 log "kernel $KVER; modules: $(tr '\n' ' ' <"$OUTDIR/modules.txt")"
 for f in vmlinuz vmlinux initramfs.cpio.gz; do

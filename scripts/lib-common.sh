@@ -154,11 +154,11 @@ mod_closure() {
 	printf '%s\n' "${out[@]}"
 }
 
-# copy_bin_with_libs BIN DESTROOT -> copies BIN to DESTROOT/<same path> plus every library
-# ldd names (and the dynamic loader), at their own paths.
+# copy_bin_with_libs BIN DESTROOT [DEST] -> copies BIN to DESTROOT/DEST (default: BIN's own
+# path) plus every library ldd names (and the dynamic loader), at their own paths.
 copy_bin_with_libs() {
-	local bin=$1 root=$2 lib
-	install -D -m 0755 "$bin" "$root$bin"
+	local bin=$1 root=$2 dest=${3:-$1} lib
+	install -D -m 0755 "$bin" "$root$dest"
 	if ldd "$bin" >/dev/null 2>&1; then
 		while read -r lib; do
 			[[ -n $lib && -e $lib ]] || continue
@@ -203,4 +203,11 @@ hash_of() {
 	for a in "$@"; do
 		if [[ -f $a ]]; then printf '%s\n' "$a"; sha256sum <"$a"; else printf '%s\n' "$a"; fi
 	done | sha256sum | cut -c1-16
+}
+
+# prune_cache GLOB KEEP -> delete all but the KEEP newest cache entries matching GLOB (under
+# $VIREO_CACHE), so edits to the scripts do not pile up old builds. Keep >= 2: a concurrent
+# run may still be using the previous one.
+prune_cache() {
+	ls -dt "$VIREO_CACHE"/$1 2>/dev/null | grep -v '\.tmp\.' | tail -n +$(($2 + 1)) | xargs -r rm -rf || true
 }

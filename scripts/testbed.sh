@@ -92,6 +92,7 @@ if [[ ! -f $BASE ]]; then
 	done <<<"$CLOSURE"
 	cpio_dir "$R" "$BASE" none
 	rm -rf "$R"
+	prune_cache 'l1-base-*.cpio' 3
 fi
 
 # ---- guest assets piece (cached by content) ----
@@ -102,7 +103,7 @@ GPIECE=$VIREO_CACHE/l1-guest-$GKEY.cpio
 if [[ ! -f $GPIECE ]]; then
 	log "packing L2 assets from $GUEST into L1 /guest"
 	# keep only the newest few: they are large (concurrent runs may still read older ones)
-	ls -t "$VIREO_CACHE"/l1-guest-*.cpio 2>/dev/null | tail -n +4 | xargs -r rm -f || true
+	prune_cache 'l1-guest-*.cpio' 3
 	R=$(mktemp -d "$WORK/l1guest.XXXXXX")
 	mkdir -p "$R/guest"
 	for f in "${GFILES[@]}"; do [[ -f $GUEST/$f ]] && cp "$GUEST/$f" "$R/guest/$f"; done
@@ -130,6 +131,7 @@ if ((WITH_QEMU)); then
 		done
 		cpio_dir "$R" "$QPIECE" gzip
 		rm -rf "$R"
+		prune_cache 'l1-qemu-*.cpio.gz' 2
 	fi
 	PIECES+=("$QPIECE")
 fi
@@ -152,10 +154,8 @@ mkdir -p "$R/testbed"
 printf '%s\n' "$COMMAND" >"$R/testbed/cmd.sh"
 if [[ -n $VIREO ]]; then
 	[[ -f $VIREO && -x $VIREO ]] || die "--vireo $VIREO is not an executable file (build it: swift build -c release --static-swift-stdlib)"
-	VABS=$(readlink -f "$VIREO")
-	copy_bin_with_libs "$VABS" "$R"
-	mkdir -p "$R/usr/local/bin"
-	[[ $VABS == /usr/local/bin/vireo ]] || ln -sf "$VABS" "$R/usr/local/bin/vireo"
+	# at a fixed path: the host path may be under /tmp, which L1 mounts a tmpfs over
+	copy_bin_with_libs "$(readlink -f "$VIREO")" "$R" /usr/local/bin/vireo
 fi
 ((${#ADDS[@]})) && add_spec_files "$R" "${ADDS[@]}"
 cpio_dir "$R" "$RUNDIR/run.cpio.gz" gzip
