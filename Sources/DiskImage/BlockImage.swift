@@ -227,3 +227,10 @@ extension BlockImage {
         return n
     }
 }
+
+extension DiskImage {
+    /// Where a backing file name written in `imagePath` points, under `policy`.
+    public static func resolveBackingPath(name: String, of imagePath: String, policy: BackingPolicy) throws(VireoError) -> String {
+        try resolveBacking(name: name, of: imagePath, policy: policy)
+    }
+}

@@ -219,3 +219,16 @@ extension Qcow2Image {
         freeHint = 0
     }
 }
+
+extension Qcow2Image {
+    /// Opens an image for `check`: a dirty image is not repaired behind the checker's back, and
+    /// an image marked corrupt may be opened read-write to repair it.
+    public static func openForCheck(path: String, repair: Bool, options: OpenOptions = OpenOptions()) throws(VireoError) -> Qcow2Image {
+        var o = options
+        o.readOnly = !repair
+        o.repairDirty = false
+        var chain: [String] = [canonicalPath(path)]
+        let f = try ImageFile.open(path, writable: repair)
+        return try Qcow2Image(file: f, options: o, chain: &chain, allowCorrupt: true)
+    }
+}
