@@ -110,25 +110,28 @@ extension Qcow2Image {
     func preallocate(_ mode: Preallocation) throws(VireoError) {
         lock.lock(); defer { lock.unlock() }
         let perL2 = cs * UInt64(l2Entries)
-        let firstData = allocEnd
+        var runs: [(UInt64, UInt64)] = []
         var v: UInt64 = 0
         while v < virtualSize {
             let (t, _) = try l2ForWrite(v)
             let n = min(UInt64(l2Entries), divRoundUp(virtualSize - v, cs))
             // Only unmapped entries are allocated.
             let base = try allocateContiguous(n)
+            runs.append((base, n * cs))
             for i in 0..<Int(n) where t.entries[i] & Qcow2Entry.offsetMask == 0 {
                 t.entries[i] = (base + UInt64(i) * cs) | Qcow2Entry.copied
             }
             t.dirty = true
             v += perL2
         }
-        try writeBackMetadata(sync: true)
-        switch mode {
-        case .off, .metadata: break
-        case .falloc: try file.fallocate(offset: firstData, length: allocEnd - firstData)
-        case .full: try file.writeZeros(offset: firstData, length: allocEnd - firstData)
+        // Data before the metadata that maps it.
+        for (off, len) in runs {
+            switch mode {
+            case .off, .metadata: break
+            case .falloc: try file.fallocate(offset: off, length: len); noteWritten(off + len)
+            case .full: try file.writeZeros(offset: off, length: len); noteWritten(off + len)
+            }
         }
-        try file.sync()
+        try writeBackMetadata(sync: true)
     }
 }

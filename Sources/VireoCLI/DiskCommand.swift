@@ -10,7 +10,7 @@ public struct DiskCommand: ParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "disk", abstract: "Create, inspect, convert and snapshot disk images (qemu-img compatible verbs).",
         subcommands: [DiskCreate.self, DiskInfo.self, DiskCheck.self, DiskConvert.self, DiskSnapshot.self,
-                      DiskCommit.self, DiskRebase.self, DiskResize.self, DiskCompare.self, DiskMap.self, DiskBench.self])
+                      DiskCommit.self, DiskRebase.self, DiskResize.self, DiskCompare.self, DiskMap.self, DiskBench.self, DiskCrashWriter.self])
     public init() {}
 }
 
