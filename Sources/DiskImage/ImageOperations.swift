@@ -105,13 +105,16 @@ public enum ImageOperations {
         while off < size {
             let n = min(step, size - off)
             // Skip what the whole source chain leaves unallocated or zero.
+            // Work in whole output clusters (off stays cluster aligned).
+            let g0 = out.clusterSize
             let st = try chainStatus(src, at: off, maxLength: n)
-            if st.state != .data && !preallocated {
-                off += st.length
+            let skip = st.length / g0 * g0
+            if st.state != .data && !preallocated && skip > 0 {
+                off += skip
                 progress?(Double(off) / Double(size))
                 continue
             }
-            let len = st.state == .data ? st.length : n
+            let len = st.state == .data ? min(alignUp(st.length, g0), n) : min(max(skip, g0), n)
             let part = UnsafeMutableRawBufferPointer(rebasing: buf[0..<Int(len)])
             try src.read(into: part, at: off)
             // Write non-zero clusters only (zero detection keeps the output thin).
