@@ -375,6 +375,7 @@ public final class Qcow2Image: BlockImage, @unchecked Sendable {
             let kind = try classify(e)
             var target: UInt64
             if case .data(let host, true) = kind {
+                try checkNoOverlap(host)
                 target = host + inCluster
             } else {
                 let (newHost, fresh) = try allocateCluster()
@@ -410,6 +411,23 @@ public final class Qcow2Image: BlockImage, @unchecked Sendable {
             pos += n
         }
         try flushRun()
+    }
+
+    /// Refuses to write guest data over the image's own metadata (a hostile or corrupt L2 entry).
+    func checkNoOverlap(_ host: UInt64) throws(VireoError) {
+        func inRange(_ start: UInt64, _ bytes: UInt64) -> Bool { bytes > 0 && host >= start / cs * cs && host < alignUp(start &+ bytes, cs) }
+        var bad = host < cs || inRange(header.l1TableOffset, UInt64(l1.count) * 8)
+            || inRange(header.refcountTableOffset, UInt64(header.refcountTableClusters) * cs)
+            || (header.nbSnapshots > 0 && inRange(header.snapshotsOffset, 64 * UInt64(header.nbSnapshots)))
+        if !bad { bad = refBlocks[host] != nil || l2Cache[host] != nil }
+        if !bad {
+            let rc = try refcount(host / cs)
+            bad = rc != 1
+        }
+        if bad {
+            throw VireoError(.corrupt, "\(path): a data cluster at offset \(host) overlaps the image's metadata or has a wrong refcount; refusing to write",
+                             hint: "the image is corrupt; inspect it with `vireo disk check` and repair a copy with `check -r all`")
+        }
     }
 
     func noteWritten(_ end: UInt64) {
