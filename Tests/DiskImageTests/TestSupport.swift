@@ -62,8 +62,13 @@ enum TS {
         p.standardOutput = o
         p.standardError = e
         try p.run()
+        // Drain stderr on another thread so neither pipe can fill up and block the child.
+        let errBox = DataBox()
+        let t = Thread { errBox.data = e.fileHandleForReading.readDataToEndOfFile(); errBox.done.signal() }
+        t.start()
         let od = o.fileHandleForReading.readDataToEndOfFile()
-        let ed = e.fileHandleForReading.readDataToEndOfFile()
+        errBox.done.wait()
+        let ed = errBox.data
         p.waitUntilExit()
         let r = Result(status: p.terminationStatus, out: String(decoding: od, as: UTF8.self), err: String(decoding: ed, as: UTF8.self))
         if check && r.status != 0 {
@@ -136,4 +141,9 @@ enum TS {
         defer { try? FileManager.default.removeItem(atPath: out) }
         return try readFile(out)
     }
+}
+
+final class DataBox: @unchecked Sendable {
+    var data = Data()
+    let done = DispatchSemaphore(value: 0)
 }
