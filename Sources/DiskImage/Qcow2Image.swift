@@ -572,9 +572,10 @@ public final class Qcow2Image: BlockImage, @unchecked Sendable {
             if let b = backingImage { try? b.close() }
         }
         if !isReadOnly {
-            try writeBackMetadata(sync: true)
+            let sync = options.cache == .writeback
+            try writeBackMetadata(sync: sync)
             // A second pass applies the frees queued by the first.
-            try writeBackMetadata(sync: true)
+            try writeBackMetadata(sync: sync)
             if markedDirty {
                 header.incompatibleFeatures &= ~Qcow2Header.Incompatible.dirty
                 try writeHeader()
