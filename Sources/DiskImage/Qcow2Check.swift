@@ -102,11 +102,32 @@ extension Qcow2Image {
         return counts
     }
 
-    /// Checks refcounts and COPIED flags; with `repair`, rebuilds them.
+    /// Checks refcounts and COPIED flags; with `repair`, rebuilds the refcounts from the tables
+    /// and fixes the flags (`.leaks` only when the image has no corruption beyond leaks).
     public func check(repair: RepairMode = .none) throws(VireoError) -> CheckResult {
         lock.lock(); defer { lock.unlock() }
         try checkOpen()
         if repair != .none { try checkWritable(); try writeBackMetadata(sync: true); try writeBackMetadata(sync: true) }
+        var r = try checkOnce()
+        if repair == .none || (r.leaks == 0 && r.corruptions == 0) { return r }
+        if repair == .leaks && (r.corruptions > 0 || r.leaks == 0) { return r }
+        try rebuildRefcounts()
+        try fixCopiedFlags()
+        try writeBackMetadata(sync: true)
+        if header.incompatibleFeatures & Qcow2Header.Incompatible.corrupt != 0 && repair == .all {
+            header.incompatibleFeatures &= ~Qcow2Header.Incompatible.corrupt
+            try writeHeader()
+            try file.sync()
+        }
+        let after = try checkOnce()
+        r.leaksFixed = max(0, r.leaks - after.leaks)
+        r.corruptionsFixed = max(0, r.corruptions - after.corruptions)
+        r.messages += after.messages.map { "after repair: " + $0 }
+        r.imageEndOffset = physicalEnd
+        return r
+    }
+
+    func checkOnce() throws(VireoError) -> CheckResult {
         var r = CheckResult()
         r.totalClusters = divRoundUp(virtualSize, cs)
         let counts = try computeReferences(includeRefcountStructures: true, result: &r)
@@ -151,24 +172,6 @@ extension Qcow2Image {
                 }
             }
         }
-        r.imageEndOffset = physicalEnd
-        if repair == .none || (r.leaks == 0 && r.corruptions == 0) { return r }
-        if repair == .leaks && r.corruptions > 0 {
-            // Only leaks are repaired in this mode; rebuilding would also change corrupt refcounts.
-            if r.leaks == 0 { return r }
-        }
-        try rebuildRefcounts()
-        try fixCopiedFlags()
-        try writeBackMetadata(sync: true)
-        if header.incompatibleFeatures & Qcow2Header.Incompatible.corrupt != 0 && repair == .all {
-            header.incompatibleFeatures &= ~Qcow2Header.Incompatible.corrupt
-            try writeHeader()
-            try file.sync()
-        }
-        var after = CheckResult()
-        _ = try computeReferences(includeRefcountStructures: true, result: &after)
-        r.leaksFixed = r.leaks
-        r.corruptionsFixed = repair == .all ? r.corruptions : 0
         r.imageEndOffset = physicalEnd
         return r
     }
