@@ -76,7 +76,11 @@ public final class Qcow2Image: BlockImage, @unchecked Sendable {
     var backingImage: BlockImage?
     var markedDirty = false
     var closed = false
-    var snapshots: [Qcow2Snapshot] = []
+    var snapshots: [Qcow2Snapshot] = [] {
+        didSet { snapshotTableBytes = snapshots.reduce(UInt64(0)) { $0 + UInt64($1.serialize().count) } }
+    }
+    /// Size of the on-disk snapshot table.
+    var snapshotTableBytes: UInt64 = 0
     /// Byte cursor for packing compressed clusters (convert -c).
     var compressedCursor: UInt64 = 0
     /// Last decompressed cluster (host offset, bytes).
@@ -152,6 +156,7 @@ public final class Qcow2Image: BlockImage, @unchecked Sendable {
             throw VireoError(.corrupt, "\(file.path): \(h.nbSnapshots) snapshots exceeds the limit of \(Self.maxSnapshots)")
         }
         snapshots = try Qcow2Snapshot.readTable(file: file, header: h, fileSize: fileSize)
+        snapshotTableBytes = snapshots.reduce(UInt64(0)) { $0 + UInt64($1.serialize().count) }
         compressedCursor = 0
 
         // Backing chain.
@@ -418,7 +423,7 @@ public final class Qcow2Image: BlockImage, @unchecked Sendable {
         func inRange(_ start: UInt64, _ bytes: UInt64) -> Bool { bytes > 0 && host >= start / cs * cs && host < alignUp(start &+ bytes, cs) }
         var bad = host < cs || inRange(header.l1TableOffset, UInt64(l1.count) * 8)
             || inRange(header.refcountTableOffset, UInt64(header.refcountTableClusters) * cs)
-            || (header.nbSnapshots > 0 && inRange(header.snapshotsOffset, 64 * UInt64(header.nbSnapshots)))
+            || (header.nbSnapshots > 0 && inRange(header.snapshotsOffset, snapshotTableBytes))
         if !bad { bad = refBlocks[host] != nil || l2Cache[host] != nil }
         if !bad {
             let rc = try refcount(host / cs)
