@@ -158,7 +158,7 @@ public enum DiskImage {
         case .qcow2: return try Qcow2Image(file: file, options: options, chain: &chain)
         case .vmdk:
             guard options.readOnly else { throw VireoError(.unsupported, "VMDK images are supported read-only (import)", hint: "open read-only, or convert: vireo disk convert -O qcow2 \(path) OUT.qcow2") }
-            return try VMDKImage(file: file)
+            return try VMDKImage(file: file, policy: options.backingPolicy)
         case .vhd:
             guard options.readOnly else { throw VireoError(.unsupported, "VHD images are supported read-only (import)", hint: "open read-only, or convert: vireo disk convert -O qcow2 \(path) OUT.qcow2") }
             return try VHDImage(file: file)

@@ -41,8 +41,11 @@ public final class VMDKImage: BlockImage, @unchecked Sendable {
 
     var extents: [Extent] = []
 
-    init(file: ImageFile) throws(VireoError) {
+    let policy: BackingPolicy
+
+    init(file: ImageFile, policy: BackingPolicy = .any) throws(VireoError) {
         self.file = file
+        self.policy = policy
         let head = try file.readBytes(Int(min(try file.size(), 512)), at: 0, what: "VMDK header")
         if head.count >= 4, le32(head, 0) == 0x564d_444b {
             let s = try Self.parseSparse(file)
@@ -98,7 +101,6 @@ public final class VMDKImage: BlockImage, @unchecked Sendable {
         guard text.contains("# Disk DescriptorFile") || text.contains("createType") else {
             throw VireoError(.corrupt, "\(path): not a VMDK file")
         }
-        let dir = DiskImage.directoryOf(path)
         for line in text.split(whereSeparator: { $0 == "\n" || $0 == "\r" }) {
             let l = String(line).trimmingWhitespace()
             if l.hasPrefix("createType") {
@@ -121,14 +123,13 @@ public final class VMDKImage: BlockImage, @unchecked Sendable {
             }
             switch type {
             case "FLAT", "VMFS":
-                let ep = try DiskImage.resolveBacking(name: name, of: path, policy: .any)
-                _ = dir
+                let ep = try DiskImage.resolveBacking(name: name, of: path, policy: policy == .forbidden ? .confined : policy)
                 let f = try ImageFile.open(ep, writable: false)
                 extents.append(.flat(file: f, offset: try checkedMul(extOff, 512, "VMDK extent offset"), size: sectors * 512))
             case "ZERO":
                 extents.append(.zero(size: sectors * 512))
             case "SPARSE":
-                let ep = try DiskImage.resolveBacking(name: name, of: path, policy: .any)
+                let ep = try DiskImage.resolveBacking(name: name, of: path, policy: policy == .forbidden ? .confined : policy)
                 let s = try Self.parseSparse(try ImageFile.open(ep, writable: false))
                 s.capacity = min(s.capacity, sectors * 512)
                 extents.append(.sparse(s))

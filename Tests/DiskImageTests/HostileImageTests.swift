@@ -173,6 +173,26 @@ import VireoSupport
         }
     }
 
+    @Test func vmdkDescriptorExtentsFollowThePolicy() throws {
+        let dir = TS.tempDir()
+        let desc = """
+        # Disk DescriptorFile
+        version=1
+        createType="monolithicFlat"
+        RW 2048 FLAT "../../../../etc/hostname" 0
+        """
+        try TS.writeFile(dir + "/evil.vmdk", Array(desc.utf8))
+        #expect { _ = try DiskImage.open(path: dir + "/evil.vmdk", options: OpenOptions(readOnly: true, backingPolicy: .confined)) } throws: { e in
+            (e as? VireoError)?.code == .permissionDenied
+        }
+        try TS.writeFile(dir + "/ok-flat.img", [UInt8](repeating: 3, count: 2048 * 512))
+        let good = desc.replacingOccurrences(of: "../../../../etc/hostname", with: "ok-flat.img")
+        try TS.writeFile(dir + "/ok.vmdk", Array(good.utf8))
+        let img = try DiskImage.open(path: dir + "/ok.vmdk", options: OpenOptions(readOnly: true, backingPolicy: .confined))
+        #expect(try TS.readAll(img).allSatisfy { $0 == 3 })
+        try img.close()
+    }
+
     @Test func longBackingChainIsBoundedNotRecursedForever() throws {
         let dir = TS.tempDir()
         try Qcow2Image.create(path: dir + "/0.qcow2", size: 1 << 20)

@@ -43,7 +43,19 @@ enum TS {
         return vireo != nil
     }
 
+    /// Removes leftovers of earlier test processes that are no longer running (once per process).
+    static let sweptOldRuns: Bool = {
+        let tmp = FileManager.default.temporaryDirectory.path
+        for d in (try? FileManager.default.contentsOfDirectory(atPath: tmp)) ?? [] where d.hasPrefix("vireo-disk-tests-") {
+            if let pid = Int32(d.dropFirst("vireo-disk-tests-".count)), pid != getpid(), kill(pid, 0) != 0 {
+                try? FileManager.default.removeItem(atPath: tmp + "/" + d)
+            }
+        }
+        return true
+    }()
+
     static func tempDir(_ name: String = #function) -> String {
+        _ = sweptOldRuns
         let base = FileManager.default.temporaryDirectory.appendingPathComponent("vireo-disk-tests-\(getpid())")
         let clean = name.filter { $0.isLetter || $0.isNumber }
         let dir = base.appendingPathComponent("\(clean)-\(UUID().uuidString.prefix(8))")
