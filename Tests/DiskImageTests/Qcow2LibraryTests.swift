@@ -36,6 +36,23 @@ import VireoSupport
         }
     }
 
+    @Test func refcountTableGrowsAsTheFileGrows() throws {
+        let path = TS.tempDir() + "/grow.qcow2"
+        try Qcow2Image.create(path: path, size: 64 << 20, options: Qcow2CreateOptions(clusterSize: 512))
+        let img = try Qcow2Image.open(path: path)
+        #expect(img.header.refcountTableClusters == 1)
+        let data = TS.pattern(24 << 20, seed: 77)      // > 8 MiB: more than one 512-byte table can cover
+        try TS.write(img, data, at: 7 << 20)
+        try img.flush()
+        #expect(img.header.refcountTableClusters > 1)
+        try img.close()
+        let r = try Qcow2Image.openForCheck(path: path, repair: false).check()
+        #expect(r.corruptions == 0 && r.leaks == 0, "\(r.messages.prefix(3))")
+        let again = try DiskImage.open(path: path, readOnly: true)
+        #expect(try TS.read(again, data.count, at: 7 << 20) == data)
+        if TS.hasQemu { try TS.qemuCheck(path) }
+    }
+
     @Test func zeroAndDiscardMakeClustersReadZero() throws {
         let dir = TS.tempDir()
         let path = dir + "/z.qcow2"
