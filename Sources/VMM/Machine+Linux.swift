@@ -80,6 +80,11 @@ extension Machine {
             let leaves = CPUIDPolicy.entries(from: supported, vcpuIndex: index, vcpuCount: config.cpus).map {
                 CPUIDLeaf(function: $0.function, index: $0.index, flags: $0.flags, eax: $0.eax, ebx: $0.ebx, ecx: $0.ecx, edx: $0.edx)
             }
+            if index == 0 {
+                for l in leaves where [0x1, 0x7, 0xD].contains(l.function) {
+                    DebugLog.log("cpuid \(hex(l.function)).\(l.index) flags \(l.flags) eax \(hex(l.eax)) ebx \(hex(l.ebx)) ecx \(hex(l.ecx)) edx \(hex(l.edx))")
+                }
+            }
             try vcpu.setCPUID(leaves)
             try vcpu.setMSRs(plan.bsp.msrs.map { ($0.index, $0.value) })
             try Machine.wireLocalInterrupts(vcpu)
