@@ -15,6 +15,8 @@ public enum ProbeWorkload: Sendable, Equatable {
     case dirty(passes: UInt64)
     /// `iterations` of a dec/jnz loop, then done: native CPU speed.
     case compute(iterations: UInt64)
+    /// Jumps to `address` (no RAM there): an instruction fetch KVM cannot emulate.
+    case executeUnmapped(address: UInt64)
 
     public static let defaultMMIOAddress: UInt64 = 0xD000_0000
 }
@@ -119,6 +121,7 @@ public enum ProbeGuest {
             let top = min(memorySize, 3 << 30)
             regs.r9 = top > dirtyStart ? (top - dirtyStart) & ~0xFFF : 0x1000
         case let .compute(n): regs.rdi = 3; regs.rsi = max(1, n)
+        case let .executeUnmapped(address): regs.rdi = 4; regs.rdx = address
         }
         try vcpu.setRegisters(regs)
     }
