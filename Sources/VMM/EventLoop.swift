@@ -72,6 +72,11 @@ public final class EventLoop: @unchecked Sendable {
         timers.withLock { $0.append(Timer(interval: ns, due: Self.now() &+ ns, body: body)) }
     }
 
+    /// Runs `body` once on the loop thread after `nanoseconds`.
+    public func after(nanoseconds: UInt64, _ body: @escaping @Sendable () -> Void) {
+        timers.withLock { $0.append(Timer(interval: 0, due: Self.now() &+ nanoseconds, body: body)) }
+    }
+
     static func now() -> UInt64 {
         var ts = timespec()
         clock_gettime(CLOCK_MONOTONIC, &ts)
@@ -120,6 +125,7 @@ public final class EventLoop: @unchecked Sendable {
                 out.append(ts[i].body)
                 ts[i].due = now &+ ts[i].interval
             }
+            ts.removeAll { $0.interval == 0 && $0.due <= now }   // one-shot timers that just ran
             return out
         }
         for body in due { body() }

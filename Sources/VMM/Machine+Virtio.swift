@@ -51,6 +51,53 @@ final class VirtioPCISlot: @unchecked Sendable {
     }
 }
 
+/// What attaching a virtio device needs: the bus, the event loop and the MSI router.
+final class VirtioWiring: @unchecked Sendable {
+    let vm: VirtualMachine
+    let memory: GuestMemory
+    let pci: PCIBus
+    let loop: EventLoop
+    let router: KVMMSIRouter
+    private(set) var slots: [VirtioPCISlot] = []
+
+    init(vm: VirtualMachine, memory: GuestMemory, pci: PCIBus, loop: EventLoop) {
+        self.vm = vm; self.memory = memory; self.pci = pci; self.loop = loop
+        router = KVMMSIRouter(vm: vm)
+    }
+
+    /// Plugs `device` into the next PCI slot; its doorbells run `processQueue` on the event loop.
+    /// With a `limiter`, a throttled queue is re-kicked once the limiter allows more.
+    func attach(_ device: any VirtioDevice, name: String, limiter: RateLimiter? = nil) throws -> VirtioPCISlot {
+        let transport = try VirtioPCIDevice(device: device, memory: memory, msi: router, intx: nil)
+        let slot = try VirtioPCISlot(name: name, transport: transport, vm: vm)
+        let address = try pci.add(transport)
+        let source = address.msiSource
+        let router = self.router
+        transport.setRoutingObserver { [unowned transport] in router.update(source: source, routes: transport.interruptRoutes()) }
+        let doorbells = slot.doorbells
+        transport.setNotifyHandler { q in if q >= 0, q < doorbells.count { doorbells[q].signal() } }
+        let loop = self.loop
+        for (q, bell) in doorbells.enumerated() {
+            let retryPending = AtomicFlag()
+            try loop.add(fd: bell.fd) { [unowned transport] _ in
+                bell.drain()
+                let more = transport.processQueue(q)
+                if let limiter {
+                    let wait = limiter.nanosUntilAvailable
+                    if wait > 0, !retryPending.value.exchange(true, ordering: .acquiringAndReleasing) {
+                        loop.after(nanoseconds: wait) { retryPending.value.store(false, ordering: .releasing); bell.signal() }
+                    }
+                }
+                return more
+            }
+        }
+        slot.bindDoorbells()
+        slots.append(slot)
+        DebugLog.log("virtio: \(name) at PCI \(address)")
+        return slot
+    }
+}
+
 extension Machine {
     /// The PCI host bridge (always: Linux probes it through the DSDT's PCI0) and the configured
     /// virtio devices, each on its own slot, with their back ends on one event-loop thread.
@@ -63,44 +110,31 @@ extension Machine {
         let v = config.virtio
         guard !v.isEmpty else { return }
 
-        let loop = try EventLoop(stopFD: stop.eventFD)
-        let router = KVMMSIRouter(vm: vm)
-        var slots: [VirtioPCISlot] = []
-        func attach(_ device: any VirtioDevice, name: String) throws -> VirtioPCISlot {
-            let transport = try VirtioPCIDevice(device: device, memory: memory, msi: router, intx: nil)
-            let slot = try VirtioPCISlot(name: name, transport: transport, vm: vm)
-            let address = try pci.add(transport)
-            let source = address.msiSource
-            transport.setRoutingObserver { [unowned transport] in router.update(source: source, routes: transport.interruptRoutes()) }
-            let doorbells = slot.doorbells
-            transport.setNotifyHandler { q in if q >= 0, q < doorbells.count { doorbells[q].signal() } }
-            for (q, bell) in doorbells.enumerated() {
-                try loop.add(fd: bell.fd) { [unowned transport] _ in
-                    bell.drain()
-                    return transport.processQueue(q)
-                }
-            }
-            slot.bindDoorbells()
-            slots.append(slot)
-            DebugLog.log("virtio: \(name) at PCI \(address)")
-            return slot
-        }
+        let wiring = VirtioWiring(vm: vm, memory: memory, pci: pci, loop: try EventLoop(stopFD: stop.eventFD))
 
-        if v.rng { _ = try attach(VirtioRNG(), name: "virtio-rng") }
+        if v.rng { _ = try wiring.attach(VirtioRNG(), name: "virtio-rng") }
         for (i, disk) in v.disks.enumerated() {
-            let backend = try openDisk(disk, index: i)
-            _ = try attach(VirtioBlock(backend: backend), name: "virtio-blk \(disk.id ?? disk.path)")
+            let block = VirtioBlock(backend: try openDisk(disk, index: i))
+            block.limiter = Self.limiter(disk.rateLimit)
+            _ = try wiring.attach(block, name: "virtio-blk \(disk.id ?? disk.path)", limiter: block.limiter)
         }
         if let console = v.console {
             let sink = try virtioConsoleSink(console)
-            _ = try attach(VirtioConsole(output: sink), name: "virtio-console")
+            _ = try wiring.attach(VirtioConsole(output: sink), name: "virtio-console")
         }
-        try setUpExtraVirtio(v, loop: loop, attach: attach)
+        try setUpBalloon(v.balloon, wiring: wiring)
+        for (i, net) in v.nets.enumerated() { try setUpNet(net, index: i, wiring: wiring) }
+        try setUpVsock(v.vsock, wiring: wiring)
 
-        let all = slots
+        let all = wiring.slots
         pci.setBARChangeHandler { _ in for s in all { s.bindDoorbells() } }
-        resources.append(contentsOf: slots)
-        eventLoop = loop
+        resources.append(wiring)
+        eventLoop = wiring.loop
+    }
+
+    static func limiter(_ c: RateLimitConfig) -> RateLimiter? {
+        c.isUnlimited ? nil : RateLimiter(bytesPerSecond: c.bytesPerSecond, bytesBurst: c.bytesBurst,
+                                          opsPerSecond: c.opsPerSecond, opsBurst: c.opsBurst)
     }
 
     private func openDisk(_ disk: VirtioConfig.Disk, index: Int) throws -> any BlockBackend {
@@ -135,4 +169,9 @@ extension Machine {
             return { bytes in _ = write(raw, bytes.baseAddress, bytes.count) }
         }
     }
+}
+
+/// A shareable atomic boolean.
+final class AtomicFlag: Sendable {
+    let value = Atomic<Bool>(false)
 }

@@ -18,7 +18,7 @@ import Synchronization
 /// Concurrency: queue work under the transport's back-end lock; the target, `actual`, the stats
 /// and the interrupt handle live in a `Mutex` because the VMM changes the target from its own
 /// thread.
-public final class VirtioBalloon: VirtioDevice {
+public final class VirtioBalloon: VirtioDevice, @unchecked Sendable {
     public enum Feature {
         public static let statsQueue: UInt64 = 1 << 1
         public static let deflateOnOOM: UInt64 = 1 << 2
@@ -39,6 +39,7 @@ public final class VirtioBalloon: VirtioDevice {
         var statsUpdates: UInt64 = 0
         var interrupt: (any VirtioInterrupt)?
         var wantStats = false
+        var statsQueue: Int?
     }
     private let shared = Mutex(Shared())
     private var roles: [QueueRole?] = []
@@ -89,8 +90,10 @@ public final class VirtioBalloon: VirtioDevice {
     /// Asks for fresh statistics at the next processing of the stats queue; returns the queue
     /// index to process, or nil when there is no stats queue.
     public func requestStats() -> Int? {
-        shared.withLock { $0.wantStats = true }
-        return roles.firstIndex(of: .stats)
+        shared.withLock { s in
+            s.wantStats = s.statsQueue != nil
+            return s.statsQueue
+        }
     }
 
     // MARK: VirtioDevice
@@ -126,12 +129,13 @@ public final class VirtioBalloon: VirtioDevice {
         memory = activation.memory
         interrupt = activation.interrupt
         statsHead = nil
-        shared.withLock { $0.interrupt = activation.interrupt }
+        let statsQueue = roles.firstIndex(of: .stats)
+        shared.withLock { $0.interrupt = activation.interrupt; $0.statsQueue = statsQueue }
     }
 
     public func reset() {
         roles = []; queues = []; memory = nil; interrupt = nil; statsHead = nil
-        shared.withLock { $0.interrupt = nil; $0.actualPages = 0; $0.wantStats = false }
+        shared.withLock { $0.interrupt = nil; $0.actualPages = 0; $0.wantStats = false; $0.statsQueue = nil }
     }
 
     public func processQueue(_ index: Int) throws -> Bool {

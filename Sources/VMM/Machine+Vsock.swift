@@ -1,0 +1,7 @@
+import Virtio
+
+extension Machine {
+    func setUpVsock(_ config: VirtioConfig.Vsock?, wiring: VirtioWiring) throws {
+        guard config != nil else { return }
+    }
+}
