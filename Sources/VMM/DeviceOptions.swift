@@ -1,4 +1,4 @@
-import VMM
+
 import VireoSupport
 
 /// Parsing of the virtio device flags: `--disk`, `--net`, `--rng`, `--balloon`, `--vsock`,
@@ -7,7 +7,7 @@ import VireoSupport
 public enum DeviceOptions {
     public struct ParseError: Error, CustomStringConvertible, Equatable {
         public let description: String
-        init(_ s: String) { description = s }
+        public init(_ s: String) { description = s }
     }
 
     /// Splits `a=1,b=2` into ordered pairs; rejects empty keys, duplicates and unknown keys.
