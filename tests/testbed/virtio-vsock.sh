@@ -8,10 +8,10 @@ SOCK=/tmp/virtio-vsock.sock
 LOG=/tmp/virtio-vsock.log; HL=/tmp/virtio-vsock-host.log; HC=/tmp/virtio-vsock-client.log
 rm -f $SOCK ${SOCK}_6000
 VIREO=$(command -v vireo)
-set -- $VIREO:/bin/vireo
+set -- $(readlink -f $VIREO):/bin/vireo
 for lib in /lib/x86_64-linux-gnu/libm.so.6 /lib/x86_64-linux-gnu/libstdc++.so.6 /lib/x86_64-linux-gnu/libgcc_s.so.1 \
 	/lib/x86_64-linux-gnu/libc.so.6 /lib64/ld-linux-x86-64.so.2; do
-	[ -e $lib ] && set -- "$@" $lib:$lib
+	[ -e $lib ] && set -- "$@" $(readlink -f $lib):$lib
 done
 vireo-l2-initrd /tmp/virtio-vsock-l2.gz "$@" || { echo "FAIL: cannot build the L2 initramfs"; exit 1; }
 timeout 60 vireo vsock-probe unix-listen ${SOCK}_6000 >$HL 2>&1 &
