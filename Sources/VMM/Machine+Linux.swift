@@ -103,6 +103,7 @@ extension Machine {
         let low = min(config.memorySize, X86MemoryLayout.mmioHoleStart)
         rtc.setMemorySize(belowFourGiB: low, aboveFourGiB: config.memorySize - low)
         try platform.ports.register(rtc, port: 0x70, count: 2, name: "CMOS RTC")
+        try setUpVirtio(platform: platform)
         devices = platform
         if config.serial == .stdio {
             consoleInput = { bytes in _ = serial.enqueueInput(bytes) }

@@ -25,6 +25,8 @@ public final class Machine: @unchecked Sendable {
     var consoleInput: (@Sendable ([UInt8]) -> Void)?
     /// Closed when the machine is dropped (console file, etc.).
     var resources: [AnyObject] = []
+    /// The virtio back ends' thread (nil without virtio devices); see Machine+Virtio.swift.
+    var eventLoop: EventLoop?
     private var reportedUnmapped = 0
 
     /// For probe guests: when the first guest instruction ran (CLOCK_MONOTONIC ns).
@@ -149,6 +151,10 @@ public final class Machine: @unchecked Sendable {
             }
         }
 
+        if let eventLoop {
+            do { try eventLoop.start() } catch { stop.request(.failed("cannot start the device event loop: \(error)")) }
+        }
+
         supervise(signalFD: sfd)
         DebugLog.log("supervisor woke; stopping \(threads.count) vCPU threads")
 
@@ -163,6 +169,7 @@ public final class Machine: @unchecked Sendable {
             }
             DebugLog.log("vCPU \(i) joined: pio=\(stats[i].pioExits.load(ordering: .relaxed)) mmio=\(stats[i].mmioExits.load(ordering: .relaxed)) unmapped=\(stats[i].unmappedAccesses.load(ordering: .relaxed))")
         }
+        eventLoop?.join()
         if let platform = devices as? PlatformDevices {
             let p = platform.ports.statistics
             DebugLog.log("port bus: unhandled reads \(p.unhandledReads) writes \(p.unhandledWrites), last \(p.lastUnhandledAddress.map { hex($0) } ?? "-")")
