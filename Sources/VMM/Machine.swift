@@ -1,6 +1,7 @@
 import CLinux
 import GuestMemory
 import KVM
+import Synchronization
 import VireoSupport
 import X86Boot
 #if canImport(Glibc)
@@ -27,7 +28,8 @@ public final class Machine: @unchecked Sendable {
     var resources: [AnyObject] = []
     /// The virtio back ends' thread (nil without virtio devices); see Machine+Virtio.swift.
     var eventLoop: EventLoop?
-    private var reportedUnmapped = 0
+    /// How many unmapped accesses were printed (vCPU threads race on it; it only bounds the output).
+    private let reportedUnmapped = Atomic<Int>(0)
 
     /// For probe guests: when the first guest instruction ran (CLOCK_MONOTONIC ns).
     public var probeFirstInstructionNanos: UInt64? {
@@ -252,12 +254,11 @@ public final class Machine: @unchecked Sendable {
     }
 
     private func reportUnmapped(_ mmio: MMIOExit, vcpu: Int) {
-        // Racy counter, but only bounds how many lines are printed.
-        reportedUnmapped += 1
-        guard reportedUnmapped <= 8 else { return }
+        let n = reportedUnmapped.add(1, ordering: .relaxed).newValue
+        guard n <= 8 else { return }
         let verb = mmio.isWrite ? "wrote \(mmio.data.count) bytes to" : "read \(mmio.data.count) bytes from"
         var line = "vireo: vCPU \(vcpu) \(verb) unmapped guest-physical address \(hex(mmio.address)); ignored"
-        if reportedUnmapped == 8 { line += " (further unmapped accesses are counted, not printed)" }
+        if n == 8 { line += " (further unmapped accesses are counted, not printed)" }
         line += "\n"
         _ = line.withCString { write(2, $0, strlen($0)) }
     }
