@@ -33,7 +33,23 @@ static inline uint32_t inl(uint16_t p) { uint32_t v; __asm__ volatile("inl %1, %
 #define barrier() __asm__ volatile("" ::: "memory")
 #define mb() __asm__ volatile("mfence" ::: "memory")
 
+#ifdef QEMU_REPORT
+/* Under QEMU (no report port): TSC timestamps, printed as text on the debugcon port 0xE9
+ * after the timed phase; bench-virtio.sh converts them with the host's TSC frequency. */
+static inline void outb(uint16_t p, uint8_t v) { __asm__ volatile("outb %0, %1" :: "a"(v), "Nd"(p)); }
+static inline uint64_t rdtsc(void) { uint32_t lo, hi; __asm__ volatile("lfence; rdtsc" : "=a"(lo), "=d"(hi) :: "memory"); return (uint64_t)hi << 32 | lo; }
+static void putdec(uint64_t v) { char b[24]; int n = 0; do { b[n++] = (char)('0' + v % 10); v /= 10; } while (v); while (n) outb(0xE9, b[--n]); }
+static uint64_t tsc_start;
+static void report(uint32_t v) {
+    uint64_t t = rdtsc();
+    if (v == 1 && tsc_start == 0) { tsc_start = t; return; }
+    const char *p = "probe_tsc ";
+    while (*p) outb(0xE9, *p++);
+    putdec(tsc_start); outb(0xE9, ' '); putdec(t); outb(0xE9, ' '); putdec(v); outb(0xE9, '\n');
+}
+#else
 static void report(uint32_t v) { outl(0xF7, v); }
+#endif
 static void fail(uint32_t code) { report(0xE0000000u | code); for (;;) outl(0xF4, 0); }
 
 static uint32_t pci_read(int dev, int off) {
@@ -122,7 +138,7 @@ void probe_main(void) {
     }
     uint64_t seq = 0;
     uint16_t avail_idx = 0, used_seen = 0;
-    uint64_t submitted = 0, completed = 0;
+    uint64_t submitted = 0, completed = 0, kicks = 0, spins = 0;
     report(1);
 #define SUBMIT(i) do { \
         volatile struct hdr *h = (volatile struct hdr *)(uintptr_t)(HDR_BASE + 32 * (i)); \
@@ -136,10 +152,10 @@ void probe_main(void) {
         barrier();
         R16(avail + 2) = avail_idx;
         mb();
-        if (!(R16(used) & 1)) R16(doorbell) = 0;               /* unless VIRTQ_USED_F_NO_NOTIFY */
+        if (!(R16(used) & 1)) { R16(doorbell) = 0; kicks++; }  /* unless VIRTQ_USED_F_NO_NOTIFY */
         if (completed + (avail_idx - used_seen) == 0) break;
         uint16_t u;
-        while ((u = R16(used + 2)) == used_seen) {}
+        while ((u = R16(used + 2)) == used_seen) { spins++; }
         barrier();
         while (used_seen != u) {
             uint32_t id = R32(used + 4 + 8 * (used_seen % QSIZE));
@@ -152,5 +168,8 @@ void probe_main(void) {
         if (completed >= OPS) break;
     }
     report((uint32_t)completed);
+#ifdef DIAG
+    report((uint32_t)kicks); report((uint32_t)(spins >> 10));
+#endif
     R8(common + 0x14) = 0;                                     /* reset the device */
 }
