@@ -153,7 +153,6 @@ void probe_main(void) {
         R16(avail + 2) = avail_idx;
         mb();
         if (!(R16(used) & 1)) { R16(doorbell) = 0; kicks++; }  /* unless VIRTQ_USED_F_NO_NOTIFY */
-        if (completed + (avail_idx - used_seen) == 0) break;
         uint16_t u;
         while ((u = R16(used + 2)) == used_seen) { spins++; }
         barrier();
