@@ -152,6 +152,15 @@ per request on the 256-entry queue. Vireo's virtio-blk serves one queue on its e
 thread with synchronous pread, so queue depth hides doorbell and wake-up latency, it adds no
 parallelism; the host pread column is always one request at a time.
 
+Reading it: at 1 MiB the copy dominates and Vireo comes close to the host's own pread. At 4 KiB
+the cost per request is the doorbell round trip: a ring-3 MMIO store that PVM traps and KVM turns
+into an ioeventfd signal, then a wake-up of the event-loop thread on a 2-core host shared with
+other work (the QD 1 row is that round trip; QEMU's is of the same order). A diagnostic run
+(blk.c built with -DDIAG, /proc/PID/task CPU times; not part of this script, not re-measured
+here) saw about 31 requests per doorbell at QD 32 and the event-loop thread busy about a third
+of the time: waiting for wake-ups, not short of CPU. Busy-polling the queue on the event-loop
+thread for a short while after each batch is the obvious next step; not done.
+
 virtio-net packets per second between two VMs: not measured yet (the probe image has no
 virtio-net driver).
 
