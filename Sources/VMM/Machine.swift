@@ -77,14 +77,22 @@ public final class Machine: @unchecked Sendable {
         switch config.boot {
         case let .probe(workload):
             try ProbeGuest.load(into: memory)
+            if case let .image(path) = workload { try ProbeGuest.loadImage(path: path, into: memory) }
             let supported = try kvm.supportedCPUID()
             for vcpu in vcpus {
                 try vcpu.setCPUID(supported)
                 try ProbeGuest.setUp(vcpu, workload: workload, memorySize: config.memorySize)
             }
             let t0 = getenv("VIREO_BENCH_T0").flatMap { UInt64(String(cString: $0)) }
-            devices = ProbeDevices(stop: stop, mmioSink: ProbeWorkload.defaultMMIOAddress,
-                                   benchStartNanos: t0, onPass: onProbePass)
+            let probe = ProbeDevices(stop: stop, mmioSink: ProbeWorkload.defaultMMIOAddress,
+                                     benchStartNanos: t0, onPass: onProbePass)
+            devices = probe
+            if !config.virtio.isEmpty {
+                // Probe images drive virtio-pci themselves (poll mode: no irqchip, no MSI-X).
+                let platform = PlatformDevices()
+                try setUpVirtio(platform: platform)
+                probe.fallback = platform
+            }
         case .linux:
             devices = UnclaimedDevices()
             try setUpLinux()

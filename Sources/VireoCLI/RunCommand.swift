@@ -59,9 +59,15 @@ struct RunCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Run the built-in probe guest instead of a kernel: pio:N, mmio:N, dirty[:PASSES], compute:N.", visibility: .hidden))
     var probe: String?
 
+    @Option(name: .customLong("probe-image"), help: ArgumentHelp("Run a flat ring-3 probe binary (bench/probe-virtio) that may drive the --disk/--net devices.", visibility: .hidden))
+    var probeImage: String?
+
     func makeConfig() throws -> MachineConfig {
         let boot: MachineConfig.Boot
-        if let probe {
+        if let probeImage {
+            guard kernel == nil, probe == nil else { throw ValidationError("give only one of --kernel, --probe, --probe-image") }
+            boot = .probe(.image(path: probeImage))
+        } else if let probe {
             guard kernel == nil else { throw ValidationError("give either --kernel or --probe, not both") }
             boot = .probe(try parseProbe(probe))
         } else {
@@ -73,7 +79,7 @@ struct RunCommand: ParsableCommand {
         var config = MachineConfig(boot: boot, cpus: cpus, memorySize: try parseSize(memory, option: "--memory"))
         config.serial = try parseSerial(serial)
         config.virtio = try makeVirtioConfig()
-        if case .probe = boot, !config.virtio.isEmpty { throw ValidationError("virtio devices need --kernel (the probe guest has no drivers)") }
+        if case .probe = boot, probeImage == nil, !config.virtio.isEmpty { throw ValidationError("virtio devices need --kernel or --probe-image (the built-in probe has no drivers)") }
         return config
     }
 
