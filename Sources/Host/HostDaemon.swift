@@ -27,8 +27,8 @@ public enum HostDaemon {
     public static func run(_ o: Options) async throws {
         var tcp: (host: String, port: Int, token: String)?
         if let listen = o.listen {
-            guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]), (1...65535).contains(port) else {
-                throw VireoError(.invalidArgument, "--listen '\(listen)' is not ADDR:PORT", hint: "for example --listen 127.0.0.1:8443")
+            guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]), (0...65535).contains(port) else {
+                throw VireoError(.invalidArgument, "--listen '\(listen)' is not ADDR:PORT", hint: "for example --listen 127.0.0.1:8443 (port 0 picks a free one)")
             }
             guard let tokenFile = o.tokenFile else {
                 throw VireoError(.invalidArgument, "--listen needs --token-file FILE: TCP clients must send 'Authorization: Bearer <token>'")
@@ -124,6 +124,13 @@ extension HostDaemon {
     public static func runBlocking(_ o: Options) throws {
         final class Outcome: @unchecked Sendable { var error: Error? }
         let outcome = Outcome()
+        // Whoever started us may have blocked SIGTERM/SIGINT; the daemon's handlers must see them.
+        // Done before any thread of ours exists, so every thread inherits the mask.
+        var stopSignals = sigset_t()
+        sigemptyset(&stopSignals)
+        sigaddset(&stopSignals, SIGTERM)
+        sigaddset(&stopSignals, SIGINT)
+        pthread_sigmask(SIG_UNBLOCK, &stopSignals, nil)
         let done = DispatchSemaphore(value: 0)
         Task.detached {
             do { try await run(o) } catch { outcome.error = error }

@@ -29,7 +29,7 @@ struct HTTPResponse: Sendable {
 }
 
 /// Maps requests to the service. `Router.routes` is the list the OpenAPI test checks.
-struct Router: Sendable {
+public struct Router: Sendable {
     let service: HostService
     /// Bearer token required on this listener (TCP), or nil (the unix socket: its file mode guards it).
     let token: String?
@@ -37,7 +37,7 @@ struct Router: Sendable {
     static let maxBody = 1 << 20
 
     /// Every (method, path template) the server answers.
-    static let routes: [(method: String, path: String)] = [
+    public static let routes: [(method: String, path: String)] = [
         ("GET", "/openapi.json"), ("GET", "/metrics"), ("GET", "/v1/host"), ("GET", "/v1/events"),
         ("GET", "/v1/vms"), ("POST", "/v1/vms"),
         ("GET", "/v1/vms/{name}"), ("PATCH", "/v1/vms/{name}"), ("DELETE", "/v1/vms/{name}"),

@@ -1303,5 +1303,6 @@ public enum OpenAPIDocument {
     }
   }
 }
+
 """#
 }
