@@ -6,8 +6,12 @@ struct HTTPError: Error, Sendable {
     var status: Int
     var code: String
     var message: String
+    /// For 405: the methods the route allows (sent as the Allow header).
+    var allow: [String] = []
 
-    init(_ status: Int, _ code: String, _ message: String) { self.status = status; self.code = code; self.message = message }
+    init(_ status: Int, _ code: String, _ message: String, allow: [String] = []) {
+        self.status = status; self.code = code; self.message = message; self.allow = allow
+    }
 
     static func notFound(_ name: String) -> HTTPError {
         HTTPError(404, "not-found", "no VM named '\(name)'; `vireo vm list` shows the VMs")

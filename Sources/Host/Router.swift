@@ -24,7 +24,9 @@ struct HTTPResponse: Sendable {
         HTTPResponse(status: status, contentType: "application/json", body: APIJSON.encode(value))
     }
     static func error(_ e: HTTPError) -> HTTPResponse {
-        json(e.status, APIErrorBody(code: e.code, message: e.message))
+        var r = json(e.status, APIErrorBody(code: e.code, message: e.message))
+        if !e.allow.isEmpty { r.headers.append(("Allow", e.allow.joined(separator: ", "))) }
+        return r
     }
 }
 
@@ -67,7 +69,7 @@ public struct Router: Sendable {
         let m = req.method
         func allow(_ methods: String...) throws {
             guard methods.contains(m) else {
-                throw HTTPError(405, "method-not-allowed", "\(m) is not allowed on \(req.path); allowed: \(methods.joined(separator: ", "))")
+                throw HTTPError(405, "method-not-allowed", "\(m) is not allowed on \(req.path.prefix(200)); allowed: \(methods.joined(separator: ", "))", allow: methods)
             }
         }
         switch parts.count {

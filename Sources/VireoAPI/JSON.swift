@@ -75,7 +75,10 @@ public enum APIJSON {
         } catch let DecodingError.valueNotFound(_, ctx) {
             throw APIErrorBody(code: "invalid-field", message: "field '\(path(ctx))' must not be null")
         } catch let DecodingError.dataCorrupted(ctx) {
-            throw APIErrorBody(code: "invalid-field", message: "field '\(path(ctx))' has an invalid value")
+            let p = path(ctx)
+            throw APIErrorBody(code: "invalid-field", message: p.isEmpty
+                ? "a value in the body is invalid or out of range (numbers must fit in 64 bits): \(ctx.debugDescription.prefix(120))"
+                : "field '\(p)' has an invalid value")
         } catch {
             throw APIErrorBody(code: "invalid-field", message: "the request body does not match the schema")
         }

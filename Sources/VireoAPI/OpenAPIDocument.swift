@@ -103,7 +103,8 @@ public enum OpenAPIDocument {
             "in": "query",
             "schema": {
               "type": "integer",
-              "minimum": 0
+              "minimum": 0,
+              "maximum": 2147483647
             },
             "description": "only events with seq greater than this"
           },
@@ -891,7 +892,8 @@ public enum OpenAPIDocument {
             "in": "query",
             "schema": {
               "type": "integer",
-              "minimum": 0
+              "minimum": 0,
+              "maximum": 4611686018427387903
             }
           },
           {
@@ -1028,6 +1030,19 @@ public enum OpenAPIDocument {
           "name"
         ],
         "additionalProperties": false,
+        "description": "Give exactly one of kernel (with optional initrd, cmdline) or probe.",
+        "anyOf": [
+          {
+            "required": [
+              "kernel"
+            ]
+          },
+          {
+            "required": [
+              "probe"
+            ]
+          }
+        ],
         "properties": {
           "name": {
             "type": "string",
@@ -1040,7 +1055,8 @@ public enum OpenAPIDocument {
           },
           "memory_mib": {
             "type": "integer",
-            "minimum": 4
+            "minimum": 4,
+            "maximum": 67108864
           },
           "kernel": {
             "type": "string",
@@ -1074,7 +1090,8 @@ public enum OpenAPIDocument {
           },
           "balloon_mib": {
             "type": "integer",
-            "minimum": 0
+            "minimum": 0,
+            "maximum": 67108864
           },
           "restart_policy": {
             "$ref": "#/components/schemas/RestartPolicy"
@@ -1092,7 +1109,8 @@ public enum OpenAPIDocument {
           },
           "memory_mib": {
             "type": "integer",
-            "minimum": 4
+            "minimum": 4,
+            "maximum": 67108864
           },
           "cmdline": {
             "type": "string",
@@ -1100,7 +1118,8 @@ public enum OpenAPIDocument {
           },
           "balloon_mib": {
             "type": "integer",
-            "minimum": 0
+            "minimum": 0,
+            "maximum": 67108864
           },
           "restart_policy": {
             "$ref": "#/components/schemas/RestartPolicy"

@@ -65,6 +65,13 @@ struct HostAPIErrorTests {
             ("PUT", "/v1/vms", "{}", 405, "method-not-allowed"),
             ("GET", "/v2/things", "", 404, "no-such-route"),
             ("GET", "/v1/events?since=banana", "", 400, "invalid-query"),
+            // Found by schemathesis (openapi/vireo.json): numbers past 64 bits, query overflow, odd methods.
+            ("PATCH", "/v1/vms/keep", #"{"restart_policy":"on-failure","vcpus":224,"memory_mib":392382124733826859008}"#, 400, "invalid-field"),
+            ("POST", "/v1/vms", #"{"name":"j1","probe":"dirty","memory_mib":98577073536172}"#, 422, "out-of-range"),
+            ("GET", "/v1/events?since=25148377905513607168", "", 400, "invalid-query"),
+            ("GET", "/v1/vms/keep/console?offset=2231229730178948136960", "", 400, "invalid-query"),
+            ("TRACE", "/v1/vms/keep/stop", "", 405, "method-not-allowed"),
+            ("POST", "/v1/vms", #"{"name":"x","probe":"dirty","nics":[{"tap":"\u00b1\u0007"}],"disks":[{"path":""}]}"#, 422, "invalid-nic"),
             ("GET", "/v1/vms/keep/console?offset=-1", "", 400, "invalid-query"),
         ]
         for (method, path, body, status, code) in cases {
@@ -74,6 +81,8 @@ struct HostAPIErrorTests {
             #expect(e?.code == code, "\(method) \(path) \(body.prefix(80)): \(r.text)")
             #expect((e?.message.count ?? 0) > 10)
         }
+        let trace = try d.client.request("TRACE", "/v1/vms/keep/stop")
+        #expect(trace.headers["allow"] == "POST")
         // Nothing changed, and the daemon is still there.
         #expect(try d.req("GET", "/v1/vms").text == before)
 
