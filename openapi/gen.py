@@ -76,7 +76,7 @@ doc = {
         "memory_mib": {"type": "integer", "minimum": 4, "maximum": 67108864},
         "kernel": {"type": "string", "description": "absolute path of a vmlinux or bzImage on the host"},
         "initrd": {"type": "string"}, "cmdline": {"type": "string", "maxLength": 2048},
-        "probe": {"type": "string", "description": "built-in probe guest workload: pio:N, mmio:N, dirty[:PASSES], compute:N"},
+        "probe": {"type": "string", "pattern": "^(pio|mmio|dirty|compute)(:[0-9]{1,19})?$", "description": "built-in probe guest workload: pio:N, mmio:N, dirty[:PASSES], compute:N"},
         "template": {"type": "string"},
         "disks": {"type": "array", "items": ref("Disk")}, "nics": {"type": "array", "items": ref("NIC")},
         "balloon_mib": {"type": "integer", "minimum": 0, "maximum": 67108864}, "restart_policy": ref("RestartPolicy")}},

@@ -353,7 +353,7 @@ actor HostService {
         if let file { reason = file.reason }
         else if status > 128 { reason = "the VMM was killed by signal \(status - 128)" }
         else if let log = ProcFS.read(vmmLogPath(name)), let last = log.split(separator: "\n").last(where: { !$0.isEmpty }) {
-            reason = String(last.prefix(500))
+            reason = String((last.hasPrefix("vireo: ") ? last.dropFirst(7) : last).prefix(500))
         } else { reason = "the VMM exited with status \(status) and no reason" }
         if let requested { reason = requested + (file == nil ? "" : " (\(file?.reason ?? ""))") }
         r.exitStatus = status >= 0 ? Int(status) : nil

@@ -1071,6 +1071,7 @@ public enum OpenAPIDocument {
           },
           "probe": {
             "type": "string",
+            "pattern": "^(pio|mmio|dirty|compute)(:[0-9]{1,19})?$",
             "description": "built-in probe guest workload: pio:N, mmio:N, dirty[:PASSES], compute:N"
           },
           "template": {
