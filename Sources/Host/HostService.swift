@@ -446,9 +446,11 @@ actor HostService {
                         vmsTotal: records.count, vmsRunning: live.count, dataDir: dataDir)
     }
 
-    func metrics() -> String {
+    /// What /metrics needs from the actor; the rendering (which reads /proc and asks each VMM's
+    /// control socket) runs outside it, so a slow VMM never holds up other requests.
+    func metricsSnapshot() -> (HostInfo, [Metrics.VMSample]) {
         let records = (try? inventory.all()) ?? []
-        return Metrics.render(host: hostInfo(), vms: records.map { r in
+        return (hostInfo(), records.map { r in
             Metrics.VMSample(name: r.name, state: r.state, vcpus: r.definition.vcpus, memoryBytes: UInt64(r.definition.memoryMiB) << 20,
                              pid: r.state.hasProcess ? r.pid : nil, socket: socketPath(r.name))
         })

@@ -24,6 +24,9 @@ struct VMRecord: Sendable, Equatable {
 /// The daemon's SQLite inventory. Migrations are numbered; `schema_version` holds the last applied.
 final class Inventory: @unchecked Sendable {
     private let db: SQLiteDatabase
+    /// Every VM row, in memory: the daemon is the database's only writer, so a write-through
+    /// cache stays exact and reads (list, show, metrics) never touch SQLite.
+    private var cache: [String: VMRecord] = [:]
 
     static let migrations: [String] = [
         // 1: VMs.
@@ -55,6 +58,7 @@ final class Inventory: @unchecked Sendable {
     init(path: String) throws {
         db = try SQLiteDatabase(path: path)
         try migrate()
+        for r in try loadAll() { cache[r.name] = r }
     }
 
     var schemaVersion: Int {
@@ -82,28 +86,33 @@ final class Inventory: @unchecked Sendable {
     // MARK: VMs
 
     func all() throws -> [VMRecord] {
+        cache.values.sorted { $0.name < $1.name }
+    }
+
+    func get(_ name: String) throws -> VMRecord? { cache[name] }
+
+    private func loadAll() throws -> [VMRecord] {
         try db.query("SELECT name, definition, state, reason, pid, pid_start_time, exit_status, restart_count, created_at FROM vms ORDER BY name")
             .compactMap(Self.record)
     }
 
-    func get(_ name: String) throws -> VMRecord? {
-        try db.query("SELECT name, definition, state, reason, pid, pid_start_time, exit_status, restart_count, created_at FROM vms WHERE name = ?", [.text(name)])
-            .compactMap(Self.record).first
-    }
 
     func insert(_ r: VMRecord) throws {
         try db.query("INSERT INTO vms (name, definition, state, reason, pid, pid_start_time, exit_status, restart_count, created_at) VALUES (?,?,?,?,?,?,?,?,?)",
                      Self.values(r))
+        cache[r.name] = r
     }
 
     func update(_ r: VMRecord) throws {
         var v = Self.values(r)
         let name = v.removeFirst()
         try db.query("UPDATE vms SET definition=?, state=?, reason=?, pid=?, pid_start_time=?, exit_status=?, restart_count=?, created_at=? WHERE name=?", v + [name])
+        cache[r.name] = r
     }
 
     func delete(_ name: String) throws {
         try db.query("DELETE FROM vms WHERE name = ?", [.text(name)])
+        cache[name] = nil
     }
 
     // MARK: Events

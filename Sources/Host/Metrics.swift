@@ -11,6 +11,8 @@ enum Metrics {
         var socket: String
     }
 
+    static func render(_ snapshot: (HostInfo, [VMSample])) -> String { render(host: snapshot.0, vms: snapshot.1) }
+
     static func render(host: HostInfo, vms: [VMSample]) -> String {
         var out = ""
         func family(_ name: String, _ type: String, _ help: String) {

@@ -78,7 +78,7 @@ public struct Router: Sendable {
             return HTTPResponse(status: 200, contentType: "application/json", body: Array(OpenAPIDocument.json.utf8))
         case 1 where parts[0] == "metrics":
             try allow("GET")
-            return HTTPResponse(status: 200, contentType: "text/plain; version=0.0.4", body: Array(await service.metrics().utf8))
+            return HTTPResponse(status: 200, contentType: "text/plain; version=0.0.4", body: Array(await Metrics.render(service.metricsSnapshot()).utf8))
         case 2 where parts == ["v1", "host"]:
             try allow("GET")
             return .json(200, await service.hostInfo())
