@@ -57,6 +57,19 @@ public enum APIJSON {
         if !unknown.isEmpty {
             throw APIErrorBody(code: "unknown-field", message: "unknown field\(unknown.count > 1 ? "s" : "") \(unknown.map { "'\($0)'" }.joined(separator: ", ")); allowed: \(allowed.sorted().joined(separator: ", "))")
         }
+        // Absent and null are not the same to a schema: a null is refused rather than read as absent.
+        if case let .object(o) = value {
+            for (k, v) in o.sorted(by: { $0.key < $1.key }) {
+                if v == .null { throw APIErrorBody(code: "invalid-field", message: "field '\(k)' must not be null; leave it out instead") }
+                if case let .array(items) = v {
+                    for item in items {
+                        if case let .object(inner) = item, let bad = inner.first(where: { $0.value == .null }) {
+                            throw APIErrorBody(code: "invalid-field", message: "field '\(bad.key)' in '\(k)' must not be null; leave it out instead")
+                        }
+                    }
+                }
+            }
+        }
         for (field, allowedInner) in nested {
             guard case let .array(items)? = value[field] else { continue }
             for item in items {

@@ -71,6 +71,8 @@ struct HostAPIErrorTests {
             ("GET", "/v1/events?since=25148377905513607168", "", 400, "invalid-query"),
             ("GET", "/v1/vms/keep/console?offset=2231229730178948136960", "", 400, "invalid-query"),
             ("TRACE", "/v1/vms/keep/stop", "", 405, "method-not-allowed"),
+            ("PATCH", "/v1/vms/keep", #"{"balloon_mib":0,"cmdline":null,"memory_mib":4}"#, 400, "invalid-field"),
+            ("POST", "/v1/vms", #"{"name":"x","probe":"dirty","disks":[{"path":"/dev/null","readonly":null}]}"#, 400, "invalid-field"),
             ("POST", "/v1/vms", #"{"name":"x","probe":"dirty","nics":[{"tap":"\u00b1\u0007"}],"disks":[{"path":""}]}"#, 422, "invalid-nic"),
             ("GET", "/v1/vms/keep/console?offset=-1", "", 400, "invalid-query"),
         ]
