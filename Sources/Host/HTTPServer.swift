@@ -24,6 +24,9 @@ enum HTTPServer {
     }
 
     private static func configure(_ channel: Channel) throws -> HTTPConnection {
+        // A client that sends nothing for a minute is dropped (no request takes that long to answer).
+        try channel.pipeline.syncOperations.addHandler(IdleStateHandler(readTimeout: .seconds(60)))
+        try channel.pipeline.syncOperations.addHandler(IdleCloser())
         try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
         return try HTTPConnection(wrappingChannelSynchronously: channel)
     }
@@ -88,5 +91,13 @@ enum HTTPServer {
         }
         return HTTPRequest(method: h.method.rawValue, path: path, query: query,
                            headers: h.headers.map { ($0.name, $0.value) }, body: body)
+    }
+}
+
+/// Closes a connection when IdleStateHandler reports it idle.
+final class IdleCloser: ChannelInboundHandler, Sendable {
+    typealias InboundIn = NIOAny
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is IdleStateHandler.IdleStateEvent { context.close(promise: nil) } else { context.fireUserInboundEventTriggered(event) }
     }
 }

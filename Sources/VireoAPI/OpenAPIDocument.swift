@@ -984,7 +984,8 @@ public enum OpenAPIDocument {
         "additionalProperties": false,
         "properties": {
           "path": {
-            "type": "string"
+            "type": "string",
+            "pattern": "^/"
           },
           "readonly": {
             "type": "boolean"
@@ -1060,10 +1061,12 @@ public enum OpenAPIDocument {
           },
           "kernel": {
             "type": "string",
+            "pattern": "^/",
             "description": "absolute path of a vmlinux or bzImage on the host"
           },
           "initrd": {
-            "type": "string"
+            "type": "string",
+            "pattern": "^/"
           },
           "cmdline": {
             "type": "string",

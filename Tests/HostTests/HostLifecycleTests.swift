@@ -49,9 +49,12 @@ struct HostLifecycleTests {
         #expect(p1 - p0 < 0.05, "a paused vCPU used \(p1 - p0) s of CPU in 0.5 s")
         #expect(try d.action("web-1", "pause").status == 409)   // already paused
         #expect(try d.action("web-1", "resume").status == 200)
-        usleep(500_000)
-        let p2 = try #require(try d.metric(cpuKey))
-        #expect(p2 - p1 > 0.05, "a resumed vCPU used only \(p2 - p1) s of CPU in 0.5 s")
+        var p2 = p1
+        for _ in 0..<30 where p2 - p1 <= 0.05 {   // a loaded machine may give it little CPU at first
+            usleep(100_000)
+            p2 = try #require(try d.metric(cpuKey))
+        }
+        #expect(p2 - p1 > 0.05, "a resumed vCPU used only \(p2 - p1) s of CPU in 3 s")
 
         // Metrics in the seeds' vocabulary, per VM and per host.
         let metrics = try d.req("GET", "/metrics").text
