@@ -14,6 +14,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
     ],
     targets: [
         // C shims: linux/kvm.h request numbers, offsetof helpers, tun/eventfd/userfaultfd.
@@ -33,8 +34,19 @@ let package = Package(
         .target(name: "VMM", dependencies: [
             "CLinux", "VireoSupport", "KVM", "GuestMemory", "X86Boot", "Devices", "Virtio", "DiskImage", "CProbeGuest",
         ]),
+        // The host daemon's API: Codable models, the OpenAPI document, a blocking HTTP client.
+        .target(name: "VireoAPI", dependencies: ["VireoSupport"]),
+        // System libsqlite3 (Debian's libsqlite3-dev) for the daemon's inventory.
+        .systemLibrary(name: "CSQLite"),
+        // `vireo host`: REST server, inventory, VMM supervision, metrics.
+        .target(name: "Host", dependencies: [
+            "CLinux", "VireoAPI", "VireoSupport", "CSQLite",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+        ]),
         .target(name: "VireoCLI", dependencies: [
-            "VMM", "DiskImage", "KVM", "VireoSupport",
+            "VMM", "DiskImage", "KVM", "VireoSupport", "VireoAPI", "Host",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "vireo", dependencies: ["VireoCLI"]),
@@ -44,6 +56,7 @@ let package = Package(
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "Devices", "GuestMemory", "VireoSupport"], exclude: ["Corpus"]),
         .testTarget(name: "DiskImageTests", dependencies: ["DiskImage", "VireoSupport"]),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "GuestMemory", "VMM", "VireoSupport", "CProbeGuest"]),
+        .testTarget(name: "HostTests", dependencies: ["Host", "VireoAPI", "VireoSupport"]),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "X86Boot", "VireoSupport"]),
     ]
 )

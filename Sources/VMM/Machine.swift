@@ -21,6 +21,8 @@ public final class Machine: @unchecked Sendable {
     public let vcpus: [VCPU]
     public let stats: [VCPUStats]
     public let stop: StopSignal
+    /// Pause/resume of the vCPU threads (Machine+Control.swift).
+    public let pauseGate = PauseGate()
     var devices: ExitHandler
     /// Receives bytes typed on the console (the UART's input), when there is a console.
     var consoleInput: (@Sendable ([UInt8]) -> Void)?
@@ -212,7 +214,9 @@ public final class Machine: @unchecked Sendable {
 
     private func vcpuLoop(vcpu: VCPU, index: Int, stats: VCPUStats) {
         let devices = self.devices
+        pauseGate.register(index: index)
         while !stop.isStopping {
+            if pauseGate.isPaused { pauseGate.park(vcpu: vcpu, stop: stop); continue }
             let exit: VCPUExit
             do { exit = try vcpu.run() } catch {
                 stop.request(.failed("\(error)"))

@@ -19,6 +19,9 @@ func reportingErrors<T>(_ body: () throws -> T) throws -> T {
         throw ExitCode(1)
     } catch let e as ExitCode {
         throw e
+    } catch let e as VireoAPIErrorLine {
+        printError("vireo: \(e.line)")
+        throw ExitCode(1)
     } catch {
         printError("vireo: \(error)")
         throw ExitCode(1)

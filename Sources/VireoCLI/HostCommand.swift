@@ -10,8 +10,9 @@ import Glibc
 struct HostCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "host",
-        abstract: "Check and describe this server as a virtualization host.",
-        subcommands: [HostCheckCommand.self])
+        abstract: "Run the host daemon (the default), or check and describe this server as a virtualization host.",
+        subcommands: [HostServeCommand.self, HostCheckCommand.self, HostInfoCommand.self],
+        defaultSubcommand: HostServeCommand.self)
 }
 
 /// `vireo host check`: what a user needs before running VMs, like virt-host-validate.

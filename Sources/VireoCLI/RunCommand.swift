@@ -61,6 +61,11 @@ struct RunCommand: ParsableCommand {
 
     @Option(name: .customLong("probe-image"), help: ArgumentHelp("Run a flat ring-3 probe binary (bench/probe-virtio) that may drive the --disk/--net devices.", visibility: .hidden))
     var probeImage: String?
+    @Option(help: "A unix socket for this VMM's control protocol: status, pause, resume, stop (used by `vireo host`).")
+    var apiSocket: String?
+
+    @Option(help: ArgumentHelp("Write how the VM ended (status line, reason line) to this file.", visibility: .hidden))
+    var exitFile: String?
 
     func makeConfig() throws -> MachineConfig {
         let boot: MachineConfig.Boot
@@ -105,14 +110,21 @@ struct RunCommand: ParsableCommand {
     func run() throws {
         let exit = try reportingErrors { () throws -> MachineExit in
             let config = try makeConfig()
+            let probeLog = probeConsole(config)
             let machine = try Machine(config: config, onProbePass: { pass in
                 if pass == 1 { writeLine("probe_pass=1") }
+                // The probe guest has no UART: its pass markers are its console output.
+                if let probeLog, pass & (pass - 1) == 0 { probeLog.append("probe: dirty pass \(pass) done\n") }
             })
+            let control = try apiSocket.map { try ControlServer(path: $0, machine: machine) }
+            defer { control?.remove() }
             if case .probe = config.boot, let ram = machine.memory.regions.first {
                 let start = UInt64(UInt(bitPattern: ram.host))
                 writeLine("guest_ram=\(hex(start))-\(hex(start + ram.size))")
             }
-            return machine.run()
+            let exit = machine.run()
+            if let exitFile { writeExitFile(exitFile, exit) }
+            return exit
         }
         switch exit {
         case .failed(let why): printError("vireo: \(why)")
@@ -150,4 +162,31 @@ func parseProbe(_ text: String) throws -> ProbeWorkload {
     case "compute": return .compute(iterations: count ?? 1_000_000_000)
     default: throw VireoError(.invalidArgument, "--probe '\(text)' is not one of pio:N, mmio:N, dirty[:PASSES], compute:N")
     }
+}
+
+/// For probe guests with `--serial file=PATH`: the log their pass markers are written to.
+private func probeConsole(_ config: MachineConfig) -> AppendFile? {
+    guard case .probe = config.boot, case let .file(path) = config.serial else { return nil }
+    return AppendFile(path: path, truncate: true)
+}
+
+final class AppendFile: Sendable {
+    let fd: Int32
+    init?(path: String, truncate: Bool) {
+        fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | (truncate ? O_TRUNC : 0), 0o644)
+        if fd < 0 { return nil }
+    }
+    deinit { close(fd) }
+    func append(_ s: String) { _ = s.withCString { write(fd, $0, strlen($0)) } }
+}
+
+/// `--exit-file`: how the machine ended, for the daemon that supervises this VMM.
+private func writeExitFile(_ path: String, _ exit: MachineExit) {
+    let reason = exit.description.replacingNewlines
+    guard let f = AppendFile(path: path, truncate: true) else { return }
+    f.append("\(exit.exitStatus)\n\(reason)\n")
+}
+
+private extension String {
+    var replacingNewlines: String { String(map { $0 == "\n" ? " " : $0 }) }
 }

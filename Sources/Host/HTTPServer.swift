@@ -1,0 +1,103 @@
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import VireoAPI
+
+typealias HTTPConnection = NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>
+
+/// HTTP/1.1 over swift-nio: a unix-socket listener and an optional TCP one, each with a router.
+enum HTTPServer {
+    static func bindUnix(_ path: String, group: EventLoopGroup) async throws -> NIOAsyncChannel<HTTPConnection, Never> {
+        try await ServerBootstrap(group: group)
+            .bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true) { channel in
+                channel.eventLoop.makeCompletedFuture { try configure(channel) }
+            }
+    }
+
+    static func bindTCP(host: String, port: Int, group: EventLoopGroup) async throws -> NIOAsyncChannel<HTTPConnection, Never> {
+        try await ServerBootstrap(group: group)
+            .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
+            .serverChannelOption(ChannelOptions.backlog, value: 512)
+            .bind(host: host, port: port) { channel in
+                channel.eventLoop.makeCompletedFuture { try configure(channel) }
+            }
+    }
+
+    private static func configure(_ channel: Channel) throws -> HTTPConnection {
+        // A client that sends nothing for a minute is dropped (no request takes that long to answer).
+        try channel.pipeline.syncOperations.addHandler(IdleStateHandler(readTimeout: .seconds(60)))
+        try channel.pipeline.syncOperations.addHandler(IdleCloser())
+        try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+        return try HTTPConnection(wrappingChannelSynchronously: channel)
+    }
+
+    /// Accepts connections until the listener closes; each connection on its own task.
+    static func serve(_ listener: NIOAsyncChannel<HTTPConnection, Never>, router: Router) async throws {
+        try await withThrowingDiscardingTaskGroup { group in
+            try await listener.executeThenClose { inbound in
+                for try await connection in inbound {
+                    group.addTask { await handle(connection, router: router) }
+                }
+            }
+        }
+    }
+
+    private static func handle(_ connection: HTTPConnection, router: Router) async {
+        try? await connection.executeThenClose { inbound, outbound in
+            var head: HTTPRequestHead?
+            var body: [UInt8] = []
+            var tooLarge = false
+            for try await part in inbound {
+                switch part {
+                case let .head(h):
+                    head = h; body = []; tooLarge = false
+                case var .body(buffer):
+                    if body.count + buffer.readableBytes > Router.maxBody { tooLarge = true }
+                    else { body += buffer.readBytes(length: buffer.readableBytes) ?? [] }
+                case .end:
+                    guard let h = head else { continue }
+                    head = nil
+                    let response: HTTPResponse
+                    if tooLarge {
+                        response = .error(HTTPError(413, "body-too-large", "request bodies are limited to \(Router.maxBody) bytes"))
+                    } else {
+                        response = await router.handle(request(h, body))
+                    }
+                    let keepAlive = h.isKeepAlive && !tooLarge
+                    var headers = HTTPHeaders()
+                    headers.add(name: "Content-Type", value: response.contentType)
+                    headers.add(name: "Content-Length", value: String(response.body.count))
+                    for (k, v) in response.headers { headers.add(name: k, value: v) }
+                    headers.add(name: "Connection", value: keepAlive ? "keep-alive" : "close")
+                    try await outbound.write(.head(HTTPResponseHead(version: h.version, status: HTTPResponseStatus(statusCode: response.status), headers: headers)))
+                    if !response.body.isEmpty { try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: response.body)))) }
+                    try await outbound.write(.end(nil))
+                    if !keepAlive { return }
+                }
+            }
+        }
+    }
+
+    static func request(_ h: HTTPRequestHead, _ body: [UInt8]) -> HTTPRequest {
+        let uri = h.uri
+        var path = uri
+        var query: [String: String] = [:]
+        if let q = uri.firstIndex(of: "?") {
+            path = String(uri[..<q])
+            for pair in uri[uri.index(after: q)...].split(separator: "&") {
+                let kv = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+                query[String(kv[0])] = kv.count > 1 ? String(kv[1]) : ""
+            }
+        }
+        return HTTPRequest(method: h.method.rawValue, path: path, query: query,
+                           headers: h.headers.map { ($0.name, $0.value) }, body: body)
+    }
+}
+
+/// Closes a connection when IdleStateHandler reports it idle.
+final class IdleCloser: ChannelInboundHandler, Sendable {
+    typealias InboundIn = NIOAny
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is IdleStateHandler.IdleStateEvent { context.close(promise: nil) } else { context.fireUserInboundEventTriggered(event) }
+    }
+}

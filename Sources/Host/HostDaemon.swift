@@ -1,0 +1,142 @@
+import NIOCore
+import NIOPosix
+import Dispatch
+import VireoAPI
+import VireoSupport
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `vireo host`: the daemon. Owns the inventory in `dataDir`, serves the API, supervises VMMs.
+public enum HostDaemon {
+    public struct Options: Sendable {
+        public var socketPath: String
+        public var dataDir: String
+        /// "ADDR:PORT" for the optional TCP listener (needs `tokenFile`).
+        public var listen: String?
+        public var tokenFile: String?
+        /// The `vireo` binary that runs each VMM (`vireo run ...`).
+        public var vmmBinary: String
+        public init(socketPath: String, dataDir: String, listen: String?, tokenFile: String?, vmmBinary: String) {
+            self.socketPath = socketPath; self.dataDir = dataDir; self.listen = listen; self.tokenFile = tokenFile; self.vmmBinary = vmmBinary
+        }
+    }
+
+    nonisolated(unsafe) private static var socketPathC: UnsafeMutablePointer<CChar>?
+
+    public static func run(_ o: Options) async throws {
+        var tcp: (host: String, port: Int, token: String)?
+        if let listen = o.listen {
+            guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]), (0...65535).contains(port) else {
+                throw VireoError(.invalidArgument, "--listen '\(listen)' is not ADDR:PORT", hint: "for example --listen 127.0.0.1:8443 (port 0 picks a free one)")
+            }
+            guard let tokenFile = o.tokenFile else {
+                throw VireoError(.invalidArgument, "--listen needs --token-file FILE: TCP clients must send 'Authorization: Bearer <token>'")
+            }
+            let raw = try OwnedFD.readFile(tokenFile, limit: 4096, what: "token file")
+            let token = String(decoding: raw, as: UTF8.self).split(whereSeparator: { $0 == "\n" || $0 == "\r" || $0 == " " }).first.map(String.init) ?? ""
+            guard token.count >= 16 else {
+                throw VireoError(.invalidArgument, "the token in \(tokenFile) is shorter than 16 characters", hint: "make one with: head -c 32 /dev/urandom | base64 > \(tokenFile)")
+            }
+            var host = String(listen[..<colon])
+            if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+            tcp = (host, port, token)
+        }
+
+        try HostService.makeDirectory(o.dataDir)
+        let lock = try lockDataDir(o.dataDir)
+        defer { _ = lock }
+        if let parent = o.socketPath.split(separator: "/").dropLast().joined(separator: "/") as String?, !parent.isEmpty {
+            try HostService.makeDirectory((o.socketPath.hasPrefix("/") ? "/" : "") + parent)
+        }
+        if VMMProcess.control(o.socketPath, "", timeoutSeconds: 1) != nil || isListening(o.socketPath) {
+            throw VireoError(.conflict, "another daemon already answers on \(o.socketPath)", hint: "stop it, or give this one another --socket")
+        }
+
+        let service = try HostService(dataDir: o.dataDir, vmmBinary: o.vmmBinary)
+        await service.adoptAll()
+
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+        let unix = try await HTTPServer.bindUnix(o.socketPath, group: group)
+        chmod(o.socketPath, 0o660)
+        socketPathC = strdup(o.socketPath)
+        for s in [SIGTERM, SIGINT] {
+            signal(s) { _ in
+                // Async-signal-safe: unlink and _exit only. VMMs live on in their own sessions.
+                if let p = HostDaemon.socketPathC { unlink(p) }
+                _exit(0)
+            }
+        }
+        signal(SIGPIPE, SIG_IGN)
+        printLine("vireo host: listening on \(o.socketPath), data in \(o.dataDir), pid \(getpid())")
+
+        try await withThrowingTaskGroup(of: Void.self) { tasks in
+            tasks.addTask { try await HTTPServer.serve(unix, router: Router(service: service, token: nil)) }
+            if let tcp {
+                let listener = try await HTTPServer.bindTCP(host: tcp.host, port: tcp.port, group: group)
+                let port = listener.channel.localAddress?.port ?? tcp.port
+                printLine("vireo host: listening on \(tcp.host):\(port) (bearer token required)")
+                tasks.addTask { try await HTTPServer.serve(listener, router: Router(service: service, token: tcp.token)) }
+            }
+            tasks.addTask {
+                while true {
+                    await service.superviseTick()
+                    try await Task.sleep(for: .milliseconds(250))
+                }
+            }
+            try await tasks.next()
+            tasks.cancelAll()
+        }
+    }
+
+    /// One daemon per data directory: an exclusive flock held for the daemon's life.
+    private static func lockDataDir(_ dir: String) throws -> OwnedFD {
+        let fd = try OwnedFD.open(dir + "/daemon.lock", flags: O_RDWR | O_CREAT, purpose: "create the lock file")
+        guard flock(fd.rawValue, LOCK_EX | LOCK_NB) == 0 else {
+            throw VireoError(.conflict, "another vireo host is using the data directory \(dir)", hint: "stop it, or give this one another --data-dir")
+        }
+        return fd
+    }
+
+    private static func isListening(_ path: String) -> Bool {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else { return false }
+        // SAFETY: sun_path is a zeroed fixed-size array longer than bytes.count (checked above).
+        withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in bytes.enumerated() { p[i] = b } }
+        return withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        } == 0
+    }
+
+    private static func printLine(_ s: String) {
+        let line = s + "\n"
+        _ = line.withCString { write(2, $0, strlen($0)) }
+    }
+}
+
+extension HostDaemon {
+    /// For synchronous callers (the CLI): runs the daemon until it ends; rethrows its error.
+    public static func runBlocking(_ o: Options) throws {
+        final class Outcome: @unchecked Sendable { var error: Error? }
+        let outcome = Outcome()
+        // Whoever started us may have blocked SIGTERM/SIGINT; the daemon's handlers must see them.
+        // Done before any thread of ours exists, so every thread inherits the mask.
+        var stopSignals = sigset_t()
+        sigemptyset(&stopSignals)
+        sigaddset(&stopSignals, SIGTERM)
+        sigaddset(&stopSignals, SIGINT)
+        pthread_sigmask(SIG_UNBLOCK, &stopSignals, nil)
+        let done = DispatchSemaphore(value: 0)
+        Task.detached {
+            do { try await run(o) } catch { outcome.error = error }
+            done.signal()
+        }
+        done.wait()
+        if let e = outcome.error { throw e }
+    }
+}

@@ -1,0 +1,458 @@
+import VireoAPI
+import VireoSupport
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The daemon's state and every operation on it. One actor: the inventory has one writer, and
+/// operations on one VM are serialised by a per-VM lock (a second `start` racing the first
+/// waits, then sees the VM running and gets 409). Operations on different VMs interleave.
+actor HostService {
+    let dataDir: String
+    let vmmBinary: String
+    let inventory: Inventory
+    /// VMMs this daemon started (it can waitpid them); re-adopted ones are watched through /proc.
+    private var children: Set<pid_t> = []
+    /// VMs whose VMM is ending because a client asked (stop, kill, reboot): not a failure, no restart.
+    private var stopRequested: [String: String] = [:]
+    private var busy: Set<String> = []
+    private var waiters: [String: [CheckedContinuation<Void, Never>]] = [:]
+    /// Monotonic time of each VM's last start, and its count of quick failures (restart back-off).
+    private var lastStart: [String: Double] = [:]
+    private var quickFailures: [String: Int] = [:]
+
+    static let version = "0.1.0"
+    static let maxQuickFailures = 5
+
+    init(dataDir: String, vmmBinary: String) throws {
+        self.dataDir = dataDir
+        self.vmmBinary = vmmBinary
+        try Self.makeDirectory(dataDir)
+        try Self.makeDirectory(dataDir + "/vms")
+        inventory = try Inventory(path: dataDir + "/inventory.db")
+    }
+
+    static func makeDirectory(_ path: String) throws {
+        var parts: [Substring] = []
+        for c in path.split(separator: "/") {
+            parts.append(c)
+            let p = (path.hasPrefix("/") ? "/" : "") + parts.joined(separator: "/")
+            if mkdir(p, 0o755) != 0 && errno != EEXIST { throw VireoError.system("cannot create \(p)") }
+        }
+    }
+
+    // MARK: Paths
+
+    func vmDir(_ name: String) -> String { "\(dataDir)/vms/\(name)" }
+    func consolePath(_ name: String) -> String { vmDir(name) + "/console.log" }
+    func socketPath(_ name: String) -> String { vmDir(name) + "/api.sock" }
+    func exitPath(_ name: String) -> String { vmDir(name) + "/exit" }
+    func vmmLogPath(_ name: String) -> String { vmDir(name) + "/vmm.log" }
+
+    func view(_ r: VMRecord) -> VM {
+        VM(definition: r.definition, state: r.state, reason: r.reason, pid: r.state.hasProcess ? r.pid.map(Int.init) : nil,
+           exitStatus: r.exitStatus, restartCount: r.restartCount, consoleLog: consolePath(r.name),
+           apiSocket: socketPath(r.name), createdAt: r.createdAt)
+    }
+
+    // MARK: Per-VM lock
+
+    private func withVMLock<T: Sendable>(_ name: String, _ body: () async throws -> T) async throws -> T {
+        while busy.contains(name) {
+            await withCheckedContinuation { waiters[name, default: []].append($0) }
+        }
+        busy.insert(name)
+        defer {
+            busy.remove(name)
+            if var w = waiters[name], !w.isEmpty {
+                let next = w.removeFirst()
+                waiters[name] = w.isEmpty ? nil : w
+                next.resume()
+            }
+        }
+        return try await body()
+    }
+
+    private func record(_ name: String) throws -> VMRecord {
+        guard VMLimits.isValidName(name), let r = try inventory.get(name) else { throw HTTPError.notFound(name) }
+        return r
+    }
+
+    private func event(_ vm: String, _ type: String, _ message: String) {
+        try? inventory.addEvent(vm: vm, type: type, message: message, time: WallClock.now())
+    }
+
+    // MARK: Read-only
+
+    func list() throws -> [VM] { try inventory.all().map(view) }
+
+    func show(_ name: String) throws -> VM { view(try record(name)) }
+
+    func events(since: Int, vm: String?, limit: Int) throws -> [Event] {
+        try inventory.events(since: since, vm: vm, limit: limit)
+    }
+
+    /// The serial log from `offset`, at most `limit` bytes, and the offset after it.
+    func console(_ name: String, offset: Int, limit: Int) throws -> (bytes: [UInt8], next: Int) {
+        _ = try record(name)
+        let fd = open(consolePath(name), O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return ([], offset) }
+        defer { close(fd) }
+        var buf = [UInt8](repeating: 0, count: limit)
+        let n = buf.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, off_t(offset)) }
+        guard n > 0 else { return ([], offset) }
+        return (Array(buf[0..<n]), offset + n)
+    }
+
+    // MARK: Create, update, delete
+
+    func create(_ c: VMCreate) throws -> VM {
+        guard VMLimits.isValidName(c.name) else {
+            throw HTTPError(400, "invalid-name", "'\(c.name.prefix(80))' is not a valid VM name: \(VMLimits.nameRule)")
+        }
+        if try inventory.get(c.name) != nil {
+            throw HTTPError.conflict("a VM named '\(c.name)' already exists; pick another name or delete it first")
+        }
+        let def = VMDefinition(name: c.name, vcpus: c.vcpus ?? VMLimits.defaultVCPUs, memoryMiB: c.memoryMiB ?? VMLimits.defaultMemoryMiB,
+                               kernel: c.kernel, initrd: c.initrd, cmdline: c.cmdline, probe: c.probe, template: c.template,
+                               disks: c.disks ?? [], nics: c.nics ?? [], balloonMiB: c.balloonMiB,
+                               restartPolicy: c.restartPolicy ?? .never)
+        try Validation.check(def, socketPath: socketPath(def.name))
+        let r = VMRecord(definition: def, state: .stopped, reason: nil, pid: nil, pidStartTime: nil, exitStatus: nil,
+                         restartCount: 0, createdAt: WallClock.now())
+        try inventory.insert(r)
+        event(def.name, "created", "\(def.vcpus) vCPUs, \(def.memoryMiB) MiB")
+        return view(r)
+    }
+
+    func update(_ name: String, _ u: VMUpdate) async throws -> VM {
+        try await withVMLock(name) {
+            var r = try record(name)
+            guard !r.state.hasProcess else {
+                throw HTTPError.conflict("VM '\(name)' is \(r.state.rawValue); stop it before changing its definition")
+            }
+            var d = r.definition
+            if let v = u.vcpus { d.vcpus = v }
+            if let v = u.memoryMiB { d.memoryMiB = v }
+            if let v = u.cmdline { d.cmdline = v }
+            if let v = u.balloonMiB { d.balloonMiB = v }
+            if let v = u.restartPolicy { d.restartPolicy = v }
+            try Validation.check(d, socketPath: socketPath(name))
+            r.definition = d
+            try inventory.update(r)
+            event(name, "updated", "definition changed")
+            return view(r)
+        }
+    }
+
+    func delete(_ name: String) async throws {
+        try await withVMLock(name) {
+            let r = try record(name)
+            guard !r.state.hasProcess else {
+                throw HTTPError.conflict("VM '\(name)' is \(r.state.rawValue); stop it (`vireo vm stop \(name)`) before deleting it")
+            }
+            try inventory.delete(name)
+            for f in [consolePath(name), socketPath(name), exitPath(name), vmmLogPath(name)] { unlink(f) }
+            rmdir(vmDir(name))
+            lastStart[name] = nil; quickFailures[name] = nil
+            event(name, "deleted", "")
+        }
+    }
+
+    // MARK: Lifecycle
+
+    func start(_ name: String) async throws -> VM {
+        try await withVMLock(name) {
+            var r = try record(name)
+            guard !r.state.hasProcess else { throw HTTPError.conflict("VM '\(name)' is already \(r.state.rawValue)") }
+            try Validation.checkFiles(r.definition)
+            quickFailures[name] = 0
+            try launch(&r)
+            return view(try await awaitReady(&r))
+        }
+    }
+
+    func stop(_ name: String) async throws -> VM {
+        try await withVMLock(name) {
+            var r = try record(name)
+            guard r.state.hasProcess else { throw HTTPError.conflict("VM '\(name)' is not running (it is \(r.state.rawValue))") }
+            try await stopProcess(&r, kill: false)
+            return view(r)
+        }
+    }
+
+    func kill(_ name: String) async throws -> VM {
+        try await withVMLock(name) {
+            var r = try record(name)
+            guard r.state.hasProcess else { throw HTTPError.conflict("VM '\(name)' is not running (it is \(r.state.rawValue))") }
+            try await stopProcess(&r, kill: true)
+            return view(r)
+        }
+    }
+
+    func reboot(_ name: String) async throws -> VM {
+        try await withVMLock(name) {
+            var r = try record(name)
+            guard r.state.hasProcess else { throw HTTPError.conflict("VM '\(name)' is not running (it is \(r.state.rawValue)); start it instead") }
+            try await stopProcess(&r, kill: false)
+            try launch(&r)
+            event(name, "rebooted", "")
+            return view(try await awaitReady(&r))
+        }
+    }
+
+    func pause(_ name: String) async throws -> VM {
+        try await withVMLock(name) {
+            var r = try record(name)
+            guard r.state == .running else { throw HTTPError.conflict("VM '\(name)' is \(r.state.rawValue); only a running VM can be paused") }
+            guard let reply = VMMProcess.control(socketPath(name), "pause"), reply.contains(#""ok":true"#) else {
+                throw HTTPError(500, "vmm-unresponsive", "VM '\(name)': its VMM did not confirm the pause; see \(vmmLogPath(name))")
+            }
+            r.state = .paused
+            try inventory.update(r)
+            event(name, "paused", "")
+            return view(r)
+        }
+    }
+
+    func resume(_ name: String) async throws -> VM {
+        try await withVMLock(name) {
+            var r = try record(name)
+            guard r.state == .paused else { throw HTTPError.conflict("VM '\(name)' is \(r.state.rawValue); only a paused VM can be resumed") }
+            guard let reply = VMMProcess.control(socketPath(name), "resume"), reply.contains(#""ok":true"#) else {
+                throw HTTPError(500, "vmm-unresponsive", "VM '\(name)': its VMM did not confirm the resume; see \(vmmLogPath(name))")
+            }
+            r.state = .running
+            try inventory.update(r)
+            event(name, "resumed", "")
+            return view(r)
+        }
+    }
+
+    /// Spawns the VMM for `r` and records it as starting.
+    private func launch(_ r: inout VMRecord) throws {
+        let name = r.name
+        try Self.makeDirectory(vmDir(name))
+        unlink(exitPath(name)); unlink(socketPath(name))
+        let d = r.definition
+        var argv = [vmmBinary, "run", "--cpus", String(d.vcpus), "--memory", "\(d.memoryMiB)M",
+                    "--serial", "file=\(consolePath(name))", "--api-socket", socketPath(name), "--exit-file", exitPath(name)]
+        if let probe = d.probe {
+            argv += ["--probe", probe]
+        } else if let kernel = d.kernel {
+            argv += ["--kernel", kernel]
+            if let initrd = d.initrd { argv += ["--initrd", initrd] }
+            if let cmdline = d.cmdline { argv += ["--cmdline", cmdline] }
+        }
+        for disk in d.disks { argv += ["--disk", disk.readonly == true ? "\(disk.path),readonly" : disk.path] }
+        for nic in d.nics { argv += ["--net", nic.mac.map { "tap=\(nic.tap),mac=\($0)" } ?? "tap=\(nic.tap)"] }
+        if let b = d.balloonMiB { argv += ["--balloon", "\(b)M"] }
+        let pid: pid_t
+        do { pid = try VMMProcess.spawn(argv, logPath: vmmLogPath(name)) } catch {
+            r.state = .failed; r.reason = "\(error)"; r.pid = nil
+            try inventory.update(r)
+            throw HTTPError(500, "spawn-failed", "cannot start the VMM for '\(name)': \(error)")
+        }
+        children.insert(pid)
+        stopRequested[name] = nil
+        lastStart[name] = WallClock.monotonicSeconds()
+        r.pid = pid
+        r.pidStartTime = ProcFS.startTime(pid: pid)
+        r.state = .starting
+        r.reason = nil
+        r.exitStatus = nil
+        try inventory.update(r)
+        event(name, "starting", "VMM pid \(pid)")
+    }
+
+    /// Waits (up to 10 s) for a starting VMM's control socket to answer, or for it to exit.
+    private func awaitReady(_ r: inout VMRecord) async throws -> VMRecord {
+        let name = r.name
+        for _ in 0..<200 {
+            if let status = exitStatusIfGone(r) {
+                recordExit(&r, status: status)
+                try inventory.update(r)
+                if r.state == .failed {
+                    throw HTTPError.invalid("start-failed", "VM '\(name)' failed to start: \(r.reason ?? "the VMM exited"); `vireo vm logs \(name)` shows its console")
+                }
+                return r
+            }
+            if VMMProcess.control(socketPath(name), "status", timeoutSeconds: 1) != nil {
+                r.state = .running
+                try inventory.update(r)
+                event(name, "running", "VMM pid \(r.pid ?? 0)")
+                return r
+            }
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+        // Alive but silent: leave it running and say so; the supervisor keeps watching it.
+        r.state = .running
+        r.reason = "the VMM's control socket did not answer within 10 s"
+        try inventory.update(r)
+        return r
+    }
+
+    /// Asks the VMM to stop (or SIGKILLs it), waits for it to end, records the exit.
+    private func stopProcess(_ r: inout VMRecord, kill hard: Bool) async throws {
+        let name = r.name
+        stopRequested[name] = hard ? "killed by request" : "stopped by request"
+        guard let pid = r.pid, ProcFS.isAlive(pid: pid, startTime: r.pidStartTime) || children.contains(pid) else {
+            recordExit(&r, status: exitStatusIfGone(r) ?? 0)
+            try inventory.update(r)
+            return
+        }
+        if hard {
+            Glibc.kill(pid, SIGKILL)
+        } else if VMMProcess.control(socketPath(name), "stop") == nil {
+            Glibc.kill(pid, SIGTERM)
+        }
+        var waitedMs = 0
+        while true {
+            if let status = exitStatusIfGone(r) {
+                recordExit(&r, status: status)
+                break
+            }
+            if waitedMs == 10_000 { Glibc.kill(pid, SIGKILL) }   // a stop the VMM ignored
+            if waitedMs > 20_000 {
+                throw HTTPError(500, "vmm-unresponsive", "VM '\(name)': VMM pid \(pid) did not exit after SIGKILL")
+            }
+            try? await Task.sleep(for: .milliseconds(20))
+            waitedMs += 20
+        }
+        event(name, hard ? "killed" : "stopped", r.reason ?? "")
+        try inventory.update(r)
+    }
+
+    /// If the VMM of `r` has ended: its exit status (from waitpid, else its exit file, else -1).
+    private func exitStatusIfGone(_ r: VMRecord) -> Int32? {
+        guard let pid = r.pid else { return -1 }
+        if children.contains(pid) {
+            if let s = VMMProcess.reap(pid) { children.remove(pid); return s }
+            if ProcFS.isAlive(pid: pid, startTime: r.pidStartTime) { return nil }
+            // Not reapable and not alive: someone else reaped it.
+            children.remove(pid)
+        } else if ProcFS.isAlive(pid: pid, startTime: r.pidStartTime) {
+            return nil
+        }
+        return readExitFile(r.name)?.status ?? -1
+    }
+
+    private func readExitFile(_ name: String) -> (status: Int32, reason: String)? {
+        guard let text = ProcFS.read(exitPath(name)) else { return nil }
+        let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
+        guard lines.count >= 2, let s = Int32(lines[0]) else { return nil }
+        return (s, String(lines[1]))
+    }
+
+    /// Marks `r` stopped or failed after its VMM ended with `status`.
+    private func recordExit(_ r: inout VMRecord, status: Int32) {
+        let name = r.name
+        let requested = stopRequested[name]
+        let file = readExitFile(name)
+        var reason: String
+        if let file { reason = file.reason }
+        else if status > 128 { reason = "the VMM was killed by signal \(status - 128)" }
+        else if let log = ProcFS.read(vmmLogPath(name)), let last = log.split(separator: "\n").last(where: { !$0.isEmpty }) {
+            reason = String((last.hasPrefix("vireo: ") ? last.dropFirst(7) : last).prefix(500))
+        } else { reason = "the VMM exited with status \(status) and no reason" }
+        if let requested { reason = requested + (file == nil ? "" : " (\(file?.reason ?? ""))") }
+        r.exitStatus = status >= 0 ? Int(status) : nil
+        r.state = (requested != nil || status == 0) ? .stopped : .failed
+        r.reason = reason
+        r.pid = nil
+        r.pidStartTime = nil
+        unlink(socketPath(name))
+    }
+
+    // MARK: Supervision
+
+    /// One pass over every VM with a VMM: notices exits, records them, restarts per policy.
+    func superviseTick() async {
+        guard let records = try? inventory.all() else { return }
+        for var r in records where r.state.hasProcess && !busy.contains(r.name) {
+            guard let status = exitStatusIfGone(r) else { continue }
+            recordExit(&r, status: status)
+            try? inventory.update(r)
+            event(r.name, r.state == .failed ? "failed" : "exited", r.reason ?? "")
+            await restartIfPolicySays(&r)
+        }
+        // Reap children no VM claims any more (cannot normally happen; keeps zombies away).
+        for pid in children where VMMProcess.reap(pid) != nil { children.remove(pid) }
+    }
+
+    private func restartIfPolicySays(_ r: inout VMRecord) async {
+        let name = r.name
+        guard stopRequested[name] == nil else { return }
+        let policy = r.definition.restartPolicy
+        guard policy == .always || (policy == .onFailure && r.state == .failed) else { return }
+        let ranFor = WallClock.monotonicSeconds() - (lastStart[name] ?? 0)
+        let quick = ranFor < 10 ? (quickFailures[name] ?? 0) + 1 : 0
+        quickFailures[name] = quick
+        if quick >= Self.maxQuickFailures {
+            r.state = .failed
+            r.reason = "restart policy \(policy.rawValue) gave up after \(quick) exits within 10 s of starting; last: \(r.reason ?? "?")"
+            try? inventory.update(r)
+            event(name, "restart-abandoned", r.reason ?? "")
+            return
+        }
+        let previous = r.reason ?? ""
+        do {
+            _ = try await withVMLock(name) {
+                var fresh = try record(name)
+                guard !fresh.state.hasProcess else { return true }
+                fresh.restartCount += 1
+                try launch(&fresh)
+                event(name, "restarted", "by policy \(policy.rawValue) after: \(previous)")
+                _ = try? await awaitReady(&fresh)
+                return true
+            }
+        } catch {
+            event(name, "restart-failed", "\(error)")
+        }
+    }
+
+    /// At daemon start: every VM recorded with a VMM is re-adopted if that process (same pid,
+    /// same start time) still lives; otherwise its exit is recorded and its policy applied.
+    func adoptAll() async {
+        guard let records = try? inventory.all() else { return }
+        for var r in records where r.state.hasProcess {
+            if let pid = r.pid, ProcFS.isAlive(pid: pid, startTime: r.pidStartTime) {
+                if let reply = VMMProcess.control(socketPath(r.name), "status") {
+                    let state: VMState = reply.contains(#""state":"paused""#) ? .paused : .running
+                    if state != r.state { r.state = state; try? inventory.update(r) }
+                }
+                lastStart[r.name] = WallClock.monotonicSeconds() - 60
+                event(r.name, "adopted", "VMM pid \(pid) still running")
+                continue
+            }
+            recordExit(&r, status: readExitFile(r.name)?.status ?? -1)
+            try? inventory.update(r)
+            event(r.name, r.state == .failed ? "failed" : "exited", "while the daemon was down: \(r.reason ?? "")")
+            await restartIfPolicySays(&r)
+        }
+    }
+
+    // MARK: Host facts and metrics
+
+    func hostInfo() -> HostInfo {
+        let records = (try? inventory.all()) ?? []
+        let live = records.filter { $0.state.hasProcess }
+        let pcpus = ProcFS.onlineCPUs
+        let vcpus = live.reduce(0) { $0 + $1.definition.vcpus }
+        let mem = live.reduce(UInt64(0)) { $0 + UInt64($1.definition.memoryMiB) << 20 }
+        return HostInfo(hostname: ProcFS.hostname, version: Self.version, kvm: access("/dev/kvm", R_OK | W_OK) == 0,
+                        pcpus: pcpus, memoryPhysicalBytes: ProcFS.physicalMemory, memoryProvisionedBytes: mem,
+                        vcpusProvisioned: vcpus, vcpuOvercommitRatio: Double(vcpus) / Double(pcpus),
+                        vmsTotal: records.count, vmsRunning: live.count, dataDir: dataDir)
+    }
+
+    /// What /metrics needs from the actor; the rendering (which reads /proc and asks each VMM's
+    /// control socket) runs outside it, so a slow VMM never holds up other requests.
+    func metricsSnapshot() -> (HostInfo, [Metrics.VMSample]) {
+        let records = (try? inventory.all()) ?? []
+        return (hostInfo(), records.map { r in
+            Metrics.VMSample(name: r.name, state: r.state, vcpus: r.definition.vcpus, memoryBytes: UInt64(r.definition.memoryMiB) << 20,
+                             pid: r.state.hasProcess ? r.pid : nil, socket: socketPath(r.name))
+        })
+    }
+}

@@ -1,0 +1,75 @@
+import VireoAPI
+
+/// GET /metrics: Prometheus text exposition, in the seeds' vocabulary.
+enum Metrics {
+    struct VMSample: Sendable {
+        var name: String
+        var state: VMState
+        var vcpus: Int
+        var memoryBytes: UInt64
+        var pid: Int32?
+        var socket: String
+    }
+
+    static func render(_ snapshot: (HostInfo, [VMSample])) -> String { render(host: snapshot.0, vms: snapshot.1) }
+
+    static func render(host: HostInfo, vms: [VMSample]) -> String {
+        var out = ""
+        func family(_ name: String, _ type: String, _ help: String) {
+            out += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
+        }
+        func fmt(_ d: Double) -> String { d.isFinite ? String(d) : "0" }
+
+        family("vireo_host_pcpus", "gauge", "Online physical CPUs of this host.")
+        out += "vireo_host_pcpus \(host.pcpus)\n"
+        family("vireo_host_vcpus_provisioned", "gauge", "vCPUs of the VMs that are running or paused.")
+        out += "vireo_host_vcpus_provisioned \(host.vcpusProvisioned)\n"
+        family("vireo_host_vcpu_overcommit_ratio", "gauge", "Provisioned vCPUs per physical CPU.")
+        out += "vireo_host_vcpu_overcommit_ratio \(fmt(host.vcpuOvercommitRatio))\n"
+        family("vireo_host_memory_provisioned_bytes", "gauge", "Guest RAM configured for the VMs that are running or paused.")
+        out += "vireo_host_memory_provisioned_bytes \(host.memoryProvisionedBytes)\n"
+        family("vireo_host_memory_physical_bytes", "gauge", "Physical RAM of this host.")
+        out += "vireo_host_memory_physical_bytes \(host.memoryPhysicalBytes)\n"
+        family("vireo_host_vms", "gauge", "VMs in the inventory by state.")
+        for s in VMState.allCases {
+            out += "vireo_host_vms{state=\"\(s.rawValue)\"} \(vms.filter { $0.state == s }.count)\n"
+        }
+
+        family("vireo_vm_up", "gauge", "1 if the VM's VMM process is running (or paused).")
+        for v in vms { out += "vireo_vm_up{vm=\"\(v.name)\"} \(v.pid == nil ? 0 : 1)\n" }
+        family("vireo_vm_memory_provisioned_bytes", "gauge", "Guest RAM configured for the VM.")
+        for v in vms { out += "vireo_vm_memory_provisioned_bytes{vm=\"\(v.name)\"} \(v.memoryBytes)\n" }
+        family("vireo_vm_memory_consumed_bytes", "gauge", "Host memory resident for the VM's VMM process (VmRSS: guest pages touched plus the VMM's own).")
+        var times: [(VMSample, [ProcFS.ThreadTimes])] = []
+        for v in vms {
+            guard let pid = v.pid else { continue }
+            if let rss = ProcFS.statusBytes(pid: pid, key: "VmRSS") { out += "vireo_vm_memory_consumed_bytes{vm=\"\(v.name)\"} \(rss)\n" }
+            times.append((v, ProcFS.vcpuTimes(pid: pid)))
+        }
+        family("vireo_vm_vcpu_cpu_seconds_total", "counter", "CPU time of each vCPU thread (schedstat run time).")
+        for (v, ts) in times { for t in ts { out += "vireo_vm_vcpu_cpu_seconds_total{vm=\"\(v.name)\",vcpu=\"\(t.vcpu)\"} \(fmt(t.cpuSeconds))\n" } }
+        family("vireo_vm_vcpu_ready_seconds_total", "counter", "Time each vCPU thread was runnable but waiting for a CPU (CPU ready; schedstat run-queue wait).")
+        for (v, ts) in times { for t in ts { out += "vireo_vm_vcpu_ready_seconds_total{vm=\"\(v.name)\",vcpu=\"\(t.vcpu)\"} \(fmt(t.readySeconds))\n" } }
+        family("vireo_vm_vcpu_exits_total", "counter", "VM exits handled in user space, per vCPU and kind (from the VMM's control socket).")
+        for v in vms where v.pid != nil {
+            guard let reply = VMMProcess.control(v.socket, "status", timeoutSeconds: 1) else { continue }
+            for (i, e) in parseExits(reply).enumerated() {
+                out += "vireo_vm_vcpu_exits_total{vm=\"\(v.name)\",vcpu=\"\(i)\",kind=\"pio\"} \(e.pio)\n"
+                out += "vireo_vm_vcpu_exits_total{vm=\"\(v.name)\",vcpu=\"\(i)\",kind=\"mmio\"} \(e.mmio)\n"
+            }
+        }
+        return out
+    }
+
+    /// Pulls pio/mmio exit counts out of the VMM's status line (a fixed, flat JSON shape).
+    static func parseExits(_ reply: String) -> [(pio: UInt64, mmio: UInt64)] {
+        func number(after key: String, in s: Substring) -> UInt64? {
+            guard let r = s.firstRange(of: "\"\(key)\":") else { return nil }
+            return UInt64(s[r.upperBound...].prefix(while: { $0.isNumber }))
+        }
+        return reply.split(separator: "{").compactMap { part in
+            guard let p = number(after: "pio_exits", in: part), let m = number(after: "mmio_exits", in: part) else { return nil }
+            return (p, m)
+        }
+    }
+}

@@ -1,0 +1,141 @@
+import VireoAPI
+import VireoSupport
+
+/// One HTTP request as the router sees it.
+struct HTTPRequest: Sendable {
+    var method: String
+    var path: String
+    var query: [String: String]
+    var headers: [(String, String)]
+    var body: [UInt8]
+
+    func header(_ name: String) -> String? {
+        headers.first { $0.0.lowercased() == name }?.1
+    }
+}
+
+struct HTTPResponse: Sendable {
+    var status: Int
+    var contentType: String
+    var body: [UInt8]
+    var headers: [(String, String)] = []
+
+    static func json<T: Encodable>(_ status: Int, _ value: T) -> HTTPResponse {
+        HTTPResponse(status: status, contentType: "application/json", body: APIJSON.encode(value))
+    }
+    static func error(_ e: HTTPError) -> HTTPResponse {
+        var r = json(e.status, APIErrorBody(code: e.code, message: e.message))
+        if !e.allow.isEmpty { r.headers.append(("Allow", e.allow.joined(separator: ", "))) }
+        return r
+    }
+}
+
+/// Maps requests to the service. `Router.routes` is the list the OpenAPI test checks.
+public struct Router: Sendable {
+    let service: HostService
+    /// Bearer token required on this listener (TCP), or nil (the unix socket: its file mode guards it).
+    let token: String?
+
+    static let maxBody = 1 << 20
+
+    /// Every (method, path template) the server answers.
+    public static let routes: [(method: String, path: String)] = [
+        ("GET", "/openapi.json"), ("GET", "/metrics"), ("GET", "/v1/host"), ("GET", "/v1/events"),
+        ("GET", "/v1/vms"), ("POST", "/v1/vms"),
+        ("GET", "/v1/vms/{name}"), ("PATCH", "/v1/vms/{name}"), ("DELETE", "/v1/vms/{name}"),
+        ("POST", "/v1/vms/{name}/start"), ("POST", "/v1/vms/{name}/stop"), ("POST", "/v1/vms/{name}/kill"),
+        ("POST", "/v1/vms/{name}/pause"), ("POST", "/v1/vms/{name}/resume"), ("POST", "/v1/vms/{name}/reboot"),
+        ("GET", "/v1/vms/{name}/console"),
+    ]
+
+    func handle(_ req: HTTPRequest) async -> HTTPResponse {
+        if let token {
+            let given = req.header("authorization")
+            guard let given, given == "Bearer \(token)" else {
+                var r = HTTPResponse.error(HTTPError(401, "unauthorized", given == nil
+                    ? "this listener needs 'Authorization: Bearer TOKEN' (the daemon's --token-file)"
+                    : "the bearer token is wrong"))
+                r.headers.append(("WWW-Authenticate", "Bearer"))
+                return r
+            }
+        }
+        do { return try await dispatch(req) } catch {
+            return .error(HTTPError.from(error))
+        }
+    }
+
+    private func dispatch(_ req: HTTPRequest) async throws -> HTTPResponse {
+        let parts = req.path.split(separator: "/", omittingEmptySubsequences: true).map(String.init)
+        let m = req.method
+        func allow(_ methods: String...) throws {
+            guard methods.contains(m) else {
+                throw HTTPError(405, "method-not-allowed", "\(m) is not allowed on \(req.path.prefix(200)); allowed: \(methods.joined(separator: ", "))", allow: methods)
+            }
+        }
+        switch parts.count {
+        case 1 where parts[0] == "openapi.json":
+            try allow("GET")
+            return HTTPResponse(status: 200, contentType: "application/json", body: Array(OpenAPIDocument.json.utf8))
+        case 1 where parts[0] == "metrics":
+            try allow("GET")
+            return HTTPResponse(status: 200, contentType: "text/plain; version=0.0.4", body: Array(await Metrics.render(service.metricsSnapshot()).utf8))
+        case 2 where parts == ["v1", "host"]:
+            try allow("GET")
+            return .json(200, await service.hostInfo())
+        case 2 where parts == ["v1", "events"]:
+            try allow("GET")
+            let since = try intQuery(req, "since", default: 0, range: 0...Int(Int32.max))
+            let limit = try intQuery(req, "limit", default: 1000, range: 1...10000)
+            let vm = req.query["vm"]
+            return .json(200, EventList(events: try await service.events(since: since, vm: vm, limit: limit)))
+        case 2 where parts == ["v1", "vms"]:
+            try allow("GET", "POST")
+            if m == "GET" { return .json(200, VMList(vms: try await service.list())) }
+            let create = try APIJSON.decodeStrict(VMCreate.self, from: req.body, allowed: VMCreate.fields,
+                                                  nested: ["disks": DiskSpec.fields, "nics": NICSpec.fields])
+            return .json(201, try await service.create(create))
+        case 3 where parts[0] == "v1" && parts[1] == "vms":
+            try allow("GET", "PATCH", "DELETE")
+            let name = parts[2]
+            switch m {
+            case "GET": return .json(200, try await service.show(name))
+            case "PATCH":
+                let u = try APIJSON.decodeStrict(VMUpdate.self, from: req.body, allowed: VMUpdate.fields)
+                return .json(200, try await service.update(name, u))
+            default:
+                try await service.delete(name)
+                return HTTPResponse(status: 204, contentType: "application/json", body: [])
+            }
+        case 4 where parts[0] == "v1" && parts[1] == "vms":
+            let name = parts[2]
+            if parts[3] == "console" {
+                try allow("GET")
+                let offset = try intQuery(req, "offset", default: 0, range: 0...Int(Int64.max / 2))
+                let limit = try intQuery(req, "limit", default: 1 << 20, range: 1...(1 << 20))
+                let (bytes, next) = try await service.console(name, offset: offset, limit: limit)
+                return HTTPResponse(status: 200, contentType: "text/plain; charset=utf-8", body: bytes,
+                                    headers: [("X-Vireo-Next-Offset", String(next))])
+            }
+            try allow("POST")
+            switch parts[3] {
+            case "start": return .json(200, try await service.start(name))
+            case "stop": return .json(200, try await service.stop(name))
+            case "kill": return .json(200, try await service.kill(name))
+            case "pause": return .json(200, try await service.pause(name))
+            case "resume": return .json(200, try await service.resume(name))
+            case "reboot": return .json(200, try await service.reboot(name))
+            default: break
+            }
+        default: break
+        }
+        throw HTTPError(404, "no-such-route", "no API route \(m) \(req.path.prefix(200)); GET /openapi.json lists them")
+    }
+
+    private func intQuery(_ req: HTTPRequest, _ key: String, default d: Int, range: ClosedRange<Int>) throws -> Int {
+        guard let s = req.query[key] else { return d }
+        guard let v = Int(s), range.contains(v) else {
+            throw HTTPError(400, "invalid-query", "query parameter \(key)='\(s.prefix(40))' must be an integer in \(range.lowerBound)...\(range.upperBound)")
+        }
+        return v
+    }
+}

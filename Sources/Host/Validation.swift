@@ -1,0 +1,80 @@
+import VireoAPI
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Checks of a VM definition; every failure is the client's (422) with what to change.
+enum Validation {
+    static func check(_ d: VMDefinition, socketPath: String) throws {
+        guard (1...VMLimits.maxVCPUs).contains(d.vcpus) else {
+            throw HTTPError.invalid("out-of-range", "vcpus \(d.vcpus) is out of range: give 1 to \(VMLimits.maxVCPUs)")
+        }
+        let hostLimitMiB = Int(min(ProcFS.memoryAndSwap &* 4 >> 20, UInt64(VMLimits.maxMemoryMiB)))
+        let maxMiB = hostLimitMiB > 0 ? hostLimitMiB : VMLimits.maxMemoryMiB
+        guard (VMLimits.minMemoryMiB...maxMiB).contains(d.memoryMiB) else {
+            throw HTTPError.invalid("out-of-range", "memory_mib \(d.memoryMiB) is out of range: give \(VMLimits.minMemoryMiB) to \(maxMiB) (4x this host's RAM and swap)")
+        }
+        if let b = d.balloonMiB, b < 0 || b > d.memoryMiB {
+            throw HTTPError.invalid("out-of-range", "balloon_mib \(b) must be between 0 and memory_mib (\(d.memoryMiB))")
+        }
+        if d.template != nil {
+            throw HTTPError.invalid("unsupported", "templates are not available yet on this host; give kernel/initrd/cmdline instead")
+        }
+        switch (d.kernel, d.probe) {
+        case (nil, nil):
+            throw HTTPError.invalid("missing-boot", "give a kernel (an absolute path to a vmlinux or bzImage) or a probe workload")
+        case (.some, .some):
+            throw HTTPError.invalid("conflicting-boot", "give either kernel or probe, not both")
+        case (nil, let probe?):
+            guard isValidProbe(probe) else {
+                throw HTTPError.invalid("invalid-probe", "probe '\(probe.prefix(40))' is not one of pio:N, mmio:N, dirty[:PASSES], compute:N")
+            }
+            if d.initrd != nil || d.cmdline != nil {
+                throw HTTPError.invalid("conflicting-boot", "initrd and cmdline go with a kernel, not a probe workload")
+            }
+        case (.some, nil):
+            break
+        }
+        if let c = d.cmdline, c.utf8.count > VMLimits.maxCmdlineBytes || c.contains("\n") || c.contains("\0") {
+            throw HTTPError.invalid("invalid-cmdline", "cmdline must be one line of at most \(VMLimits.maxCmdlineBytes) bytes")
+        }
+        for nic in d.nics {
+            let ok = (1...15).contains(nic.tap.utf8.count) && nic.tap.utf8.allSatisfy { c in
+                (c >= 48 && c <= 57) || (c >= 65 && c <= 90) || (c >= 97 && c <= 122) || c == 45 || c == 95 || c == 46
+            }
+            guard ok else { throw HTTPError.invalid("invalid-nic", "tap '\(nic.tap.prefix(40))' is not a valid interface name (1-15 of A-Z a-z 0-9 - _ .)") }
+        }
+        guard socketPath.utf8.count < 108 else {
+            throw HTTPError.invalid("name-too-long", "the VM's control socket path \(socketPath) would exceed 107 bytes; use a shorter name (or a shorter --data-dir)")
+        }
+        try checkFiles(d)
+    }
+
+    /// The files a definition names must exist now (checked at create and again at start).
+    static func checkFiles(_ d: VMDefinition) throws {
+        var files: [(String, String)] = []
+        if let k = d.kernel { files.append(("kernel", k)) }
+        if let i = d.initrd { files.append(("initrd", i)) }
+        for (n, disk) in d.disks.enumerated() { files.append(("disks[\(n)].path", disk.path)) }
+        for (field, path) in files {
+            guard path.hasPrefix("/"), path.utf8.count <= VMLimits.maxPathBytes, !path.contains("\0") else {
+                throw HTTPError.invalid("invalid-path", "\(field) '\(path.prefix(200))' must be an absolute path")
+            }
+            guard ProcFS.fileExists(path) else {
+                throw HTTPError.invalid("file-not-found", "\(field) \(path.prefix(200)) does not exist or is not a regular file")
+            }
+            guard access(path, R_OK) == 0 else {
+                throw HTTPError.invalid("file-not-readable", "\(field) \(path.prefix(200)) is not readable by the daemon")
+            }
+        }
+    }
+
+    static func isValidProbe(_ s: String) -> Bool {
+        let parts = s.split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false)
+        guard let kind = parts.first, ["pio", "mmio", "dirty", "compute"].contains(kind) else { return false }
+        if parts.count == 2 {
+            guard !parts[1].isEmpty, parts[1].count <= 19, UInt64(parts[1]) != nil else { return false }
+        }
+        return true
+    }
+}

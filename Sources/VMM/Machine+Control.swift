@@ -1,0 +1,190 @@
+import CLinux
+import KVM
+import Synchronization
+import VireoSupport
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Pausing a running machine: vCPU threads park outside KVM_RUN until resumed.
+///
+/// Protocol (no lost kicks): `pause()` sets `paused`, then sets every vCPU's `immediate_exit`
+/// and sends SIGUSR1 to the threads already inside KVM_RUN. A vCPU thread clears its
+/// `immediate_exit` *before* it re-checks `paused` at the top of its loop, so a pause that
+/// lands after the check still finds `immediate_exit` set when KVM_RUN is entered.
+public final class PauseGate: @unchecked Sendable {
+    private let paused = Atomic<Bool>(false)
+    private let parkedCount = Atomic<Int>(0)
+    private let threads = Mutex<[Int: (thread: pthread_t, tid: Int32)]>([:])
+    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
+    private let cond: UnsafeMutablePointer<pthread_cond_t>
+
+    public init() {
+        mutex = .allocate(capacity: 1)
+        cond = .allocate(capacity: 1)
+        // SAFETY: freshly allocated, initialised once here and destroyed once in deinit.
+        pthread_mutex_init(mutex, nil)
+        pthread_cond_init(cond, nil)
+    }
+
+    deinit {
+        pthread_cond_destroy(cond)
+        pthread_mutex_destroy(mutex)
+        mutex.deallocate()
+        cond.deallocate()
+    }
+
+    @inline(__always)
+    public var isPaused: Bool { paused.load(ordering: .sequentiallyConsistent) }
+    public var parked: Int { parkedCount.load(ordering: .sequentiallyConsistent) }
+
+    /// Called by vCPU thread `index` when it starts: records its pthread and kernel tid.
+    func register(index: Int) {
+        let me = pthread_self()
+        let tid = Self.currentThreadID()
+        threads.withLock { $0[index] = (me, tid) }
+    }
+
+    /// The calling thread's kernel tid, from /proc/thread-self ("PID/task/TID"); 0 if unknown.
+    static func currentThreadID() -> Int32 {
+        var buf = [CChar](repeating: 0, count: 64)
+        let n = readlink("/proc/thread-self", &buf, buf.count - 1)
+        guard n > 0 else { return 0 }
+        let s = String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return s.split(separator: "/").last.flatMap { Int32($0) } ?? 0
+    }
+
+    /// Kernel thread ids of the vCPU threads, by vCPU index.
+    public var threadIDs: [Int: Int32] { threads.withLock { $0.mapValues(\.tid) } }
+
+    /// Stops every vCPU outside KVM_RUN; returns once all `vcpus.count` are parked or after `timeoutMs`.
+    public func pause(vcpus: [VCPU], stop: StopSignal, timeoutMs: Int = 2000) -> Bool {
+        paused.store(true, ordering: .sequentiallyConsistent)
+        let known = threads.withLock { $0 }
+        for (i, vcpu) in vcpus.enumerated() {
+            vcpu.setImmediateExit(true)
+            if let t = known[i] { _ = pthread_kill(t.thread, SIGUSR1) }
+        }
+        var waited = 0
+        while parked < vcpus.count && !stop.isStopping && waited < timeoutMs {
+            usleep(1000); waited += 1
+        }
+        return parked >= vcpus.count
+    }
+
+    public func resume() {
+        pthread_mutex_lock(mutex)
+        paused.store(false, ordering: .sequentiallyConsistent)
+        pthread_cond_broadcast(cond)
+        pthread_mutex_unlock(mutex)
+    }
+
+    /// Parks the calling vCPU thread while paused (waking every 100 ms to notice a stop).
+    func park(vcpu: VCPU, stop: StopSignal) {
+        pthread_mutex_lock(mutex)
+        parkedCount.add(1, ordering: .sequentiallyConsistent)
+        while isPaused && !stop.isStopping {
+            var ts = timespec()
+            clock_gettime(CLOCK_REALTIME, &ts)
+            ts.tv_nsec += 100_000_000
+            if ts.tv_nsec >= 1_000_000_000 { ts.tv_sec += 1; ts.tv_nsec -= 1_000_000_000 }
+            _ = pthread_cond_timedwait(cond, mutex, &ts)
+        }
+        parkedCount.subtract(1, ordering: .sequentiallyConsistent)
+        pthread_mutex_unlock(mutex)
+        vcpu.setImmediateExit(false)
+    }
+}
+
+/// The VMM's own control socket (`vireo run --api-socket PATH`): one line in, one JSON line out.
+///
+/// Commands: `status` (state, per-vCPU exit counts and thread ids), `pause`, `resume`, `stop`.
+/// One connection at a time, on its own host thread; the daemon is the only client.
+public final class ControlServer: @unchecked Sendable {
+    public let path: String
+    private let listenFD: OwnedFD
+    private var thread: HostThread?
+
+    public init(path: String, machine: Machine) throws {
+        self.path = path
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw VireoError.system("cannot create the control socket") }
+        listenFD = OwnedFD(taking: fd)
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
+            throw VireoError(.invalidArgument, "--api-socket \(path) is longer than a unix socket path may be (107 bytes)")
+        }
+        // SAFETY: sun_path is a zeroed fixed-size C array longer than bytes.count (checked above).
+        withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in bytes.enumerated() { p[i] = b } }
+        unlink(path)
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard rc == 0 else { throw VireoError.system("cannot bind the control socket \(path)") }
+        chmod(path, 0o600)
+        guard listen(fd, 8) == 0 else { throw VireoError.system("cannot listen on \(path)") }
+        let listenRaw = fd
+        thread = try HostThread(name: "control") { [machine] in
+            ControlServer.serve(listenFD: listenRaw, machine: machine)
+        }
+    }
+
+    /// Removes the socket file (the thread ends with the process).
+    public func remove() { unlink(path) }
+
+    private static func serve(listenFD: Int32, machine: Machine) {
+        while !machine.stop.isStopping {
+            let c = accept(listenFD, nil, nil)
+            if c < 0 { if errno == EINTR || errno == ECONNABORTED { continue }; return }
+            _ = fcntl(c, F_SETFD, FD_CLOEXEC)
+            var tv = timeval(tv_sec: 5, tv_usec: 0)
+            _ = setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+            var line: [UInt8] = []
+            var byte: UInt8 = 0
+            while line.count < 256, read(c, &byte, 1) == 1, byte != 10 { line.append(byte) }
+            let command = String(decoding: line, as: UTF8.self).trimmingSpaces
+            let reply = handle(command, machine: machine) + "\n"
+            _ = reply.withCString { send(c, $0, strlen($0), Int32(MSG_NOSIGNAL)) }
+            close(c)
+        }
+    }
+
+    static func handle(_ command: String, machine: Machine) -> String {
+        switch command {
+        case "status", "metrics":
+            return status(machine)
+        case "pause":
+            let ok = machine.pauseGate.pause(vcpus: machine.vcpus, stop: machine.stop)
+            return ok ? #"{"ok":true,"state":"paused"}"# : #"{"ok":false,"error":"the vCPUs did not stop within 2 s"}"#
+        case "resume":
+            machine.pauseGate.resume()
+            return #"{"ok":true,"state":"running"}"#
+        case "stop":
+            machine.stop.request(.signal(SIGTERM))
+            machine.pauseGate.resume()
+            return #"{"ok":true,"state":"stopping"}"#
+        default:
+            return #"{"ok":false,"error":"unknown command; one of status, pause, resume, stop"}"#
+        }
+    }
+
+    static func status(_ machine: Machine) -> String {
+        let state = machine.stop.isStopping ? "stopping" : machine.pauseGate.isPaused ? "paused" : "running"
+        let tids = machine.pauseGate.threadIDs
+        let vcpus = machine.stats.enumerated().map { i, s in
+            #"{"index":\#(i),"tid":\#(tids[i] ?? 0),"pio_exits":\#(s.pioExits.load(ordering: .relaxed)),"mmio_exits":\#(s.mmioExits.load(ordering: .relaxed)),"other_exits":\#(s.otherExits.load(ordering: .relaxed))}"#
+        }
+        return #"{"ok":true,"state":"\#(state)","pid":\#(getpid()),"vcpus":[\#(vcpus.joined(separator: ","))]}"#
+    }
+}
+
+extension String {
+    var trimmingSpaces: String {
+        var s = Substring(self)
+        while let f = s.first, f == " " || f == "\r" || f == "\t" { s.removeFirst() }
+        while let l = s.last, l == " " || l == "\r" || l == "\t" { s.removeLast() }
+        return String(s)
+    }
+}

@@ -1,0 +1,214 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+// The REST API's bodies. Field names are the JSON names (snake_case) through CodingKeys;
+// `openapi/vireo.json` (OpenAPIDocument.json) is the contract these follow.
+
+public enum VMState: String, Codable, Sendable, CaseIterable {
+    case stopped, starting, running, paused, failed
+    /// States in which a VMM process exists.
+    public var hasProcess: Bool { self == .starting || self == .running || self == .paused }
+}
+
+public enum RestartPolicy: String, Codable, Sendable, CaseIterable {
+    case never
+    case onFailure = "on-failure"
+    case always
+}
+
+public struct DiskSpec: Codable, Sendable, Equatable {
+    public var path: String
+    public var readonly: Bool?
+    public init(path: String, readonly: Bool? = nil) { self.path = path; self.readonly = readonly }
+    public static let fields: Set<String> = ["path", "readonly"]
+}
+
+public struct NICSpec: Codable, Sendable, Equatable {
+    /// A TAP device name on the host.
+    public var tap: String
+    public var mac: String?
+    public init(tap: String, mac: String? = nil) { self.tap = tap; self.mac = mac }
+    public static let fields: Set<String> = ["tap", "mac"]
+}
+
+/// POST /v1/vms. Only `name` is required; unknown keys are refused.
+public struct VMCreate: Codable, Sendable, Equatable {
+    public var name: String
+    public var vcpus: Int?
+    public var memoryMiB: Int?
+    public var kernel: String?
+    public var initrd: String?
+    public var cmdline: String?
+    /// The built-in probe guest's workload (pio:N, mmio:N, dirty[:PASSES], compute:N) instead of a kernel.
+    public var probe: String?
+    public var template: String?
+    public var disks: [DiskSpec]?
+    public var nics: [NICSpec]?
+    public var balloonMiB: Int?
+    public var restartPolicy: RestartPolicy?
+
+    public init(name: String, vcpus: Int? = nil, memoryMiB: Int? = nil, kernel: String? = nil, initrd: String? = nil,
+                cmdline: String? = nil, probe: String? = nil, template: String? = nil, disks: [DiskSpec]? = nil,
+                nics: [NICSpec]? = nil, balloonMiB: Int? = nil, restartPolicy: RestartPolicy? = nil) {
+        self.name = name; self.vcpus = vcpus; self.memoryMiB = memoryMiB; self.kernel = kernel; self.initrd = initrd
+        self.cmdline = cmdline; self.probe = probe; self.template = template; self.disks = disks; self.nics = nics
+        self.balloonMiB = balloonMiB; self.restartPolicy = restartPolicy
+    }
+
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case name, vcpus, memoryMiB = "memory_mib", kernel, initrd, cmdline, probe, template, disks, nics
+        case balloonMiB = "balloon_mib", restartPolicy = "restart_policy"
+    }
+    public static let fields = Set(CodingKeys.allCases.map(\.rawValue))
+}
+
+/// PATCH /v1/vms/{name} (only while stopped or failed): the fields given replace the stored ones.
+public struct VMUpdate: Codable, Sendable, Equatable {
+    public var vcpus: Int?
+    public var memoryMiB: Int?
+    public var cmdline: String?
+    public var balloonMiB: Int?
+    public var restartPolicy: RestartPolicy?
+
+    public init(vcpus: Int? = nil, memoryMiB: Int? = nil, cmdline: String? = nil, balloonMiB: Int? = nil, restartPolicy: RestartPolicy? = nil) {
+        self.vcpus = vcpus; self.memoryMiB = memoryMiB; self.cmdline = cmdline; self.balloonMiB = balloonMiB; self.restartPolicy = restartPolicy
+    }
+
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case vcpus, memoryMiB = "memory_mib", cmdline, balloonMiB = "balloon_mib", restartPolicy = "restart_policy"
+    }
+    public static let fields = Set(CodingKeys.allCases.map(\.rawValue))
+}
+
+/// A VM's definition as stored in the inventory (what create validated).
+public struct VMDefinition: Codable, Sendable, Equatable {
+    public var name: String
+    public var vcpus: Int
+    public var memoryMiB: Int
+    public var kernel: String?
+    public var initrd: String?
+    public var cmdline: String?
+    public var probe: String?
+    public var template: String?
+    public var disks: [DiskSpec]
+    public var nics: [NICSpec]
+    public var balloonMiB: Int?
+    public var restartPolicy: RestartPolicy
+
+    public init(name: String, vcpus: Int, memoryMiB: Int, kernel: String? = nil, initrd: String? = nil, cmdline: String? = nil,
+                probe: String? = nil, template: String? = nil, disks: [DiskSpec] = [], nics: [NICSpec] = [],
+                balloonMiB: Int? = nil, restartPolicy: RestartPolicy = .never) {
+        self.name = name; self.vcpus = vcpus; self.memoryMiB = memoryMiB; self.kernel = kernel; self.initrd = initrd
+        self.cmdline = cmdline; self.probe = probe; self.template = template; self.disks = disks; self.nics = nics
+        self.balloonMiB = balloonMiB; self.restartPolicy = restartPolicy
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case name, vcpus, memoryMiB = "memory_mib", kernel, initrd, cmdline, probe, template, disks, nics
+        case balloonMiB = "balloon_mib", restartPolicy = "restart_policy"
+    }
+}
+
+/// GET /v1/vms/{name}: the definition plus runtime state.
+public struct VM: Codable, Sendable, Equatable {
+    public var name: String
+    public var vcpus: Int
+    public var memoryMiB: Int
+    public var kernel: String?
+    public var initrd: String?
+    public var cmdline: String?
+    public var probe: String?
+    public var template: String?
+    public var disks: [DiskSpec]
+    public var nics: [NICSpec]
+    public var balloonMiB: Int?
+    public var restartPolicy: RestartPolicy
+    public var state: VMState
+    /// Why the VM is failed or last stopped (one line), when known.
+    public var reason: String?
+    public var pid: Int?
+    public var exitStatus: Int?
+    public var restartCount: Int
+    public var consoleLog: String
+    public var apiSocket: String
+    public var createdAt: String
+
+    public init(definition d: VMDefinition, state: VMState, reason: String?, pid: Int?, exitStatus: Int?,
+                restartCount: Int, consoleLog: String, apiSocket: String, createdAt: String) {
+        name = d.name; vcpus = d.vcpus; memoryMiB = d.memoryMiB; kernel = d.kernel; initrd = d.initrd; cmdline = d.cmdline
+        probe = d.probe; template = d.template; disks = d.disks; nics = d.nics; balloonMiB = d.balloonMiB
+        restartPolicy = d.restartPolicy
+        self.state = state; self.reason = reason; self.pid = pid; self.exitStatus = exitStatus
+        self.restartCount = restartCount; self.consoleLog = consoleLog; self.apiSocket = apiSocket; self.createdAt = createdAt
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case name, vcpus, memoryMiB = "memory_mib", kernel, initrd, cmdline, probe, template, disks, nics
+        case balloonMiB = "balloon_mib", restartPolicy = "restart_policy", state, reason, pid
+        case exitStatus = "exit_status", restartCount = "restart_count", consoleLog = "console_log"
+        case apiSocket = "api_socket", createdAt = "created_at"
+    }
+}
+
+public struct VMList: Codable, Sendable, Equatable {
+    public var vms: [VM]
+    public init(vms: [VM]) { self.vms = vms }
+}
+
+/// GET /v1/host: this server's facts and capacity (the same figures as /metrics).
+public struct HostInfo: Codable, Sendable, Equatable {
+    public var hostname: String
+    public var version: String
+    public var kvm: Bool
+    public var pcpus: Int
+    public var memoryPhysicalBytes: UInt64
+    public var memoryProvisionedBytes: UInt64
+    public var vcpusProvisioned: Int
+    public var vcpuOvercommitRatio: Double
+    public var vmsTotal: Int
+    public var vmsRunning: Int
+    public var dataDir: String
+
+    public init(hostname: String, version: String, kvm: Bool, pcpus: Int, memoryPhysicalBytes: UInt64, memoryProvisionedBytes: UInt64,
+                vcpusProvisioned: Int, vcpuOvercommitRatio: Double, vmsTotal: Int, vmsRunning: Int, dataDir: String) {
+        self.hostname = hostname; self.version = version; self.kvm = kvm; self.pcpus = pcpus
+        self.memoryPhysicalBytes = memoryPhysicalBytes; self.memoryProvisionedBytes = memoryProvisionedBytes
+        self.vcpusProvisioned = vcpusProvisioned; self.vcpuOvercommitRatio = vcpuOvercommitRatio
+        self.vmsTotal = vmsTotal; self.vmsRunning = vmsRunning; self.dataDir = dataDir
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case hostname, version, kvm, pcpus, memoryPhysicalBytes = "memory_physical_bytes"
+        case memoryProvisionedBytes = "memory_provisioned_bytes", vcpusProvisioned = "vcpus_provisioned"
+        case vcpuOvercommitRatio = "vcpu_overcommit_ratio", vmsTotal = "vms_total", vmsRunning = "vms_running"
+        case dataDir = "data_dir"
+    }
+}
+
+/// One thing that happened to a VM (GET /v1/events).
+public struct Event: Codable, Sendable, Equatable {
+    public var seq: Int
+    public var time: String
+    public var vm: String
+    public var type: String
+    public var message: String
+    public init(seq: Int, time: String, vm: String, type: String, message: String) {
+        self.seq = seq; self.time = time; self.vm = vm; self.type = type; self.message = message
+    }
+}
+
+public struct EventList: Codable, Sendable, Equatable {
+    public var events: [Event]
+    public init(events: [Event]) { self.events = events }
+}
+
+/// Every 4xx/5xx body.
+public struct APIErrorBody: Codable, Sendable, Equatable, Error, CustomStringConvertible {
+    public var code: String
+    public var message: String
+    public init(code: String, message: String) { self.code = code; self.message = message }
+    public var description: String { message }
+}

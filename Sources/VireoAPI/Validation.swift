@@ -1,0 +1,22 @@
+/// Limits and checks shared by the daemon (which enforces them) and the CLI (which explains them).
+public enum VMLimits {
+    public static let maxVCPUs = 254
+    public static let minMemoryMiB = 4
+    /// 64 TiB: the guest-physical space KVM maps; the daemon also checks the host's RAM + swap.
+    public static let maxMemoryMiB = 64 << 20
+    public static let defaultVCPUs = 1
+    public static let defaultMemoryMiB = 512
+    public static let maxCmdlineBytes = 2048
+    public static let maxPathBytes = 4095
+
+    /// `[a-z0-9][a-z0-9-]{0,62}`
+    public static func isValidName(_ name: String) -> Bool {
+        let bytes = Array(name.utf8)
+        guard (1...63).contains(bytes.count) else { return false }
+        func ok(_ c: UInt8, dash: Bool) -> Bool { (c >= 97 && c <= 122) || (c >= 48 && c <= 57) || (dash && c == 45) }
+        guard ok(bytes[0], dash: false) else { return false }
+        return bytes.dropFirst().allSatisfy { ok($0, dash: true) }
+    }
+
+    public static let nameRule = "names are 1-63 characters of a-z, 0-9 and '-', starting with a letter or digit"
+}

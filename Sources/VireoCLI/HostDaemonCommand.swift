@@ -1,0 +1,76 @@
+import ArgumentParser
+import Host
+import VireoAPI
+import VireoSupport
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `vireo host [serve]`: the daemon.
+struct HostServeCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "serve",
+        abstract: "Run the host daemon: VM inventory, one VMM process per VM, REST API (the default of `vireo host`).",
+        discussion: """
+        VMs keep running when the daemon stops or is killed; a restarted daemon re-adopts them.
+        Example: vireo host --socket /run/vireo/vireo.sock --data-dir /var/lib/vireo
+        """)
+
+    @Option(help: "Unix socket the API listens on.")
+    var socket: String = APIClient.defaultSocket
+
+    @Option(help: "Directory for the inventory database and each VM's logs and sockets.")
+    var dataDir: String = "/var/lib/vireo"
+
+    @Option(help: "Also listen on TCP ADDR:PORT (needs --token-file; clients send 'Authorization: Bearer TOKEN').")
+    var listen: String?
+
+    @Option(help: "File holding the bearer token for the TCP listener (16+ characters).")
+    var tokenFile: String?
+
+    @Option(help: ArgumentHelp("The vireo binary that runs each VMM.", visibility: .hidden))
+    var vmmBinary: String?
+
+    func run() throws {
+        try reportingErrors {
+            try HostDaemon.runBlocking(HostDaemon.Options(
+                socketPath: socket, dataDir: dataDir, listen: listen, tokenFile: tokenFile,
+                vmmBinary: vmmBinary ?? ChildProcess.selfExecutable()))
+        }
+    }
+}
+
+/// `vireo host info`: the daemon's view of this host.
+struct HostInfoCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "info", abstract: "Show this host's capacity and what its VMs use (asks the daemon).")
+    @OptionGroup var client: ClientOptions
+
+    func run() throws {
+        try reportingErrors {
+            let c = try client.makeClient()
+            let r = try c.request("GET", "/v1/host")
+            try APIClient.check(r)
+            if client.json { print(r.text); return }
+            let h = try client.decode(HostInfo.self, r)
+            let rows: [(String, String)] = [
+                ("hostname", h.hostname), ("version", h.version), ("kvm", h.kvm ? "yes" : "no (/dev/kvm not usable)"),
+                ("pCPUs", String(h.pcpus)), ("vCPUs provisioned", String(h.vcpusProvisioned)),
+                ("vCPU:pCPU overcommit", String(format2(h.vcpuOvercommitRatio))),
+                ("memory physical", ByteSize.format(h.memoryPhysicalBytes)),
+                ("memory provisioned", ByteSize.format(h.memoryProvisionedBytes)),
+                ("VMs", "\(h.vmsTotal) (\(h.vmsRunning) running)"), ("data dir", h.dataDir),
+            ]
+            printKeyValues(rows)
+        }
+    }
+}
+
+func format2(_ d: Double) -> String {
+    let r = (d * 100).rounded() / 100
+    return String(r)
+}
+
+func printKeyValues(_ rows: [(String, String)]) {
+    let w = rows.map(\.0.count).max() ?? 0
+    for (k, v) in rows { print(k + ":" + String(repeating: " ", count: w - k.count + 2) + v) }
+}

@@ -1,0 +1,210 @@
+import ArgumentParser
+import VireoAPI
+import VireoSupport
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `vireo vm ...`: VMs managed by the host daemon.
+struct VMCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "vm",
+        abstract: "Create, run and inspect VMs managed by the host daemon (`vireo host`).",
+        subcommands: [VMCreateCommand.self, VMListCommand.self, VMShowCommand.self,
+                      VMActionCommand<Start>.self, VMActionCommand<Stop>.self, VMActionCommand<Kill>.self,
+                      VMActionCommand<Pause>.self, VMActionCommand<Resume>.self, VMActionCommand<Reboot>.self,
+                      VMDeleteCommand.self, VMConsoleCommand.self, VMLogsCommand.self])
+}
+
+struct VMCreateCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "create", abstract: "Define a VM (it starts stopped; `vireo vm start NAME` boots it).",
+        discussion: "Example: vireo vm create web --kernel out/guest/vmlinuz --initrd out/guest/initramfs.cpio.gz --cpus 2 --memory 512M")
+    @OptionGroup var client: ClientOptions
+    @Argument(help: "VM name: 1-63 of a-z, 0-9 and '-'.") var name: String
+    @Option(help: "Guest kernel: an ELF vmlinux or a bzImage.") var kernel: String?
+    @Option(help: "Initial ramdisk.") var initrd: String?
+    @Option(help: "Kernel command line.") var cmdline: String?
+    @Option(help: "Number of vCPUs.") var cpus: Int?
+    @Option(help: "Guest RAM, like 512M or 2G (a bare number is MiB).") var memory: String?
+    @Option(help: "A disk image (repeatable): PATH[,readonly].") var disk: [String] = []
+    @Option(help: "A network interface (repeatable): tap=NAME[,mac=MAC].") var net: [String] = []
+    @Option(help: "Balloon target size, like 256M.") var balloon: String?
+    @Option(help: "never, on-failure or always.") var restart: String?
+    @Option(help: "Create from a template.") var fromTemplate: String?
+    @Option(help: ArgumentHelp("Run the built-in probe guest: pio:N, mmio:N, dirty[:PASSES], compute:N.", visibility: .hidden)) var probe: String?
+
+    func run() throws {
+        try reportingErrors {
+            var c = VMCreate(name: name, vcpus: cpus, kernel: kernel.map(absolutePath), initrd: initrd.map(absolutePath),
+                             cmdline: cmdline, probe: probe, template: fromTemplate)
+            if let memory { c.memoryMiB = Int(try parseSize(memory, option: "--memory") >> 20) }
+            if let balloon { c.balloonMiB = Int(try parseSize(balloon, option: "--balloon") >> 20) }
+            if let restart {
+                guard let p = RestartPolicy(rawValue: restart) else { throw VireoError(.invalidArgument, "--restart '\(restart)' is not one of never, on-failure, always") }
+                c.restartPolicy = p
+            }
+            if !disk.isEmpty {
+                c.disks = disk.map { d in
+                    let parts = d.split(separator: ",").map(String.init)
+                    return DiskSpec(path: absolutePath(parts.first ?? d), readonly: parts.contains("readonly") ? true : nil)
+                }
+            }
+            if !net.isEmpty {
+                c.nics = try net.map { n in
+                    var tap: String?, mac: String?
+                    for kv in n.split(separator: ",") {
+                        if kv.hasPrefix("tap=") { tap = String(kv.dropFirst(4)) } else if kv.hasPrefix("mac=") { mac = String(kv.dropFirst(4)) }
+                    }
+                    guard let tap else { throw VireoError(.invalidArgument, "--net '\(n)' needs tap=NAME") }
+                    return NICSpec(tap: tap, mac: mac)
+                }
+            }
+            let vm = try client.makeClient().call("POST", "/v1/vms", body: APIJSON.encode(c), as: VM.self)
+            if client.json { print(String(decoding: APIJSON.encode(vm, pretty: true), as: UTF8.self)); return }
+            print("created \(vm.name): \(vm.vcpus) vCPUs, \(vm.memoryMiB) MiB; start it with `vireo vm start \(vm.name)`")
+        }
+    }
+}
+
+struct VMListCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "list", abstract: "List the VMs.")
+    @OptionGroup var client: ClientOptions
+    func run() throws {
+        try reportingErrors {
+            let r = try client.makeClient().request("GET", "/v1/vms")
+            try APIClient.check(r)
+            if client.json { print(r.text); return }
+            let list = try client.decode(VMList.self, r)
+            var rows = [["NAME", "STATE", "VCPUS", "MEMORY", "PID", "BOOT", "REASON"]]
+            for v in list.vms {
+                rows.append([v.name, v.state.rawValue, String(v.vcpus), "\(v.memoryMiB)M", v.pid.map(String.init) ?? "-",
+                             v.probe.map { "probe \($0)" } ?? v.kernel.map { String($0.split(separator: "/").last ?? "") } ?? "-",
+                             v.reason ?? ""])
+            }
+            printTable(rows)
+        }
+    }
+}
+
+struct VMShowCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "show", abstract: "Show one VM's definition and state.")
+    @OptionGroup var client: ClientOptions
+    @Argument var name: String
+    func run() throws {
+        try reportingErrors {
+            let r = try client.makeClient().request("GET", "/v1/vms/\(pathSafe(name))")
+            try APIClient.check(r)
+            if client.json { print(r.text); return }
+            let v = try client.decode(VM.self, r)
+            var rows: [(String, String)] = [("name", v.name), ("state", v.state.rawValue)]
+            if let reason = v.reason { rows.append(("reason", reason)) }
+            if let pid = v.pid { rows.append(("pid", String(pid))) }
+            rows += [("vcpus", String(v.vcpus)), ("memory", "\(v.memoryMiB) MiB")]
+            if let k = v.kernel { rows.append(("kernel", k)) }
+            if let i = v.initrd { rows.append(("initrd", i)) }
+            if let c = v.cmdline { rows.append(("cmdline", c)) }
+            if let p = v.probe { rows.append(("probe", p)) }
+            for d in v.disks { rows.append(("disk", d.path + (d.readonly == true ? " (read-only)" : ""))) }
+            for n in v.nics { rows.append(("nic", "tap=\(n.tap)" + (n.mac.map { " mac=\($0)" } ?? ""))) }
+            if let b = v.balloonMiB { rows.append(("balloon", "\(b) MiB")) }
+            rows += [("restart policy", v.restartPolicy.rawValue), ("restarts", String(v.restartCount)),
+                     ("console log", v.consoleLog), ("api socket", v.apiSocket), ("created", v.createdAt)]
+            if let e = v.exitStatus { rows.append(("last exit status", String(e))) }
+            printKeyValues(rows)
+        }
+    }
+}
+
+protocol VMAction { static var verb: String { get }; static var abstract: String { get } }
+enum Start: VMAction { static let verb = "start"; static let abstract = "Start a VM (one VMM process)." }
+enum Stop: VMAction { static let verb = "stop"; static let abstract = "Stop a VM." }
+enum Kill: VMAction { static let verb = "kill"; static let abstract = "Kill a VM's VMM process at once (SIGKILL)." }
+enum Pause: VMAction { static let verb = "pause"; static let abstract = "Pause a running VM (its vCPUs stop)." }
+enum Resume: VMAction { static let verb = "resume"; static let abstract = "Resume a paused VM." }
+enum Reboot: VMAction { static let verb = "reboot"; static let abstract = "Stop and start a VM's VMM." }
+
+struct VMActionCommand<A: VMAction>: ParsableCommand {
+    static var configuration: CommandConfiguration { CommandConfiguration(commandName: A.verb, abstract: A.abstract) }
+    @OptionGroup var client: ClientOptions
+    @Argument var name: String
+    func run() throws {
+        try reportingErrors {
+            let vm = try client.makeClient().call("POST", "/v1/vms/\(pathSafe(name))/\(A.verb)", as: VM.self)
+            if client.json { print(String(decoding: APIJSON.encode(vm, pretty: true), as: UTF8.self)); return }
+            print("\(vm.name): \(vm.state.rawValue)" + (vm.pid.map { " (pid \($0))" } ?? "") + (vm.reason.map { " - \($0)" } ?? ""))
+        }
+    }
+}
+
+struct VMDeleteCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "delete", abstract: "Delete a stopped VM and its logs.")
+    @OptionGroup var client: ClientOptions
+    @Argument var name: String
+    func run() throws {
+        try reportingErrors {
+            let r = try client.makeClient().request("DELETE", "/v1/vms/\(pathSafe(name))")
+            try APIClient.check(r)
+            if !client.json { print("deleted \(name)") }
+        }
+    }
+}
+
+struct VMLogsCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "logs", abstract: "Print the guest's serial output so far.")
+    @OptionGroup var client: ClientOptions
+    @Argument var name: String
+    func run() throws {
+        try reportingErrors { _ = try streamConsole(client: client.makeClient(), name: name, from: 0, follow: false) }
+    }
+}
+
+struct VMConsoleCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "console", abstract: "Print the guest's serial output and follow it (Ctrl-C ends).")
+    @OptionGroup var client: ClientOptions
+    @Argument var name: String
+    @Flag(help: "Print what is there and return.") var noFollow = false
+    func run() throws {
+        try reportingErrors { _ = try streamConsole(client: client.makeClient(), name: name, from: 0, follow: !noFollow) }
+    }
+}
+
+/// Copies the console log to stdout from `from`; with `follow`, keeps polling while the VM runs.
+func streamConsole(client: APIClient, name: String, from: Int, follow: Bool) throws -> Int {
+    var offset = from
+    while true {
+        let r = try client.request("GET", "/v1/vms/\(pathSafe(name))/console?offset=\(offset)")
+        try APIClient.check(r)
+        if !r.body.isEmpty { _ = r.body.withUnsafeBytes { write(1, $0.baseAddress, $0.count) } }
+        let next = r.headers["x-vireo-next-offset"].flatMap(Int.init) ?? offset + r.body.count
+        let advanced = next > offset
+        offset = next
+        if advanced { continue }
+        if !follow { return offset }
+        usleep(200_000)
+    }
+}
+
+/// A VM name as a path segment: names are validated by the daemon; this only stops a client
+/// from building a different route out of '/' or '?'.
+func pathSafe(_ name: String) -> String {
+    String(name.map { $0 == "/" || $0 == "?" || $0 == "#" || $0 == "%" || $0 == " " ? "_" : $0 })
+}
+
+func printTable(_ rows: [[String]]) {
+    guard let first = rows.first else { return }
+    var widths = first.map(\.count)
+    for r in rows { for (i, c) in r.enumerated() where i < widths.count { widths[i] = max(widths[i], c.count) } }
+    for r in rows {
+        var line = ""
+        for (i, c) in r.enumerated() {
+            line += i == r.count - 1 ? c : c + String(repeating: " ", count: widths[i] - c.count + 2)
+        }
+        print(line)
+    }
+}

@@ -1,0 +1,108 @@
+import Foundation
+import Host
+import Testing
+import VireoAPI
+
+/// openapi/vireo.json is the contract: the server serves exactly it, every route the router
+/// answers is in it, and real responses use only the status codes it lists, with its required fields.
+@Suite(.serialized, .timeLimit(.minutes(2)), .enabled(if: VireoBinary.path != nil))
+struct OpenAPIContractTests {
+    static func document() throws -> [String: Any] {
+        let text = try String(contentsOfFile: VireoBinary.packageRoot + "/openapi/vireo.json", encoding: .utf8)
+        return try #require(try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any])
+    }
+
+    @Test func everyRouteIsDocumentedAndTheServedDocumentIsTheRepositorys() throws {
+        let doc = try Self.document()
+        let paths = try #require(doc["paths"] as? [String: Any])
+        for route in Router.routes {
+            let ops = paths[route.path] as? [String: Any]
+            #expect(ops?[route.method.lowercased()] != nil, "\(route.method) \(route.path) is served but not in openapi/vireo.json")
+        }
+        let documented = paths.flatMap { p, ops in (ops as? [String: Any] ?? [:]).keys.map { "\($0.uppercased()) \(p)" } }
+        let served = Set(Router.routes.map { "\($0.method) \($0.path)" })
+        for op in documented { #expect(served.contains(op), "\(op) is documented but not served") }
+
+        let d = try TestDaemon()
+        defer { d.shutdown() }
+        let servedDoc = try d.req("GET", "/openapi.json")
+        #expect(servedDoc.status == 200)
+        let repo = try String(contentsOfFile: VireoBinary.packageRoot + "/openapi/vireo.json", encoding: .utf8)
+        #expect(servedDoc.text == repo, "the served document differs from openapi/vireo.json: run python3 openapi/gen.py")
+    }
+
+    @Test func responsesMatchTheDocumentedStatusesAndSchemas() throws {
+        let doc = try Self.document()
+        let paths = try #require(doc["paths"] as? [String: Any])
+        let schemas = try #require((doc["components"] as? [String: Any])?["schemas"] as? [String: Any])
+        let d = try TestDaemon()
+        defer { d.shutdown() }
+        let kvm = VireoBinary.hasKVM
+
+        var calls: [(String, String, String, String?)] = [   // method, concrete path, template, body
+            ("GET", "/openapi.json", "/openapi.json", nil), ("GET", "/metrics", "/metrics", nil),
+            ("GET", "/v1/host", "/v1/host", nil), ("GET", "/v1/events", "/v1/events", nil),
+            ("POST", "/v1/vms", "/v1/vms", #"{"name":"c1","probe":"dirty","memory_mib":64}"#),
+            ("POST", "/v1/vms", "/v1/vms", #"{"name":"c1","probe":"dirty"}"#),
+            ("POST", "/v1/vms", "/v1/vms", #"{"name":"c2","probe":"dirty","bogus":1}"#),
+            ("GET", "/v1/vms", "/v1/vms", nil), ("GET", "/v1/vms/c1", "/v1/vms/{name}", nil),
+            ("GET", "/v1/vms/zz", "/v1/vms/{name}", nil),
+            ("PATCH", "/v1/vms/c1", "/v1/vms/{name}", #"{"memory_mib":96}"#),
+            ("GET", "/v1/vms/c1/console", "/v1/vms/{name}/console", nil),
+            ("POST", "/v1/vms/c1/stop", "/v1/vms/{name}/stop", nil),
+        ]
+        if kvm {
+            calls += [("POST", "/v1/vms/c1/start", "/v1/vms/{name}/start", nil), ("POST", "/v1/vms/c1/start", "/v1/vms/{name}/start", nil),
+                      ("PATCH", "/v1/vms/c1", "/v1/vms/{name}", #"{"vcpus":2}"#),
+                      ("POST", "/v1/vms/c1/pause", "/v1/vms/{name}/pause", nil), ("POST", "/v1/vms/c1/resume", "/v1/vms/{name}/resume", nil),
+                      ("POST", "/v1/vms/c1/reboot", "/v1/vms/{name}/reboot", nil), ("DELETE", "/v1/vms/c1", "/v1/vms/{name}", nil),
+                      ("POST", "/v1/vms/c1/kill", "/v1/vms/{name}/kill", nil)]
+        }
+        calls += [("DELETE", "/v1/vms/c1", "/v1/vms/{name}", nil), ("POST", "/v1/vms/c1/kill", "/v1/vms/{name}/kill", nil)]
+
+        var seen: Set<String> = []
+        for (method, path, template, body) in calls {
+            let r = try d.client.request(method, path, body: body.map { Array($0.utf8) })
+            #expect(r.status < 500, "\(method) \(path): \(r.status) \(r.text)")
+            let op = (paths[template] as? [String: Any])?[method.lowercased()] as? [String: Any]
+            let responses = try #require(op?["responses"] as? [String: Any], "\(method) \(template) undocumented")
+            let documented = responses[String(r.status)] as? [String: Any]
+            #expect(documented != nil, "\(method) \(path) answered \(r.status), not documented for \(template)")
+            seen.insert("\(method) \(template)")
+            guard let content = documented?["content"] as? [String: Any], let json = content["application/json"] as? [String: Any],
+                  let schema = json["schema"] as? [String: Any] else { continue }
+            let value = try JSONSerialization.jsonObject(with: Data(r.body))
+            check(value, against: schema, schemas: schemas, at: "\(method) \(path)")
+        }
+        if kvm { #expect(seen.count == Router.routes.count, "routes not exercised: \(Set(Router.routes.map { "\($0.method) \($0.path)" }).subtracting(seen))") }
+    }
+
+    /// Required fields, property types and enums, following $ref; enough to catch drift.
+    func check(_ value: Any, against schema: [String: Any], schemas: [String: Any], at where_: String) {
+        var schema = schema
+        if let ref = schema["$ref"] as? String, let s = schemas[String(ref.split(separator: "/").last ?? "")] as? [String: Any] { schema = s }
+        switch schema["type"] as? String {
+        case "object":
+            guard let obj = value as? [String: Any] else { Issue.record("\(where_): expected an object"); return }
+            for req in schema["required"] as? [String] ?? [] where obj[req] == nil {
+                Issue.record("\(where_): required field '\(req)' missing")
+            }
+            let props = schema["properties"] as? [String: Any] ?? [:]
+            if schema["additionalProperties"] as? Bool == false || !props.isEmpty {
+                for k in obj.keys where props[k] == nil { Issue.record("\(where_): field '\(k)' is not in the schema") }
+            }
+            for (k, v) in obj { if let p = props[k] as? [String: Any] { check(v, against: p, schemas: schemas, at: where_ + "." + k) } }
+        case "array":
+            guard let arr = value as? [Any] else { Issue.record("\(where_): expected an array"); return }
+            if let items = schema["items"] as? [String: Any] { for v in arr { check(v, against: items, schemas: schemas, at: where_ + "[]") } }
+        case "string":
+            guard let s = value as? String else { Issue.record("\(where_): expected a string"); return }
+            if let e = schema["enum"] as? [String] { #expect(e.contains(s), "\(where_): '\(s)' not in \(e)") }
+        case "integer", "number":
+            #expect(value is NSNumber, "\(where_): expected a number")
+        case "boolean":
+            #expect(value is NSNumber, "\(where_): expected a boolean")
+        default: break
+        }
+    }
+}

@@ -1,0 +1,116 @@
+# Generates openapi/vireo.json (the API contract) and Sources/VireoAPI/OpenAPIDocument.swift
+# (the same bytes, served at GET /openapi.json). Edit this file, then: python3 openapi/gen.py
+import json, os
+
+def ref(n): return {"$ref": f"#/components/schemas/{n}"}
+def err(desc): return {"description": desc, "content": {"application/json": {"schema": ref("Error")}}}
+def ok(desc, schema): return {"description": desc, "content": {"application/json": {"schema": schema}}}
+name_param = {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,62}$"}}
+
+def vm_action(verb, summary, extra):
+    codes = {"200": ok("the VM after the action", ref("VM")), "404": err("no such VM"), "409": err(extra)}
+    if verb == "start":
+        codes["422"] = err("the definition's files vanished, or the VMM failed at once (reason in message)")
+    codes["401"] = err("missing or wrong bearer token (TCP listener only)")
+    codes["500"] = err("the VMM did not respond")
+    return {"post": {"operationId": f"{verb}VM", "summary": summary, "parameters": [name_param], "responses": codes}}
+
+unauth = {"401": err("missing or wrong bearer token (TCP listener only)")}
+doc = {
+  "openapi": "3.0.3",
+  "info": {"title": "Vireo host API", "version": "0.1.0",
+           "description": "The REST API of `vireo host`: VMs on one server. Every 4xx/5xx body is an Error. On the TCP listener every request needs `Authorization: Bearer TOKEN`."},
+  "paths": {
+    "/openapi.json": {"get": {"operationId": "getOpenAPI", "summary": "This document", "responses": {"200": ok("the OpenAPI document", {"type": "object"}), **unauth}}},
+    "/metrics": {"get": {"operationId": "getMetrics", "summary": "Prometheus text metrics for the host and every VM",
+                         "responses": {"200": {"description": "Prometheus text exposition 0.0.4", "content": {"text/plain": {"schema": {"type": "string"}}}}, **unauth}}},
+    "/v1/host": {"get": {"operationId": "getHost", "summary": "Host facts and capacity", "responses": {"200": ok("host facts", ref("HostInfo")), **unauth}}},
+    "/v1/events": {"get": {"operationId": "listEvents", "summary": "What happened to VMs, oldest first",
+        "parameters": [{"name": "since", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 2147483647}, "description": "only events with seq greater than this"},
+                       {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 10000}},
+                       {"name": "vm", "in": "query", "schema": {"type": "string"}}],
+        "responses": {"200": ok("events", ref("EventList")), "400": err("bad query parameter"), **unauth}}},
+    "/v1/vms": {
+      "get": {"operationId": "listVMs", "summary": "All VMs", "responses": {"200": ok("the VMs, by name", ref("VMList")), **unauth}},
+      "post": {"operationId": "createVM", "summary": "Define a VM (it starts stopped)",
+               "requestBody": {"required": True, "content": {"application/json": {"schema": ref("VMCreate")}}},
+               "responses": {"201": ok("the new VM", ref("VM")), "400": err("malformed JSON, unknown field, wrong type, invalid name"),
+                             "409": err("a VM with that name exists"), "413": err("body larger than 1 MiB"),
+                             "422": err("a value out of range, a missing file, conflicting boot sources"), **unauth}}},
+    "/v1/vms/{name}": {
+      "get": {"operationId": "getVM", "summary": "One VM", "parameters": [name_param], "responses": {"200": ok("the VM", ref("VM")), "404": err("no such VM"), **unauth}},
+      "patch": {"operationId": "updateVM", "summary": "Change a stopped VM's definition", "parameters": [name_param],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": ref("VMUpdate")}}},
+                "responses": {"200": ok("the VM", ref("VM")), "400": err("malformed JSON or unknown field"), "404": err("no such VM"),
+                              "409": err("the VM is running"), "422": err("a value out of range"), **unauth}},
+      "delete": {"operationId": "deleteVM", "summary": "Delete a stopped VM and its logs", "parameters": [name_param],
+                 "responses": {"204": {"description": "deleted"}, "404": err("no such VM"), "409": err("the VM is running"), **unauth}}},
+    "/v1/vms/{name}/start": vm_action("start", "Start the VM's VMM process", "the VM is already running"),
+    "/v1/vms/{name}/stop": vm_action("stop", "Stop the VM (ends its VMM; no restart)", "the VM is not running"),
+    "/v1/vms/{name}/kill": vm_action("kill", "SIGKILL the VM's VMM", "the VM is not running"),
+    "/v1/vms/{name}/pause": vm_action("pause", "Park every vCPU outside the guest", "the VM is not running"),
+    "/v1/vms/{name}/resume": vm_action("resume", "Let a paused VM run again", "the VM is not paused"),
+    "/v1/vms/{name}/reboot": vm_action("reboot", "Stop and start the VM's VMM", "the VM is not running"),
+    "/v1/vms/{name}/console": {"get": {"operationId": "getConsole", "summary": "The guest's serial output (console.log) from an offset",
+        "parameters": [name_param, {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 4611686018427387903}},
+                       {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1048576}}],
+        "responses": {"200": {"description": "bytes of the log; header X-Vireo-Next-Offset is where to continue",
+                              "headers": {"X-Vireo-Next-Offset": {"schema": {"type": "integer"}}},
+                              "content": {"text/plain": {"schema": {"type": "string"}}}},
+                      "400": err("bad query parameter"), "404": err("no such VM"), **unauth}}},
+  },
+  "components": {"schemas": {
+    "Error": {"type": "object", "required": ["code", "message"], "additionalProperties": False,
+              "properties": {"code": {"type": "string"}, "message": {"type": "string"}}},
+    "Disk": {"type": "object", "required": ["path"], "additionalProperties": False,
+             "properties": {"path": {"type": "string", "pattern": "^/"}, "readonly": {"type": "boolean"}}},
+    "NIC": {"type": "object", "required": ["tap"], "additionalProperties": False,
+            "properties": {"tap": {"type": "string"}, "mac": {"type": "string"}}},
+    "RestartPolicy": {"type": "string", "enum": ["never", "on-failure", "always"]},
+    "VMState": {"type": "string", "enum": ["stopped", "starting", "running", "paused", "failed"]},
+    "VMCreate": {"type": "object", "required": ["name"], "additionalProperties": False,
+                 "description": "Give exactly one of kernel (with optional initrd, cmdline) or probe.",
+                 "anyOf": [{"required": ["kernel"]}, {"required": ["probe"]}], "properties": {
+        "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,62}$"},
+        "vcpus": {"type": "integer", "minimum": 1, "maximum": 254},
+        "memory_mib": {"type": "integer", "minimum": 4, "maximum": 67108864},
+        "kernel": {"type": "string", "pattern": "^/", "description": "absolute path of a vmlinux or bzImage on the host"},
+        "initrd": {"type": "string", "pattern": "^/"}, "cmdline": {"type": "string", "maxLength": 2048},
+        "probe": {"type": "string", "pattern": "^(pio|mmio|dirty|compute)(:[0-9]{1,19})?$", "description": "built-in probe guest workload: pio:N, mmio:N, dirty[:PASSES], compute:N"},
+        "template": {"type": "string"},
+        "disks": {"type": "array", "items": ref("Disk")}, "nics": {"type": "array", "items": ref("NIC")},
+        "balloon_mib": {"type": "integer", "minimum": 0, "maximum": 67108864}, "restart_policy": ref("RestartPolicy")}},
+    "VMUpdate": {"type": "object", "additionalProperties": False, "properties": {
+        "vcpus": {"type": "integer", "minimum": 1, "maximum": 254}, "memory_mib": {"type": "integer", "minimum": 4, "maximum": 67108864},
+        "cmdline": {"type": "string", "maxLength": 2048}, "balloon_mib": {"type": "integer", "minimum": 0, "maximum": 67108864},
+        "restart_policy": ref("RestartPolicy")}},
+    "VM": {"type": "object",
+           "required": ["name", "vcpus", "memory_mib", "disks", "nics", "restart_policy", "state", "restart_count", "console_log", "api_socket", "created_at"],
+           "properties": {
+        "name": {"type": "string"}, "vcpus": {"type": "integer"}, "memory_mib": {"type": "integer"},
+        "kernel": {"type": "string"}, "initrd": {"type": "string"}, "cmdline": {"type": "string"}, "probe": {"type": "string"},
+        "template": {"type": "string"}, "disks": {"type": "array", "items": ref("Disk")}, "nics": {"type": "array", "items": ref("NIC")},
+        "balloon_mib": {"type": "integer"}, "restart_policy": ref("RestartPolicy"), "state": ref("VMState"),
+        "reason": {"type": "string", "description": "why the VM is failed or last stopped"},
+        "pid": {"type": "integer", "description": "the VMM's pid while it runs"},
+        "exit_status": {"type": "integer"}, "restart_count": {"type": "integer"},
+        "console_log": {"type": "string"}, "api_socket": {"type": "string"}, "created_at": {"type": "string", "format": "date-time"}}},
+    "VMList": {"type": "object", "required": ["vms"], "properties": {"vms": {"type": "array", "items": ref("VM")}}},
+    "HostInfo": {"type": "object",
+                 "required": ["hostname", "version", "kvm", "pcpus", "memory_physical_bytes", "memory_provisioned_bytes", "vcpus_provisioned", "vcpu_overcommit_ratio", "vms_total", "vms_running", "data_dir"],
+                 "properties": {"hostname": {"type": "string"}, "version": {"type": "string"}, "kvm": {"type": "boolean"},
+                                "pcpus": {"type": "integer"}, "memory_physical_bytes": {"type": "integer"}, "memory_provisioned_bytes": {"type": "integer"},
+                                "vcpus_provisioned": {"type": "integer"}, "vcpu_overcommit_ratio": {"type": "number"},
+                                "vms_total": {"type": "integer"}, "vms_running": {"type": "integer"}, "data_dir": {"type": "string"}}},
+    "Event": {"type": "object", "required": ["seq", "time", "vm", "type", "message"],
+              "properties": {"seq": {"type": "integer"}, "time": {"type": "string"}, "vm": {"type": "string"}, "type": {"type": "string"}, "message": {"type": "string"}}},
+    "EventList": {"type": "object", "required": ["events"], "properties": {"events": {"type": "array", "items": ref("Event")}}},
+  }},
+}
+here = os.path.dirname(os.path.abspath(__file__))
+text = json.dumps(doc, indent=2, sort_keys=False) + "\n"
+open(os.path.join(here, "vireo.json"), "w").write(text)
+assert '"""' not in text and "\\(" not in text
+swift = ("// Generated by openapi/gen.py from the same source as openapi/vireo.json; do not edit.\n"
+         "public enum OpenAPIDocument {\n    public static let json = #\"\"\"\n" + text + "\n\"\"\"#\n}\n")
+open(os.path.join(here, "..", "Sources", "VireoAPI", "OpenAPIDocument.swift"), "w").write(swift)
