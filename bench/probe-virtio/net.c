@@ -142,12 +142,18 @@ void probe_main(void) {
     R8(common + 0x14) = 1 | 2 | 4 | 8;                         /* DRIVER_OK */
     mb();
     R16(rxbell) = 0;
-    uint32_t count = 0;
+    uint32_t count = 0, kicks = 0, batches = 0;
     for (;;) {
         uint16_t u;
         uint64_t spins = 0;
         while ((u = R16(used + 2)) == used_seen) {
-            if (count && ++spins > IDLE_SPINS) { report(0x40000000u | count); goto done; }
+            if (count && ++spins > IDLE_SPINS) {
+                report(0x40000000u | count);
+#ifdef DIAG
+                report(kicks); report(batches);
+#endif
+                goto done;
+            }
         }
         barrier();
         while (used_seen != u) {
@@ -166,7 +172,8 @@ void probe_main(void) {
         barrier();
         R16(avail + 2) = avail_idx;
         mb();
-        if (!(R16(used) & 1)) R16(rxbell) = 0;                 /* unless VIRTQ_USED_F_NO_NOTIFY */
+        batches++;
+        if (!(R16(used) & 1)) { R16(rxbell) = 0; kicks++; }    /* unless VIRTQ_USED_F_NO_NOTIFY */
     }
 done:;
 #else
