@@ -166,11 +166,13 @@ on the machine (other VMs did, during this measurement): the figures move a lot 
 and the ranges matter as much as the medians. A diagnostic run (net.c built with -DDIAG, per-thread
 CPU times from /proc; not part of this script, not re-measured here) saw about 90 frames per
 receive doorbell, so doorbells are not the cost; B's event-loop thread got only about 20% of a
-core and A's about 30%, the rest going to the spinning vCPUs and the other load. Pinning gives
-the event loops a core of their own to share: A then sends faster, which mostly turns into more
-loss, since B's thread still drains one frame per read(2). Batching the TAP reads
-(e.g. recvmmsg-like reads are not available on a TAP; a vhost-net-like in-kernel path is the
-usual answer) is future work; not done.
+core and A's about 30%, the rest going to the spinning vCPUs and the other load. Pinning the
+two event loops onto one core of their own does not help: A's writes (which also run the
+bridge) take more of that core, A sends faster, B receives less and most of the difference is
+loss. The host's own pair loses frames the same way (its reader, too, gets one frame per
+read(2) and falls behind its writer), so "received / host" compares two receive-bound paths.
+Since a TAP gives one frame per read(2), the usual way past this is an in-kernel data path
+(vhost-net); not done.
 
 Reproduce: \`scripts/bench-virtio-net.sh\` (root: TAP and bridge devices, /dev/kvm; about three minutes).
 <!-- END virtio-net -->
