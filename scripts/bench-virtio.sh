@@ -161,8 +161,8 @@ here) saw about 31 requests per doorbell at QD 32 and the event-loop thread busy
 of the time: waiting for wake-ups, not short of CPU. Busy-polling the queue on the event-loop
 thread for a short while after each batch is the obvious next step; not done.
 
-virtio-net packets per second between two VMs: not measured yet (the probe image has no
-virtio-net driver).
+virtio-net packets per second between two VMs: see the virtio-net section
+(scripts/bench-virtio-net.sh).
 
 Reproduce: \`scripts/bench-virtio.sh\` (root for /dev/kvm; qemu-system-x86 for the QEMU column; about three minutes).
 <!-- END virtio -->
