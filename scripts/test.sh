@@ -8,6 +8,9 @@ bash scripts/setup.sh || exit 1
 skipped=()
 status=0
 
+echo "== guest assets (Debian's stock kernel + busybox initramfs, for the real-kernel tests)"
+bash scripts/guest-assets.sh out/guest 2>&1 | tail -n 2 || status=1
+
 echo "== swift test (release)"
 swift build -c release --build-tests 2>&1 | grep -vE '^\[[0-9]+/[0-9]+\]' | tail -n 20
 swift test -c release --skip-build > out-swift-test.log 2>&1

@@ -8,7 +8,9 @@
  * IOPL 3, where the workloads run natively.
  *
  * Inputs (set by the VMM in the initial registers):
- *   rdi  workload: 0 = PIO exit loop, 1 = MMIO exit loop, 2 = dirty pages, 3 = compute
+ *   rdi  workload: 0 = PIO exit loop, 1 = MMIO exit loop, 2 = dirty pages, 3 = compute,
+ *        4 = jump to rdx (an address with no RAM: instruction fetch from MMIO, which KVM
+ *        cannot emulate, so the VMM's handling of KVM internal errors can be tested)
  *   rsi  iterations (loops) or passes (dirty; 0 = forever)
  *   rdx  MMIO address for workload 1
  *   r8   start of the region to dirty, r9 its length (a multiple of 4096)
@@ -40,7 +42,9 @@ ring3:
     je      dirty
     cmp     $3, %rdi
     je      compute
-    jmp     done
+    cmp     $4, %rdi
+    jne     done
+    jmp     *%rdx
 pio_loop:
     mov     $0xF6, %dx
 1:  out     %al, %dx

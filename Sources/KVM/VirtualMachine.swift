@@ -80,7 +80,8 @@ public final class VirtualMachine: @unchecked Sendable {
 
     /// Binds an eventfd to a guest write of `address` (MMIO, or a port when `pio`): the write
     /// signals the eventfd in the kernel, with no exit to user space.
-    public func registerIOEventFD(eventFD: Int32, address: UInt64, length: UInt32, pio: Bool = false, datamatch: UInt64? = nil) throws {
+    /// `deassign` removes a binding made with the same arguments (a BAR moved).
+    public func registerIOEventFD(eventFD: Int32, address: UInt64, length: UInt32, pio: Bool = false, datamatch: UInt64? = nil, deassign: Bool = false) throws {
         var e = kvm_ioeventfd()
         e.addr = address
         e.len = length
@@ -88,6 +89,7 @@ public final class VirtualMachine: @unchecked Sendable {
         var flags: UInt32 = 0
         if pio { flags |= UInt32(1) << UInt32(kvm_ioeventfd_flag_nr_pio) }
         if let datamatch { flags |= UInt32(1) << UInt32(kvm_ioeventfd_flag_nr_datamatch); e.datamatch = datamatch }
+        if deassign { flags |= UInt32(1) << UInt32(kvm_ioeventfd_flag_nr_deassign) }
         e.flags = flags
         try withUnsafeMutableBytes(of: &e) { try ioctl(VIREO_KVM_IOEVENTFD, $0.baseAddress, "KVM_IOEVENTFD failed at 0x\(String(address, radix: 16))") }
     }

@@ -80,6 +80,11 @@ extension Machine {
             let leaves = CPUIDPolicy.entries(from: supported, vcpuIndex: index, vcpuCount: config.cpus).map {
                 CPUIDLeaf(function: $0.function, index: $0.index, flags: $0.flags, eax: $0.eax, ebx: $0.ebx, ecx: $0.ecx, edx: $0.edx)
             }
+            if index == 0 {
+                for l in leaves where [0x1, 0x7, 0xD].contains(l.function) {
+                    DebugLog.log("cpuid \(hex(l.function)).\(l.index) flags \(l.flags) eax \(hex(l.eax)) ebx \(hex(l.ebx)) ecx \(hex(l.ecx)) edx \(hex(l.edx))")
+                }
+            }
             try vcpu.setCPUID(leaves)
             try vcpu.setMSRs(plan.bsp.msrs.map { ($0.index, $0.value) })
             try Machine.wireLocalInterrupts(vcpu)
@@ -98,6 +103,7 @@ extension Machine {
         let low = min(config.memorySize, X86MemoryLayout.mmioHoleStart)
         rtc.setMemorySize(belowFourGiB: low, aboveFourGiB: config.memorySize - low)
         try platform.ports.register(rtc, port: 0x70, count: 2, name: "CMOS RTC")
+        try setUpVirtio(platform: platform)
         devices = platform
         if config.serial == .stdio {
             consoleInput = { bytes in _ = serial.enqueueInput(bytes) }

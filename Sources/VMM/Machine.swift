@@ -1,6 +1,7 @@
 import CLinux
 import GuestMemory
 import KVM
+import Synchronization
 import VireoSupport
 import X86Boot
 #if canImport(Glibc)
@@ -27,7 +28,10 @@ public final class Machine: @unchecked Sendable {
     var consoleInput: (@Sendable ([UInt8]) -> Void)?
     /// Closed when the machine is dropped (console file, etc.).
     var resources: [AnyObject] = []
-    private var reportedUnmapped = 0
+    /// The virtio back ends' thread (nil without virtio devices); see Machine+Virtio.swift.
+    var eventLoop: EventLoop?
+    /// How many unmapped accesses were printed (vCPU threads race on it; it only bounds the output).
+    private let reportedUnmapped = Atomic<Int>(0)
 
     /// For probe guests: when the first guest instruction ran (CLOCK_MONOTONIC ns).
     public var probeFirstInstructionNanos: UInt64? {
@@ -75,14 +79,22 @@ public final class Machine: @unchecked Sendable {
         switch config.boot {
         case let .probe(workload):
             try ProbeGuest.load(into: memory)
+            if case let .image(path) = workload { try ProbeGuest.loadImage(path: path, into: memory) }
             let supported = try kvm.supportedCPUID()
             for vcpu in vcpus {
                 try vcpu.setCPUID(supported)
                 try ProbeGuest.setUp(vcpu, workload: workload, memorySize: config.memorySize)
             }
             let t0 = getenv("VIREO_BENCH_T0").flatMap { UInt64(String(cString: $0)) }
-            devices = ProbeDevices(stop: stop, mmioSink: ProbeWorkload.defaultMMIOAddress,
-                                   benchStartNanos: t0, onPass: onProbePass)
+            let probe = ProbeDevices(stop: stop, mmioSink: ProbeWorkload.defaultMMIOAddress,
+                                     benchStartNanos: t0, onPass: onProbePass)
+            devices = probe
+            if !config.virtio.isEmpty {
+                // Probe images drive virtio-pci themselves (poll mode: no irqchip, no MSI-X).
+                let platform = PlatformDevices()
+                try setUpVirtio(platform: platform)
+                probe.fallback = platform
+            }
         case .linux:
             devices = UnclaimedDevices()
             try setUpLinux()
@@ -151,6 +163,10 @@ public final class Machine: @unchecked Sendable {
             }
         }
 
+        if let eventLoop {
+            do { try eventLoop.start() } catch { stop.request(.failed("cannot start the device event loop: \(error)")) }
+        }
+
         supervise(signalFD: sfd)
         DebugLog.log("supervisor woke; stopping \(threads.count) vCPU threads")
 
@@ -165,6 +181,7 @@ public final class Machine: @unchecked Sendable {
             }
             DebugLog.log("vCPU \(i) joined: pio=\(stats[i].pioExits.load(ordering: .relaxed)) mmio=\(stats[i].mmioExits.load(ordering: .relaxed)) unmapped=\(stats[i].unmappedAccesses.load(ordering: .relaxed))")
         }
+        eventLoop?.join()
         if let platform = devices as? PlatformDevices {
             let p = platform.ports.statistics
             DebugLog.log("port bus: unhandled reads \(p.unhandledReads) writes \(p.unhandledWrites), last \(p.lastUnhandledAddress.map { hex($0) } ?? "-")")
@@ -249,12 +266,11 @@ public final class Machine: @unchecked Sendable {
     }
 
     private func reportUnmapped(_ mmio: MMIOExit, vcpu: Int) {
-        // Racy counter, but only bounds how many lines are printed.
-        reportedUnmapped += 1
-        guard reportedUnmapped <= 8 else { return }
+        let n = reportedUnmapped.add(1, ordering: .relaxed).newValue
+        guard n <= 8 else { return }
         let verb = mmio.isWrite ? "wrote \(mmio.data.count) bytes to" : "read \(mmio.data.count) bytes from"
         var line = "vireo: vCPU \(vcpu) \(verb) unmapped guest-physical address \(hex(mmio.address)); ignored"
-        if reportedUnmapped == 8 { line += " (further unmapped accesses are counted, not printed)" }
+        if n == 8 { line += " (further unmapped accesses are counted, not printed)" }
         line += "\n"
         _ = line.withCString { write(2, $0, strlen($0)) }
     }

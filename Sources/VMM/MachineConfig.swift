@@ -21,6 +21,8 @@ public struct MachineConfig: Sendable {
     public var memorySize: UInt64 = 512 << 20
     public var serial: Serial = .stdio
     public var memoryOptions = GuestMemory.Options()
+    /// virtio-pci devices (Linux boots only).
+    public var virtio = VirtioConfig()
 
     public static let defaultCmdline = "console=ttyS0 reboot=k panic=-1"
 

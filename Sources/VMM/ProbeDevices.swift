@@ -15,6 +15,9 @@ final class ProbeDevices: ExitHandler, @unchecked Sendable {
     let passes = Atomic<UInt64>(0)
     /// Called on every completed dirty pass (count so far).
     let onPass: (@Sendable (UInt64) -> Void)?
+    /// Where other exits go (the PCI bus of a probe image with virtio devices). Set before
+    /// the vCPUs start, never changed afterwards.
+    var fallback: ExitHandler?
 
     init(stop: StopSignal, mmioSink: UInt64, benchStartNanos: UInt64?, onPass: (@Sendable (UInt64) -> Void)?) {
         self.stop = stop
@@ -44,13 +47,22 @@ final class ProbeDevices: ExitHandler, @unchecked Sendable {
         case ProbeGuest.controlPort:
             if io.isWrite { stop.request(.probeDone) }
             return true
+        case ProbeGuest.reportPort:
+            guard io.isWrite else { return true }
+            var value: UInt64 = 0
+            for (i, b) in io.data.prefix(4).enumerated() { value |= UInt64(b) << (8 * UInt64(i)) }
+            let line = "probe_report value=\(value) ns=\(monotonicNanos())\n"
+            _ = line.withCString { write(1, $0, strlen($0)) }
+            return true
         default:
-            return false
+            return fallback?.handlePortIO(io, vcpu: vcpu) ?? false
         }
     }
 
     func handleMMIO(_ mmio: MMIOExit, vcpu: Int) -> Bool {
-        guard mmio.address >= mmioSink, mmio.address < mmioSink &+ 4096 else { return false }
+        guard mmio.address >= mmioSink, mmio.address < mmioSink &+ 4096 else {
+            return fallback?.handleMMIO(mmio, vcpu: vcpu) ?? false
+        }
         if !mmio.isWrite { for i in mmio.data.indices { mmio.data[i] = 0 } }
         return true
     }

@@ -3,6 +3,9 @@ import CProbeGuest
 import GuestMemory
 import KVM
 import VireoSupport
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// What the probe guest does once it reaches ring 3 (see Sources/CProbeGuest/probe.S).
 public enum ProbeWorkload: Sendable, Equatable {
@@ -15,6 +18,11 @@ public enum ProbeWorkload: Sendable, Equatable {
     case dirty(passes: UInt64)
     /// `iterations` of a dec/jnz loop, then done: native CPU speed.
     case compute(iterations: UInt64)
+    /// Jumps to `address` (no RAM there): an instruction fetch KVM cannot emulate.
+    case executeUnmapped(address: UInt64)
+    /// Runs a flat binary (loaded at `ProbeGuest.imageAddress`) in ring 3: the virtio probe
+    /// drivers of bench/probe-virtio. It reports through `ProbeGuest.reportPort`.
+    case image(path: String)
 
     public static let defaultMMIOAddress: UInt64 = 0xD000_0000
 }
@@ -26,6 +34,11 @@ public enum ProbeGuest {
     public static let controlPort: UInt16 = 0xF4
     public static let markerPort: UInt16 = 0xF5
     public static let loopPort: UInt16 = 0xF6
+    /// Probe images write 32-bit values here; the VMM prints each with a timestamp.
+    public static let reportPort: UInt16 = 0xF7
+    /// Where a probe image is loaded and entered (ring 3), and how large it may be.
+    public static let imageAddress: UInt64 = 0x10_0000
+    public static let imageMaxSize: UInt64 = 0x70_0000
 
     static let gdtAddress: UInt64 = 0x1000
     static let tssAddress: UInt64 = 0x2000
@@ -81,6 +94,20 @@ public enum ProbeGuest {
         try memory.write(code, at: codeAddress)
     }
 
+    /// Copies a flat probe image (a file of at most `imageMaxSize` bytes) to `imageAddress`.
+    public static func loadImage(path: String, into memory: GuestMemory) throws {
+        let fd = try OwnedFD.open(path, flags: O_RDONLY, purpose: "read the probe image")
+        var st = stat()
+        guard fstat(fd.rawValue, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else {
+            throw VireoError(.invalidArgument, "--probe-image \(path) is not a regular file")
+        }
+        let size = UInt64(max(0, st.st_size))
+        guard size > 0, size <= imageMaxSize, memory.totalSize >= imageAddress + imageMaxSize else {
+            throw VireoError(.invalidArgument, "--probe-image \(path) is empty or larger than \(imageMaxSize) bytes, or --memory is below 8M")
+        }
+        try memory.load(fromFD: fd.rawValue, offset: 0, count: size, at: imageAddress, what: "probe image \(path)")
+    }
+
     /// Puts the vCPU in 64-bit mode at CPL 0 at the probe entry, with the workload's inputs.
     public static func setUp(_ vcpu: VCPU, workload: ProbeWorkload, memorySize: UInt64) throws {
         var sregs = try vcpu.specialRegisters()
@@ -119,6 +146,8 @@ public enum ProbeGuest {
             let top = min(memorySize, 3 << 30)
             regs.r9 = top > dirtyStart ? (top - dirtyStart) & ~0xFFF : 0x1000
         case let .compute(n): regs.rdi = 3; regs.rsi = max(1, n)
+        case let .executeUnmapped(address): regs.rdi = 4; regs.rdx = address
+        case .image: regs.rdi = 4; regs.rdx = imageAddress
         }
         try vcpu.setRegisters(regs)
     }

@@ -35,9 +35,32 @@ struct RunCommand: ParsableCommand {
     @Option(help: "Where the guest's serial console goes: stdio, file=PATH or none.")
     var serial: String = "stdio"
 
+    @Option(name: .customLong("disk"), help: ArgumentHelp("virtio-blk disk (repeatable): path=FILE[,readonly=on][,format=raw][,id=NAME][,bps=N][,iops=N].", valueName: "spec"))
+    var disks: [String] = []
+
+    @Option(name: .customLong("net"), help: ArgumentHelp("virtio-net on a TAP device (repeatable): tap=NAME[,mac=MAC][,bps=N][,pps=N]. Needs CAP_NET_ADMIN to create the TAP.", valueName: "spec"))
+    var nets: [String] = []
+
+    @Flag(help: "virtio-rng: guest entropy from the host's getrandom.")
+    var rng = false
+
+    @Option(help: ArgumentHelp("virtio-balloon: size=MIB[,stats=on][,deflate-on-oom=on][,reporting=on][,control=FIFO]. Write a new target in MiB as a line to FIFO while the VM runs.", valueName: "spec"))
+    var balloon: String?
+
+    @Option(help: ArgumentHelp("virtio-vsock: cid=N,socket=PATH (Firecracker-style host unix sockets).", valueName: "spec"))
+    var vsock: String?
+
+    @Flag(help: "virtio-console: a second console (hvc0) on stdout.")
+    var console = false
+
+    @Option(name: .customLong("console-log"), help: ArgumentHelp("With --console: write hvc0 output to this file instead of stdout.", valueName: "path"))
+    var consoleLog: String?
+
     @Option(help: ArgumentHelp("Run the built-in probe guest instead of a kernel: pio:N, mmio:N, dirty[:PASSES], compute:N.", visibility: .hidden))
     var probe: String?
 
+    @Option(name: .customLong("probe-image"), help: ArgumentHelp("Run a flat ring-3 probe binary (bench/probe-virtio) that may drive the --disk/--net devices.", visibility: .hidden))
+    var probeImage: String?
     @Option(help: "A unix socket for this VMM's control protocol: status, pause, resume, stop (used by `vireo host`).")
     var apiSocket: String?
 
@@ -46,7 +69,10 @@ struct RunCommand: ParsableCommand {
 
     func makeConfig() throws -> MachineConfig {
         let boot: MachineConfig.Boot
-        if let probe {
+        if let probeImage {
+            guard kernel == nil, probe == nil else { throw ValidationError("give only one of --kernel, --probe, --probe-image") }
+            boot = .probe(.image(path: probeImage))
+        } else if let probe {
             guard kernel == nil else { throw ValidationError("give either --kernel or --probe, not both") }
             boot = .probe(try parseProbe(probe))
         } else {
@@ -57,7 +83,28 @@ struct RunCommand: ParsableCommand {
         }
         var config = MachineConfig(boot: boot, cpus: cpus, memorySize: try parseSize(memory, option: "--memory"))
         config.serial = try parseSerial(serial)
+        config.virtio = try makeVirtioConfig()
+        if case .probe = boot, probeImage == nil, !config.virtio.isEmpty { throw ValidationError("virtio devices need --kernel or --probe-image (the built-in probe has no drivers)") }
         return config
+    }
+
+    func makeVirtioConfig() throws -> VirtioConfig {
+        var v = VirtioConfig()
+        do {
+            v.disks = try disks.map(DeviceOptions.disk)
+            v.nets = try nets.map(DeviceOptions.net)
+            v.rng = rng
+            v.balloon = try balloon.map(DeviceOptions.balloon)
+            v.vsock = try vsock.map(DeviceOptions.vsock)
+            if console { v.console = try DeviceOptions.console(consoleLog.map { "file=" + $0 } ?? "stdout") }
+            else if consoleLog != nil { throw DeviceOptions.ParseError("--console-log needs --console") }
+        } catch let e as DeviceOptions.ParseError {
+            throw ValidationError(e.description)
+        }
+        if Set(v.nets.map(\.tap)).count != v.nets.count { throw ValidationError("--net: the same tap= is given twice; give each NIC its own TAP") }
+        let ids = v.disks.compactMap(\.id)
+        if Set(ids).count != ids.count { throw ValidationError("--disk: two disks have the same id=; give each its own") }
+        return v
     }
 
     func run() throws {

@@ -113,6 +113,7 @@ public enum ACPITables {
             let devices = device("COM1", eisaID: 0x0105_D041, resources: io(0x3F8, 8) + irq(4))
                 + device("PS2K", eisaID: 0x0303_D041, resources: io(0x60, 1) + io(0x64, 1) + irq(1))
                 + device("RTC0", eisaID: 0x000B_D041, resources: io(0x70, 2) + irq(8))
+                + pciRootBridge()
             return [0x10] + pkgLength(1 + 4 + devices.count) + Array("\\_SB_".utf8) + devices   // Scope (\_SB)
         }
 
@@ -124,6 +125,41 @@ public enum ACPITables {
             let buffer = [0x0A, UInt8(template.count)] + template                      // BufferSize, bytes
             body += [0x08] + Array("_CRS".utf8) + [0x11] + pkgLength(buffer.count) + buffer
             return [0x5B, 0x82] + pkgLength(body.count) + body                          // Device (name) { ... }
+        }
+
+        /// \_SB.PCI0: the PCI root bridge (PNP0A03, segment 0, bus 0) on configuration
+        /// mechanism 1. With ACPI, Linux only scans PCI buses that the DSDT declares (it does not
+        /// fall back to probing bus 0 blindly), so without this device it never finds virtio-pci.
+        /// _CRS: bus 0, the config ports 0xCF8-0xCFF, every other I/O port, and the 32-bit MMIO
+        /// window below the IOAPIC that the e820 map leaves free (where the VMM places BARs).
+        static func pciRootBridge() -> [UInt8] {
+            var body = Array("PCI0".utf8)
+            body += [0x08] + Array("_HID".utf8) + [0x0C] + le(UInt32(0x030A_D041))     // EisaId("PNP0A03")
+            body += [0x08] + Array("_UID".utf8) + [0x00]
+            body += [0x08] + Array("_SEG".utf8) + [0x00]
+            body += [0x08] + Array("_BBN".utf8) + [0x00]
+            body += [0x08] + Array("_ADR".utf8) + [0x00]
+            let windowBase = UInt32(X86MemoryLayout.mmioHoleStart)
+            let windowEnd = UInt32(X86MemoryLayout.ioapicAddress - 1)
+            let template = wordAddress(type: 2, min: 0, max: 0)                         // WordBusNumber 0-0
+                + io(0xCF8, 8)
+                + wordAddress(type: 1, min: 0, max: 0x0CF7, typeFlags: 3)               // WordIO
+                + wordAddress(type: 1, min: 0x0D00, max: 0xFFFF, typeFlags: 3)
+                + dwordMemory(min: windowBase, max: windowEnd)
+                + [0x79, 0x00]
+            let buffer = [0x0A, UInt8(template.count)] + template
+            body += [0x08] + Array("_CRS".utf8) + [0x11] + pkgLength(buffer.count) + buffer
+            return [0x5B, 0x82] + pkgLength(body.count) + body
+        }
+
+        /// Word Address Space Descriptor (ACPI 6.4.3.5.3), producer, MinFixed, MaxFixed.
+        static func wordAddress(type: UInt8, min: UInt16, max: UInt16, typeFlags: UInt8 = 0) -> [UInt8] {
+            [0x88, 0x0D, 0x00, type, 0x0C, typeFlags] + le(UInt16(0)) + le(min) + le(max) + le(UInt16(0)) + le(max &- min &+ 1)
+        }
+
+        /// DWord Memory descriptor (ACPI 6.4.3.5.2): producer, MinFixed, MaxFixed, non-cacheable, read/write.
+        static func dwordMemory(min: UInt32, max: UInt32) -> [UInt8] {
+            [0x87, 0x17, 0x00, 0x00, 0x0C, 0x01] + le(UInt32(0)) + le(min) + le(max) + le(UInt32(0)) + le(max &- min &+ 1)
         }
 
         /// IO (Decode16, base, base, 1, length)

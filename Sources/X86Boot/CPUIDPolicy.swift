@@ -138,6 +138,40 @@ public enum CPUIDPolicy {
         if maxBasic >= 0xB && !emittedTopology.contains(0xB) {
             out.append(contentsOf: topology(0xB))
         }
+        return consistentXSAVE(out)
+    }
+
+    /// XSAVE state components and the CPUID feature bit each depends on:
+    /// (component, leaf, subleaf, register 0=ebx 1=ecx, bit).
+    static let xsaveDependencies: [(component: UInt32, leaf: UInt32, register: Int, bit: UInt32)] = [
+        (2, 0x1, 1, 28),          // AVX           <- CPUID.1:ECX.AVX
+        (3, 0x7, 0, 14), (4, 0x7, 0, 14),        // MPX BNDREGS/BNDCSR <- CPUID.7:EBX.MPX
+        (5, 0x7, 0, 16), (6, 0x7, 0, 16), (7, 0x7, 0, 16),   // AVX-512 <- CPUID.7:EBX.AVX512F
+        (9, 0x7, 1, 3),           // PKRU          <- CPUID.7:ECX.PKU
+    ]
+
+    /// Leaf 0xD must only describe state components whose features the guest is offered: a
+    /// host that reports AVX state in 0xD but not AVX in leaf 1 (seen in nested setups) makes
+    /// Linux warn "XSAVE consistency problem" and fall back. Drops such components from
+    /// 0xD.0 EAX, their sub-leaves, and recomputes the maximum size (0xD.0 ECX).
+    static func consistentXSAVE(_ entries: [CPUIDEntry]) -> [CPUIDEntry] {
+        func feature(_ leaf: UInt32, _ register: Int, _ bit: UInt32) -> Bool {
+            guard let e = entries.first(where: { $0.function == leaf && $0.index == 0 }) else { return false }
+            return ((register == 0 ? e.ebx : e.ecx) >> bit) & 1 == 1
+        }
+        var dropped: UInt32 = 0
+        for d in xsaveDependencies where !feature(d.leaf, d.register, d.bit) { dropped |= 1 << d.component }
+        guard dropped != 0 else { return entries }
+        var out = entries.filter { !($0.function == 0xD && $0.index >= 2 && $0.index < 32 && (dropped >> $0.index) & 1 == 1) }
+        guard let i = out.firstIndex(where: { $0.function == 0xD && $0.index == 0 }) else { return out }
+        out[i].eax &= ~dropped
+        // Largest end of any remaining user component (standard format), at least the legacy area + header.
+        var maxSize: UInt32 = 576
+        for e in out where e.function == 0xD && e.index >= 2 && e.index < 32 && (out[i].eax >> e.index) & 1 == 1 {
+            maxSize = max(maxSize, e.ebx &+ e.eax)
+        }
+        out[i].ecx = maxSize
+        out[i].ebx = min(out[i].ebx, maxSize)
         return out
     }
 }

@@ -35,6 +35,20 @@ struct ProbeGuestTests {
         #expect(machine.stats[0].unmappedAccesses.load(ordering: .relaxed) == 5)
     }
 
+    @Test func instructionFetchFromNowhereIsAFailureWithDetails() throws {
+        let (_, exit) = try run(.executeUnmapped(address: 0xE000_0000))
+        // KVM cannot emulate an instruction fetch from an address with no RAM: the machine ends
+        // with a non-zero status and one line carrying the details a bug report needs.
+        guard case let .failed(why) = exit else {
+            Issue.record("expected a failure, got \(exit)")
+            return
+        }
+        #expect(exit.exitStatus == 1)
+        #expect(why.contains("vCPU 0"))
+        #expect(!why.contains("\n"))
+        print("instruction fetch from MMIO ended the VM with: \(why)")
+    }
+
     @Test func dirtyPassTouchesGuestMemory() throws {
         let (machine, exit) = try run(.dirty(passes: 2), memory: 16 << 20)
         #expect(exit == .probeDone)

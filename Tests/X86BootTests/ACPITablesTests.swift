@@ -96,3 +96,34 @@ struct ACPITablesTests {
         #expect(plan.blobs.contains { $0.address == 0xE_0000 && $0.label == "ACPI tables" })
     }
 }
+
+/// Leaf 0xD only describes state the guest's feature bits allow (nested hosts can disagree).
+struct XSAVEConsistencyTests {
+    func leaves(avx: Bool) -> [CPUIDEntry] {
+        let f = CPUIDEntry.significantIndex
+        return [
+            CPUIDEntry(function: 0x0, eax: 0xD, ebx: 0x6874_7541, ecx: 0x444D_4163, edx: 0x6974_6E65),  // AuthenticAMD
+            CPUIDEntry(function: 0x1, eax: 0x830F10, ebx: 0, ecx: (avx ? 1 << 28 : 0) | (1 << 26), edx: 0),
+            CPUIDEntry(function: 0x7, index: 0, flags: f, eax: 0, ebx: 0, ecx: 0, edx: 0),
+            CPUIDEntry(function: 0xD, index: 0, flags: f, eax: 0x7, ebx: 0x240, ecx: 0x340, edx: 0),
+            CPUIDEntry(function: 0xD, index: 1, flags: f, eax: 0x5, ebx: 0, ecx: 0, edx: 0),
+            CPUIDEntry(function: 0xD, index: 2, flags: f, eax: 0x100, ebx: 0x240, ecx: 0, edx: 0),
+        ]
+    }
+
+    @Test func avxStateIsDroppedWithoutAVX() {
+        let out = CPUIDPolicy.entries(from: leaves(avx: false), vcpuIndex: 0, vcpuCount: 1)
+        let d0 = out.first { $0.function == 0xD && $0.index == 0 }
+        #expect(d0?.eax == 0x3)          // x87 | SSE only
+        #expect(d0?.ecx == 576)          // legacy area + header
+        #expect(!out.contains { $0.function == 0xD && $0.index == 2 })
+    }
+
+    @Test func avxStateIsKeptWithAVX() {
+        let out = CPUIDPolicy.entries(from: leaves(avx: true), vcpuIndex: 0, vcpuCount: 1)
+        let d0 = out.first { $0.function == 0xD && $0.index == 0 }
+        #expect(d0?.eax == 0x7)
+        #expect(d0?.ecx == 0x340)
+        #expect(out.contains { $0.function == 0xD && $0.index == 2 })
+    }
+}

@@ -149,4 +149,22 @@ public final class AddressBus: Sendable {
         let e = entries[lo - 1]
         return address &- e.base < e.length ? e : nil
     }
+
+    /// An access of `width` (1...8) bytes as an integer: the convenience both buses offer.
+    public func read(_ address: UInt64, width: Int) -> UInt64 {
+        let w = max(1, min(width, 8))
+        return withUnsafeTemporaryAllocation(byteCount: w, alignment: 8) { b in
+            _ = read(address, UnsafeMutableRawBufferPointer(rebasing: b[0..<w]))
+            return UnsafeRawBufferPointer(b).littleEndianValue & (w >= 8 ? ~0 : (UInt64(1) << (UInt64(w) * 8)) &- 1)
+        }
+    }
+
+    public func write(_ address: UInt64, width: Int, value: UInt64) {
+        let w = max(1, min(width, 8))
+        withUnsafeTemporaryAllocation(byteCount: w, alignment: 8) { b in
+            let v = UnsafeMutableRawBufferPointer(rebasing: b[0..<w])
+            v.storeLittleEndian(value)
+            _ = write(address, UnsafeRawBufferPointer(v))
+        }
+    }
 }

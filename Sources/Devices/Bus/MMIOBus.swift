@@ -21,22 +21,10 @@ public final class MMIOBus: Sendable {
     @discardableResult
     public func write(address: UInt64, data: UnsafeRawBufferPointer) -> Bool { core.write(address, data) }
 
-    public func read(address: UInt64, width: Int) -> UInt64 {
-        let w = max(1, min(width, 8))
-        return withUnsafeTemporaryAllocation(byteCount: w, alignment: 8) { b in
-            read(address: address, data: UnsafeMutableRawBufferPointer(rebasing: b[0..<w]))
-            return UnsafeRawBufferPointer(b).littleEndianValue & (w >= 8 ? ~0 : (UInt64(1) << (UInt64(w) * 8)) &- 1)
-        }
-    }
+    /// Convenience for tests and simple callers: an access of `width` bytes as an integer.
+    public func read(address: UInt64, width: Int) -> UInt64 { core.read(address, width: width) }
 
-    public func write(address: UInt64, width: Int, value: UInt64) {
-        let w = max(1, min(width, 8))
-        withUnsafeTemporaryAllocation(byteCount: w, alignment: 8) { b in
-            let v = UnsafeMutableRawBufferPointer(rebasing: b[0..<w])
-            v.storeLittleEndian(value)
-            write(address: address, data: UnsafeRawBufferPointer(v))
-        }
-    }
+    public func write(address: UInt64, width: Int, value: UInt64) { core.write(address, width: width, value: value) }
 
     public var statistics: AddressBus.Statistics { core.statistics }
 }

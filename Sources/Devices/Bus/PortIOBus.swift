@@ -18,23 +18,10 @@ public final class PortIOBus: Sendable {
     @discardableResult
     public func write(port: UInt16, data: UnsafeRawBufferPointer) -> Bool { core.write(UInt64(port), data) }
 
-    /// Convenience for tests and simple callers: an access of `width` (1, 2, 4) bytes.
-    public func read(port: UInt16, width: Int) -> UInt64 {
-        let w = max(1, min(width, 8))
-        return withUnsafeTemporaryAllocation(byteCount: w, alignment: 8) { b in
-            read(port: port, data: UnsafeMutableRawBufferPointer(rebasing: b[0..<w]))
-            return UnsafeRawBufferPointer(b).littleEndianValue & (w >= 8 ? ~0 : (UInt64(1) << (UInt64(w) * 8)) &- 1)
-        }
-    }
+    /// Convenience for tests and simple callers: an access of `width` bytes as an integer.
+    public func read(port: UInt16, width: Int) -> UInt64 { core.read(UInt64(port), width: width) }
 
-    public func write(port: UInt16, width: Int, value: UInt64) {
-        let w = max(1, min(width, 8))
-        withUnsafeTemporaryAllocation(byteCount: w, alignment: 8) { b in
-            let v = UnsafeMutableRawBufferPointer(rebasing: b[0..<w])
-            v.storeLittleEndian(value)
-            write(port: port, data: UnsafeRawBufferPointer(v))
-        }
-    }
+    public func write(port: UInt16, width: Int, value: UInt64) { core.write(UInt64(port), width: width, value: value) }
 
     public var statistics: AddressBus.Statistics { core.statistics }
 }

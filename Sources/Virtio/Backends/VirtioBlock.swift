@@ -42,6 +42,9 @@ public final class VirtioBlock: VirtioDevice {
     private var interrupt: (any VirtioInterrupt)?
     private var scratch = [UInt8](repeating: 0, count: 0)
     public private(set) var requestsCompleted: UInt64 = 0
+    /// Optional bytes/s + requests/s limits. When it refuses, processing stops with requests
+    /// left on the ring; the VMM retries after `limiter.nanosUntilAvailable`.
+    public var limiter: RateLimiter?
 
     public init(backend: any BlockBackend, queueSize: UInt16 = 256) {
         self.backend = backend
@@ -99,7 +102,8 @@ public final class VirtioBlock: VirtioDevice {
         var usedAny = false
         var more = false
         repeat {
-            while let chain = try queue.popAvailableChain() {
+            while limiter?.admit() ?? true, let chain = try queue.popAvailableChain() {
+                limiter?.consume(bytes: max(chain.readableLength, 16) &- 16 &+ (chain.writableLength > 0 ? chain.writableLength &- 1 : 0))
                 let written = try handle(chain, memory)
                 queue.addUsed(head: chain.head, length: written)
                 requestsCompleted &+= 1
@@ -107,6 +111,7 @@ public final class VirtioBlock: VirtioDevice {
                 budget -= 1
                 if budget == 0 { more = queue.hasAvailable(); break }
             }
+            if let limiter, limiter.nanosUntilAvailable > 0 { break }   // throttled: the VMM re-kicks later
         } while !more && budget > 0 && queue.enableNotificationAndCheck()
         if usedAny && queue.needsNotification() { interrupt.signalQueue(0) }
         return more

@@ -1,0 +1,182 @@
+import CLinux
+import Devices
+import DiskImage
+import GuestMemory
+import KVM
+import Synchronization
+import VireoSupport
+import Virtio
+import X86Boot
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One virtio-pci function wired into KVM: a doorbell eventfd per queue (KVM_IOEVENTFD at the
+/// queue's notify address, served by the event loop) and MSI-X through `KVMMSIRouter`.
+/// Doorbell writes that still reach user space (no ioeventfd, or a BAR the guest moved) are
+/// forwarded to the same eventfds, so back ends only ever run on the event-loop thread.
+final class VirtioPCISlot: @unchecked Sendable {
+    let name: String
+    let transport: VirtioPCIDevice
+    let doorbells: [EventFD]
+    private let vm: VirtualMachine
+    private let bound = Mutex<[(queue: Int, address: UInt64, length: UInt32)]>([])
+
+    init(name: String, transport: VirtioPCIDevice, vm: VirtualMachine) throws {
+        self.name = name
+        self.transport = transport
+        self.vm = vm
+        doorbells = try (0..<transport.numberOfQueues).map { _ in try EventFD() }
+    }
+
+    /// (Re)binds the ioeventfds to the current notify addresses.
+    func bindDoorbells() {
+        bound.withLock { b in
+            for old in b {
+                try? vm.registerIOEventFD(eventFD: doorbells[old.queue].fd, address: old.address, length: old.length, deassign: true)
+            }
+            b.removeAll()
+            for (q, address) in transport.notifyAddresses() {
+                // Length 0 matches any write size (KVM_CAP_IOEVENTFD_ANY_LENGTH); Linux writes 16 bits.
+                for length: UInt32 in [0, 2] {
+                    do {
+                        try vm.registerIOEventFD(eventFD: doorbells[q].fd, address: address, length: length)
+                        b.append((q, address, length))
+                        break
+                    } catch {
+                        if length == 2 { DebugLog.log("\(name): no ioeventfd for queue \(q) (\(error)); doorbells exit to user space") }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What attaching a virtio device needs: the bus, the event loop and the MSI router.
+final class VirtioWiring: @unchecked Sendable {
+    let vm: VirtualMachine
+    let memory: GuestMemory
+    let pci: PCIBus
+    let loop: EventLoop
+    let router: KVMMSIRouter
+    private(set) var slots: [VirtioPCISlot] = []
+
+    init(vm: VirtualMachine, memory: GuestMemory, pci: PCIBus, loop: EventLoop) {
+        self.vm = vm; self.memory = memory; self.pci = pci; self.loop = loop
+        router = KVMMSIRouter(vm: vm)
+    }
+
+    /// Plugs `device` into the next PCI slot; its doorbells run `processQueue` on the event loop.
+    /// With a `limiter`, a throttled queue is re-kicked once the limiter allows more.
+    func attach(_ device: any VirtioDevice, name: String, limiter: RateLimiter? = nil) throws -> VirtioPCISlot {
+        let transport = try VirtioPCIDevice(device: device, memory: memory, msi: router, intx: nil)
+        let slot = try VirtioPCISlot(name: name, transport: transport, vm: vm)
+        let address = try pci.add(transport)
+        let source = address.msiSource
+        let router = self.router
+        transport.setRoutingObserver { [unowned transport] in router.update(source: source, routes: transport.interruptRoutes()) }
+        let doorbells = slot.doorbells
+        transport.setNotifyHandler { q in if q >= 0, q < doorbells.count { doorbells[q].signal() } }
+        let loop = self.loop
+        for (q, bell) in doorbells.enumerated() {
+            let retryPending = AtomicFlag()
+            try loop.add(fd: bell.fd) { [unowned transport] _ in
+                bell.drain()
+                let more = transport.processQueue(q)
+                if let limiter {
+                    let wait = limiter.nanosUntilAvailable
+                    if wait > 0, !retryPending.value.exchange(true, ordering: .acquiringAndReleasing) {
+                        loop.after(nanoseconds: wait) { retryPending.value.store(false, ordering: .releasing); bell.signal() }
+                    }
+                }
+                return more
+            }
+        }
+        slot.bindDoorbells()
+        slots.append(slot)
+        DebugLog.log("virtio: \(name) at PCI \(address)")
+        return slot
+    }
+}
+
+extension Machine {
+    /// The PCI host bridge (always: Linux probes it through the DSDT's PCI0) and the configured
+    /// virtio devices, each on its own slot, with their back ends on one event-loop thread.
+    func setUpVirtio(platform: PlatformDevices) throws {
+        let stop = self.stop
+        let window = (base: X86MemoryLayout.mmioHoleStart, size: X86MemoryLayout.ioapicAddress - X86MemoryLayout.mmioHoleStart)
+        let pci = try PCIBus.withHostBridge(mmio: platform.mmio, mmioWindow: window,
+                                            resetRequested: { stop.request(.reset("PCI reset control (0xCF9)")) })
+        try pci.register(on: platform.ports)
+        let v = config.virtio
+        guard !v.isEmpty else { return }
+
+        let wiring = VirtioWiring(vm: vm, memory: memory, pci: pci, loop: try EventLoop(stopFD: stop.eventFD))
+
+        if v.rng { _ = try wiring.attach(VirtioRNG(), name: "virtio-rng") }
+        for (i, disk) in v.disks.enumerated() {
+            let block = VirtioBlock(backend: try openDisk(disk, index: i))
+            block.limiter = Self.limiter(disk.rateLimit)
+            _ = try wiring.attach(block, name: "virtio-blk \(disk.id ?? disk.path)", limiter: block.limiter)
+        }
+        if let console = v.console {
+            let sink = try virtioConsoleSink(console)
+            _ = try wiring.attach(VirtioConsole(output: sink), name: "virtio-console")
+        }
+        try setUpBalloon(v.balloon, wiring: wiring)
+        for (i, net) in v.nets.enumerated() { try setUpNet(net, index: i, wiring: wiring) }
+        try setUpVsock(v.vsock, wiring: wiring)
+
+        let all = wiring.slots
+        pci.setBARChangeHandler { _ in for s in all { s.bindDoorbells() } }
+        resources.append(wiring)
+        eventLoop = wiring.loop
+    }
+
+    static func limiter(_ c: RateLimitConfig) -> RateLimiter? {
+        c.isUnlimited ? nil : RateLimiter(bytesPerSecond: c.bytesPerSecond, bytesBurst: c.bytesBurst,
+                                          opsPerSecond: c.opsPerSecond, opsBurst: c.opsBurst)
+    }
+
+    private func openDisk(_ disk: VirtioConfig.Disk, index: Int) throws -> any BlockBackend {
+        switch disk.format {
+        case .qcow2:
+            // The whole backing chain opens with it (a linked clone reads through to its base).
+            let image = try DiskImage.open(path: disk.path, format: .qcow2, readOnly: disk.readOnly)
+            guard image.virtualSize >= 512 else {
+                throw VireoError(.invalidArgument, "--disk \(disk.path) is smaller than one 512-byte sector", hint: "grow it with vireo disk resize \(disk.path) 1G")
+            }
+            return DiskImageBlockBackend(image: image, identifier: disk.id ?? "vireo-disk\(index)")
+        case .raw:
+            var st = stat()
+            guard stat(disk.path, &st) == 0 else {
+                throw VireoError.system("--disk \(disk.path): cannot open the disk image", hint: "give an existing file (create one with truncate -s 1G FILE)")
+            }
+            guard (st.st_mode & S_IFMT) == S_IFREG || (st.st_mode & S_IFMT) == S_IFBLK else {
+                throw VireoError(.invalidArgument, "--disk \(disk.path) is not a regular file or block device")
+            }
+            let backend = try FileBlockBackend(path: disk.path, readOnly: disk.readOnly, identifier: disk.id ?? "vireo-disk\(index)")
+            guard backend.size >= 512 else {
+                throw VireoError(.invalidArgument, "--disk \(disk.path) is smaller than one 512-byte sector", hint: "grow it with truncate -s 1G \(disk.path)")
+            }
+            return backend
+        }
+    }
+
+    private func virtioConsoleSink(_ console: VirtioConfig.Console) throws -> VirtioConsole.OutputSink {
+        switch console {
+        case .stdout:
+            return { bytes in _ = write(1, bytes.baseAddress, bytes.count) }
+        case let .file(path):
+            let fd = try OwnedFD.open(path, flags: O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, purpose: "write the virtio console log to")
+            resources.append(fd)
+            let raw = fd.rawValue
+            return { bytes in _ = write(raw, bytes.baseAddress, bytes.count) }
+        }
+    }
+}
+
+/// A shareable atomic boolean.
+final class AtomicFlag: Sendable {
+    let value = Atomic<Bool>(false)
+}
