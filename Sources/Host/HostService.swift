@@ -234,19 +234,8 @@ actor HostService {
         let name = r.name
         try Self.makeDirectory(vmDir(name))
         unlink(exitPath(name)); unlink(socketPath(name))
-        let d = r.definition
-        var argv = [vmmBinary, "run", "--cpus", String(d.vcpus), "--memory", "\(d.memoryMiB)M",
-                    "--serial", "file=\(consolePath(name))", "--api-socket", socketPath(name), "--exit-file", exitPath(name)]
-        if let probe = d.probe {
-            argv += ["--probe", probe]
-        } else if let kernel = d.kernel {
-            argv += ["--kernel", kernel]
-            if let initrd = d.initrd { argv += ["--initrd", initrd] }
-            if let cmdline = d.cmdline { argv += ["--cmdline", cmdline] }
-        }
-        for disk in d.disks { argv += ["--disk", disk.readonly == true ? "\(disk.path),readonly" : disk.path] }
-        for nic in d.nics { argv += ["--net", nic.mac.map { "tap=\(nic.tap),mac=\($0)" } ?? "tap=\(nic.tap)"] }
-        if let b = d.balloonMiB { argv += ["--balloon", "\(b)M"] }
+        let argv = VMMCommand.arguments(vmmBinary: vmmBinary, definition: r.definition, console: consolePath(name),
+                                        apiSocket: socketPath(name), exitFile: exitPath(name))
         let pid: pid_t
         do { pid = try VMMProcess.spawn(argv, logPath: vmmLogPath(name)) } catch {
             r.state = .failed; r.reason = "\(error)"; r.pid = nil

@@ -32,7 +32,7 @@ struct VMCreateCommand: ParsableCommand {
     @Option(help: "Kernel command line.") var cmdline: String?
     @Option(help: "Number of vCPUs.") var cpus: Int?
     @Option(help: "Guest RAM, like 512M or 2G (a bare number is MiB).") var memory: String?
-    @Option(help: "A disk image (repeatable): PATH[,readonly].") var disk: [String] = []
+    @Option(help: "A disk image (repeatable): PATH[,readonly] or path=PATH[,readonly=on].") var disk: [String] = []
     @Option(help: "A network interface (repeatable): tap=NAME[,mac=MAC].") var net: [String] = []
     @Option(help: "Balloon target size, like 256M.") var balloon: String?
     @Option(help: "never, on-failure or always.") var restart: String?
@@ -52,7 +52,10 @@ struct VMCreateCommand: ParsableCommand {
             if !disk.isEmpty {
                 c.disks = disk.map { d in
                     let parts = d.split(separator: ",").map(String.init)
-                    return DiskSpec(path: absolutePath(parts.first ?? d), readonly: parts.contains("readonly") ? true : nil)
+                    var path = parts.first ?? d
+                    if path.hasPrefix("path=") { path = String(path.dropFirst(5)) }
+                    let ro = parts.contains("readonly") || parts.contains("readonly=on")
+                    return DiskSpec(path: absolutePath(path), readonly: ro ? true : nil)
                 }
             }
             if !net.isEmpty {

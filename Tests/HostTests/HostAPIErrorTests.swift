@@ -50,7 +50,7 @@ struct HostAPIErrorTests {
             ("POST", "/v1/vms", #"{"name":"x","kernel":"\#(Self.kernel)","initrd":"/nonexistent/initrd"}"#, 422, "file-not-found"),
             ("POST", "/v1/vms", #"{"name":"x","kernel":"\#(Self.kernel)","probe":"dirty"}"#, 422, "conflicting-boot"),
             ("POST", "/v1/vms", #"{"name":"x","probe":"dirty","template":"debian"}"#, 422, "unsupported"),
-            ("POST", "/v1/vms", #"{"name":"x","probe":"dirty","nics":[{"tap":"this-name-is-far-too-long"}]}"#, 422, "invalid-nic"),
+            ("POST", "/v1/vms", #"{"name":"x","kernel":"\#(Self.kernel)","nics":[{"tap":"this-name-is-far-too-long"}]}"#, 422, "invalid-nic"),
             ("PATCH", "/v1/vms/keep", #"{"vcpus":0}"#, 422, "out-of-range"),
             ("PATCH", "/v1/vms/keep", #"{"name":"renamed"}"#, 400, "unknown-field"),
             ("PATCH", "/v1/vms/missing", #"{"vcpus":2}"#, 404, "not-found"),
@@ -72,8 +72,11 @@ struct HostAPIErrorTests {
             ("GET", "/v1/vms/keep/console?offset=2231229730178948136960", "", 400, "invalid-query"),
             ("TRACE", "/v1/vms/keep/stop", "", 405, "method-not-allowed"),
             ("PATCH", "/v1/vms/keep", #"{"balloon_mib":0,"cmdline":null,"memory_mib":4}"#, 400, "invalid-field"),
+            ("POST", "/v1/vms", #"{"name":"x","kernel":"\#(Self.kernel)","nics":[{"tap":"tap0","mac":"zz:zz"}]}"#, 422, "invalid-nic"),
+            ("POST", "/v1/vms", #"{"name":"x","probe":"dirty","disks":[{"path":"\#(Self.kernel)"}]}"#, 422, "conflicting-boot"),
+            ("POST", "/v1/vms", #"{"name":"x","kernel":"\#(Self.kernel)","disks":[{"path":"/tmp/a,format=qcow2"}]}"#, 422, "invalid-path"),
             ("POST", "/v1/vms", #"{"name":"x","probe":"dirty","disks":[{"path":"/dev/null","readonly":null}]}"#, 400, "invalid-field"),
-            ("POST", "/v1/vms", #"{"name":"x","probe":"dirty","nics":[{"tap":"\u00b1\u0007"}],"disks":[{"path":""}]}"#, 422, "invalid-nic"),
+            ("POST", "/v1/vms", #"{"name":"x","kernel":"\#(Self.kernel)","nics":[{"tap":"\u00b1\u0007"}],"disks":[{"path":""}]}"#, 422, "invalid-nic"),
             ("GET", "/v1/vms/keep/console?offset=-1", "", 400, "invalid-query"),
         ]
         for (method, path, body, status, code) in cases {
