@@ -17,9 +17,6 @@ enum Validation {
         if let b = d.balloonMiB, b < 0 || b > d.memoryMiB {
             throw HTTPError.invalid("out-of-range", "balloon_mib \(b) must be between 0 and memory_mib (\(d.memoryMiB))")
         }
-        if d.template != nil {
-            throw HTTPError.invalid("unsupported", "templates are not available yet on this host; give kernel/initrd/cmdline instead")
-        }
         switch (d.kernel, d.probe) {
         case (nil, nil):
             throw HTTPError.invalid("missing-boot", "give a kernel (an absolute path to a vmlinux or bzImage) or a probe workload")
@@ -53,7 +50,7 @@ enum Validation {
             }
             guard ok else { throw HTTPError.invalid("invalid-nic", "tap '\(nic.tap.prefix(40))' is not a valid interface name (1-15 of A-Z a-z 0-9 - _ .)") }
         }
-        guard socketPath.utf8.count < 108 else {
+        guard socketPath.utf8.count < 108 else {   // (templates pass "": no socket)
             throw HTTPError.invalid("name-too-long", "the VM's control socket path \(socketPath) would exceed 107 bytes; use a shorter name (or a shorter --data-dir)")
         }
         try checkFiles(d)
