@@ -180,6 +180,7 @@ struct VMConsoleCommand: ParsableCommand {
 /// Copies the console log to stdout from `from`; with `follow`, keeps polling while the VM runs.
 func streamConsole(client: APIClient, name: String, from: Int, follow: Bool) throws -> Int {
     var offset = from
+    var idle = 0
     while true {
         let r = try client.request("GET", "/v1/vms/\(pathSafe(name))/console?offset=\(offset)")
         try APIClient.check(r)
@@ -189,6 +190,12 @@ func streamConsole(client: APIClient, name: String, from: Int, follow: Bool) thr
         offset = next
         if advanced { continue }
         if !follow { return offset }
+        // Following: stop once the VM has no VMM any more (its log is complete).
+        idle += 1
+        if idle % 10 == 0, let vm = try? client.call("GET", "/v1/vms/\(pathSafe(name))", as: VM.self), !vm.state.hasProcess {
+            printError("vireo: \(name) is \(vm.state.rawValue)" + (vm.reason.map { " (\($0))" } ?? ""))
+            return offset
+        }
         usleep(200_000)
     }
 }
