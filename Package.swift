@@ -40,7 +40,7 @@ let package = Package(
         .systemLibrary(name: "CSQLite"),
         // `vireo host`: REST server, inventory, VMM supervision, metrics.
         .target(name: "Host", dependencies: [
-            "CLinux", "VireoAPI", "VireoSupport", "CSQLite",
+            "CLinux", "VireoAPI", "VireoSupport", "CSQLite", "DiskImage",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -56,7 +56,7 @@ let package = Package(
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "Devices", "GuestMemory", "VireoSupport"], exclude: ["Corpus"]),
         .testTarget(name: "DiskImageTests", dependencies: ["DiskImage", "VireoSupport"]),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "GuestMemory", "VMM", "VireoSupport", "CProbeGuest"]),
-        .testTarget(name: "HostTests", dependencies: ["Host", "VireoAPI", "VireoSupport"]),
+        .testTarget(name: "HostTests", dependencies: ["Host", "VireoAPI", "VireoSupport", "DiskImage"]),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "X86Boot", "VireoSupport"]),
     ]
 )

@@ -35,7 +35,7 @@ doc = {
       "post": {"operationId": "createVM", "summary": "Define a VM (it starts stopped)",
                "requestBody": {"required": True, "content": {"application/json": {"schema": ref("VMCreate")}}},
                "responses": {"201": ok("the new VM", ref("VM")), "400": err("malformed JSON, unknown field, wrong type, invalid name"),
-                             "409": err("a VM with that name exists"), "413": err("body larger than 1 MiB"),
+                             "404": err("the named template does not exist"), "409": err("a VM with that name exists"), "413": err("body larger than 1 MiB"),
                              "422": err("a value out of range, a missing file, conflicting boot sources"), **unauth}}},
     "/v1/vms/{name}": {
       "get": {"operationId": "getVM", "summary": "One VM", "parameters": [name_param], "responses": {"200": ok("the VM", ref("VM")), "404": err("no such VM"), **unauth}},
@@ -58,8 +58,31 @@ doc = {
                               "headers": {"X-Vireo-Next-Offset": {"schema": {"type": "integer"}}},
                               "content": {"text/plain": {"schema": {"type": "string"}}}},
                       "400": err("bad query parameter"), "404": err("no such VM"), **unauth}}},
+    "/v1/templates": {
+      "get": {"operationId": "listTemplates", "summary": "All templates", "responses": {"200": ok("the templates, by name", ref("TemplateList")), **unauth}},
+      "post": {"operationId": "createTemplate", "summary": "Define a template: kernel, initrd, cmdline and an optional base disk for linked clones",
+               "requestBody": {"required": True, "content": {"application/json": {"schema": ref("TemplateCreate")}}},
+               "responses": {"201": ok("the new template", ref("Template")), "400": err("malformed JSON, unknown field, invalid name"),
+                             "409": err("a template with that name exists"), "413": err("body larger than 1 MiB"),
+                             "422": err("a missing file, a base disk that is not a readable image, a value out of range"), **unauth}}},
+    "/v1/templates/{name}": {
+      "get": {"operationId": "getTemplate", "summary": "One template", "parameters": [name_param],
+              "responses": {"200": ok("the template", ref("Template")), "404": err("no such template"), **unauth}},
+      "delete": {"operationId": "deleteTemplate", "summary": "Delete a template no VM uses", "parameters": [name_param],
+                 "responses": {"204": {"description": "deleted"}, "404": err("no such template"), "409": err("VMs use it"), **unauth}}},
   },
   "components": {"schemas": {
+    "TemplateCreate": {"type": "object", "required": ["name", "kernel"], "additionalProperties": False, "properties": {
+        "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,62}$"},
+        "kernel": {"type": "string", "pattern": "^/"}, "initrd": {"type": "string", "pattern": "^/"},
+        "cmdline": {"type": "string", "maxLength": 2048},
+        "base_disk": {"type": "string", "pattern": "^/", "description": "a raw or qcow2 image; each VM from the template gets a qcow2 overlay backed by it"},
+        "vcpus": {"type": "integer", "minimum": 1, "maximum": 254}, "memory_mib": {"type": "integer", "minimum": 4, "maximum": 67108864}}},
+    "Template": {"type": "object", "required": ["name", "kernel", "vcpus", "memory_mib", "created_at"], "properties": {
+        "name": {"type": "string"}, "kernel": {"type": "string"}, "initrd": {"type": "string"}, "cmdline": {"type": "string"},
+        "base_disk": {"type": "string"}, "base_format": {"type": "string"}, "vcpus": {"type": "integer"},
+        "memory_mib": {"type": "integer"}, "created_at": {"type": "string"}}},
+    "TemplateList": {"type": "object", "required": ["templates"], "properties": {"templates": {"type": "array", "items": ref("Template")}}},
     "Error": {"type": "object", "required": ["code", "message"], "additionalProperties": False,
               "properties": {"code": {"type": "string"}, "message": {"type": "string"}}},
     "Disk": {"type": "object", "required": ["path"], "additionalProperties": False,
@@ -69,8 +92,8 @@ doc = {
     "RestartPolicy": {"type": "string", "enum": ["never", "on-failure", "always"]},
     "VMState": {"type": "string", "enum": ["stopped", "starting", "running", "paused", "failed"]},
     "VMCreate": {"type": "object", "required": ["name"], "additionalProperties": False,
-                 "description": "Give exactly one of kernel (with optional initrd, cmdline) or probe.",
-                 "anyOf": [{"required": ["kernel"]}, {"required": ["probe"]}], "properties": {
+                 "description": "Give exactly one of kernel (with optional initrd, cmdline), probe, or template (a VM from a template gets a linked clone of its base disk).",
+                 "anyOf": [{"required": ["kernel"]}, {"required": ["probe"]}, {"required": ["template"]}], "properties": {
         "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,62}$"},
         "vcpus": {"type": "integer", "minimum": 1, "maximum": 254},
         "memory_mib": {"type": "integer", "minimum": 4, "maximum": 67108864},

@@ -78,7 +78,7 @@ actor HostService {
         return r
     }
 
-    private func event(_ vm: String, _ type: String, _ message: String) {
+    func event(_ vm: String, _ type: String, _ message: String) {
         try? inventory.addEvent(vm: vm, type: type, message: message, time: WallClock.now())
     }
 
@@ -113,11 +113,22 @@ actor HostService {
         if try inventory.get(c.name) != nil {
             throw HTTPError.conflict("a VM named '\(c.name)' already exists; pick another name or delete it first")
         }
-        let def = VMDefinition(name: c.name, vcpus: c.vcpus ?? VMLimits.defaultVCPUs, memoryMiB: c.memoryMiB ?? VMLimits.defaultMemoryMiB,
-                               kernel: c.kernel, initrd: c.initrd, cmdline: c.cmdline, probe: c.probe, template: c.template,
+        let def: VMDefinition
+        if let template = c.template {
+            def = try definition(from: c, template: template)
+            // The clone is made first (validation checks that the disk files exist), removed on failure.
+            try makeLinkedClone(vm: c.name, template: template)
+            do { try Validation.check(def, socketPath: socketPath(def.name)) } catch {
+                unlink(linkedClonePath(c.name)); rmdir(vmDir(c.name))
+                throw error
+            }
+        } else {
+            def = VMDefinition(name: c.name, vcpus: c.vcpus ?? VMLimits.defaultVCPUs, memoryMiB: c.memoryMiB ?? VMLimits.defaultMemoryMiB,
+                               kernel: c.kernel, initrd: c.initrd, cmdline: c.cmdline, probe: c.probe,
                                disks: c.disks ?? [], nics: c.nics ?? [], balloonMiB: c.balloonMiB,
                                restartPolicy: c.restartPolicy ?? .never)
-        try Validation.check(def, socketPath: socketPath(def.name))
+            try Validation.check(def, socketPath: socketPath(def.name))
+        }
         let r = VMRecord(definition: def, state: .stopped, reason: nil, pid: nil, pidStartTime: nil, exitStatus: nil,
                          restartCount: 0, createdAt: WallClock.now())
         try inventory.insert(r)
@@ -152,7 +163,7 @@ actor HostService {
                 throw HTTPError.conflict("VM '\(name)' is \(r.state.rawValue); stop it (`vireo vm stop \(name)`) before deleting it")
             }
             try inventory.delete(name)
-            for f in [consolePath(name), socketPath(name), exitPath(name), vmmLogPath(name)] { unlink(f) }
+            for f in [consolePath(name), socketPath(name), exitPath(name), vmmLogPath(name), linkedClonePath(name)] { unlink(f) }
             rmdir(vmDir(name))
             lastStart[name] = nil; quickFailures[name] = nil
             event(name, "deleted", "")
@@ -234,19 +245,8 @@ actor HostService {
         let name = r.name
         try Self.makeDirectory(vmDir(name))
         unlink(exitPath(name)); unlink(socketPath(name))
-        let d = r.definition
-        var argv = [vmmBinary, "run", "--cpus", String(d.vcpus), "--memory", "\(d.memoryMiB)M",
-                    "--serial", "file=\(consolePath(name))", "--api-socket", socketPath(name), "--exit-file", exitPath(name)]
-        if let probe = d.probe {
-            argv += ["--probe", probe]
-        } else if let kernel = d.kernel {
-            argv += ["--kernel", kernel]
-            if let initrd = d.initrd { argv += ["--initrd", initrd] }
-            if let cmdline = d.cmdline { argv += ["--cmdline", cmdline] }
-        }
-        for disk in d.disks { argv += ["--disk", disk.readonly == true ? "\(disk.path),readonly" : disk.path] }
-        for nic in d.nics { argv += ["--net", nic.mac.map { "tap=\(nic.tap),mac=\($0)" } ?? "tap=\(nic.tap)"] }
-        if let b = d.balloonMiB { argv += ["--balloon", "\(b)M"] }
+        let argv = VMMCommand.arguments(vmmBinary: vmmBinary, definition: r.definition, console: consolePath(name),
+                                        apiSocket: socketPath(name), exitFile: exitPath(name))
         let pid: pid_t
         do { pid = try VMMProcess.spawn(argv, logPath: vmmLogPath(name)) } catch {
             r.state = .failed; r.reason = "\(error)"; r.pid = nil

@@ -53,6 +53,13 @@ final class Inventory: @unchecked Sendable {
             message TEXT NOT NULL
         );
         """,
+        // 3: templates (the definition as JSON, like VMs).
+        """
+        CREATE TABLE templates (
+            name TEXT PRIMARY KEY NOT NULL,
+            definition TEXT NOT NULL
+        );
+        """,
     ]
 
     init(path: String) throws {
@@ -113,6 +120,27 @@ final class Inventory: @unchecked Sendable {
     func delete(_ name: String) throws {
         try db.query("DELETE FROM vms WHERE name = ?", [.text(name)])
         cache[name] = nil
+    }
+
+    // MARK: Templates
+
+    func templates() throws -> [Template] {
+        try db.query("SELECT definition FROM templates ORDER BY name").compactMap { row in
+            row.first?.text.flatMap { try? JSONDecoder().decode(Template.self, from: Data($0.utf8)) }
+        }
+    }
+
+    func template(_ name: String) throws -> Template? {
+        try db.query("SELECT definition FROM templates WHERE name = ?", [.text(name)]).first?.first?.text
+            .flatMap { try? JSONDecoder().decode(Template.self, from: Data($0.utf8)) }
+    }
+
+    func insertTemplate(_ t: Template) throws {
+        try db.query("INSERT INTO templates (name, definition) VALUES (?, ?)", [.text(t.name), .text(String(decoding: APIJSON.encode(t), as: UTF8.self))])
+    }
+
+    func deleteTemplate(_ name: String) throws {
+        try db.query("DELETE FROM templates WHERE name = ?", [.text(name)])
     }
 
     // MARK: Events

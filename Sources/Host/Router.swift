@@ -46,6 +46,7 @@ public struct Router: Sendable {
         ("POST", "/v1/vms/{name}/start"), ("POST", "/v1/vms/{name}/stop"), ("POST", "/v1/vms/{name}/kill"),
         ("POST", "/v1/vms/{name}/pause"), ("POST", "/v1/vms/{name}/resume"), ("POST", "/v1/vms/{name}/reboot"),
         ("GET", "/v1/vms/{name}/console"),
+        ("GET", "/v1/templates"), ("POST", "/v1/templates"), ("GET", "/v1/templates/{name}"), ("DELETE", "/v1/templates/{name}"),
     ]
 
     func handle(_ req: HTTPRequest) async -> HTTPResponse {
@@ -94,6 +95,16 @@ public struct Router: Sendable {
             let create = try APIJSON.decodeStrict(VMCreate.self, from: req.body, allowed: VMCreate.fields,
                                                   nested: ["disks": DiskSpec.fields, "nics": NICSpec.fields])
             return .json(201, try await service.create(create))
+        case 2 where parts == ["v1", "templates"]:
+            try allow("GET", "POST")
+            if m == "GET" { return .json(200, TemplateList(templates: try await service.listTemplates())) }
+            let create = try APIJSON.decodeStrict(TemplateCreate.self, from: req.body, allowed: TemplateCreate.fields)
+            return .json(201, try await service.createTemplate(create))
+        case 3 where parts[0] == "v1" && parts[1] == "templates":
+            try allow("GET", "DELETE")
+            if m == "GET" { return .json(200, try await service.showTemplate(parts[2])) }
+            try await service.deleteTemplate(parts[2])
+            return HTTPResponse(status: 204, contentType: "application/json", body: [])
         case 3 where parts[0] == "v1" && parts[1] == "vms":
             try allow("GET", "PATCH", "DELETE")
             let name = parts[2]

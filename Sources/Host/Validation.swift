@@ -17,9 +17,6 @@ enum Validation {
         if let b = d.balloonMiB, b < 0 || b > d.memoryMiB {
             throw HTTPError.invalid("out-of-range", "balloon_mib \(b) must be between 0 and memory_mib (\(d.memoryMiB))")
         }
-        if d.template != nil {
-            throw HTTPError.invalid("unsupported", "templates are not available yet on this host; give kernel/initrd/cmdline instead")
-        }
         switch (d.kernel, d.probe) {
         case (nil, nil):
             throw HTTPError.invalid("missing-boot", "give a kernel (an absolute path to a vmlinux or bzImage) or a probe workload")
@@ -32,19 +29,28 @@ enum Validation {
             if d.initrd != nil || d.cmdline != nil {
                 throw HTTPError.invalid("conflicting-boot", "initrd and cmdline go with a kernel, not a probe workload")
             }
+            if !d.disks.isEmpty || !d.nics.isEmpty || d.balloonMiB != nil {
+                throw HTTPError.invalid("conflicting-boot", "disks, nics and balloon_mib need a kernel with virtio drivers; the probe guest has none")
+            }
         case (.some, nil):
             break
         }
         if let c = d.cmdline, c.utf8.count > VMLimits.maxCmdlineBytes || c.contains("\n") || c.contains("\0") {
             throw HTTPError.invalid("invalid-cmdline", "cmdline must be one line of at most \(VMLimits.maxCmdlineBytes) bytes")
         }
+        for (n, disk) in d.disks.enumerated() where disk.path.contains(",") {
+            throw HTTPError.invalid("invalid-path", "disks[\(n)].path must not contain ',' (the VMM's --disk spec separates options with it)")
+        }
         for nic in d.nics {
+            if let mac = nic.mac, !isValidMAC(mac) {
+                throw HTTPError.invalid("invalid-nic", "mac '\(mac.prefix(40))' is not a MAC address like 52:54:00:12:34:56")
+            }
             let ok = (1...15).contains(nic.tap.utf8.count) && nic.tap.utf8.allSatisfy { c in
                 (c >= 48 && c <= 57) || (c >= 65 && c <= 90) || (c >= 97 && c <= 122) || c == 45 || c == 95 || c == 46
             }
             guard ok else { throw HTTPError.invalid("invalid-nic", "tap '\(nic.tap.prefix(40))' is not a valid interface name (1-15 of A-Z a-z 0-9 - _ .)") }
         }
-        guard socketPath.utf8.count < 108 else {
+        guard socketPath.utf8.count < 108 else {   // (templates pass "": no socket)
             throw HTTPError.invalid("name-too-long", "the VM's control socket path \(socketPath) would exceed 107 bytes; use a shorter name (or a shorter --data-dir)")
         }
         try checkFiles(d)
@@ -67,6 +73,11 @@ enum Validation {
                 throw HTTPError.invalid("file-not-readable", "\(field) \(path.prefix(200)) is not readable by the daemon")
             }
         }
+    }
+
+    static func isValidMAC(_ s: String) -> Bool {
+        let parts = s.split(separator: ":", omittingEmptySubsequences: false)
+        return parts.count == 6 && parts.allSatisfy { $0.count == 2 && UInt8($0, radix: 16) != nil }
     }
 
     static func isValidProbe(_ s: String) -> Bool {

@@ -212,3 +212,55 @@ public struct APIErrorBody: Codable, Sendable, Equatable, Error, CustomStringCon
     public init(code: String, message: String) { self.code = code; self.message = message }
     public var description: String { message }
 }
+
+/// POST /v1/templates: a reusable boot definition ("virtual appliance"): kernel, initrd, cmdline
+/// and an optional base disk image that VMs created from it get a linked clone (qcow2 overlay) of.
+public struct TemplateCreate: Codable, Sendable, Equatable {
+    public var name: String
+    public var kernel: String
+    public var initrd: String?
+    public var cmdline: String?
+    public var baseDisk: String?
+    public var vcpus: Int?
+    public var memoryMiB: Int?
+
+    public init(name: String, kernel: String, initrd: String? = nil, cmdline: String? = nil, baseDisk: String? = nil,
+                vcpus: Int? = nil, memoryMiB: Int? = nil) {
+        self.name = name; self.kernel = kernel; self.initrd = initrd; self.cmdline = cmdline; self.baseDisk = baseDisk
+        self.vcpus = vcpus; self.memoryMiB = memoryMiB
+    }
+
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case name, kernel, initrd, cmdline, baseDisk = "base_disk", vcpus, memoryMiB = "memory_mib"
+    }
+    public static let fields = Set(CodingKeys.allCases.map(\.rawValue))
+}
+
+public struct Template: Codable, Sendable, Equatable {
+    public var name: String
+    public var kernel: String
+    public var initrd: String?
+    public var cmdline: String?
+    public var baseDisk: String?
+    /// Format of the base disk (raw, qcow2, ...), probed at creation.
+    public var baseFormat: String?
+    public var vcpus: Int
+    public var memoryMiB: Int
+    public var createdAt: String
+
+    public init(name: String, kernel: String, initrd: String?, cmdline: String?, baseDisk: String?, baseFormat: String?,
+                vcpus: Int, memoryMiB: Int, createdAt: String) {
+        self.name = name; self.kernel = kernel; self.initrd = initrd; self.cmdline = cmdline; self.baseDisk = baseDisk
+        self.baseFormat = baseFormat; self.vcpus = vcpus; self.memoryMiB = memoryMiB; self.createdAt = createdAt
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case name, kernel, initrd, cmdline, baseDisk = "base_disk", baseFormat = "base_format", vcpus
+        case memoryMiB = "memory_mib", createdAt = "created_at"
+    }
+}
+
+public struct TemplateList: Codable, Sendable, Equatable {
+    public var templates: [Template]
+    public init(templates: [Template]) { self.templates = templates }
+}

@@ -220,6 +220,16 @@ public enum OpenAPIDocument {
               }
             }
           },
+          "404": {
+            "description": "the named template does not exist",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
           "409": {
             "description": "a VM with that name exists",
             "content": {
@@ -956,10 +966,307 @@ public enum OpenAPIDocument {
           }
         }
       }
+    },
+    "/v1/templates": {
+      "get": {
+        "operationId": "listTemplates",
+        "summary": "All templates",
+        "responses": {
+          "200": {
+            "description": "the templates, by name",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/TemplateList"
+                }
+              }
+            }
+          },
+          "401": {
+            "description": "missing or wrong bearer token (TCP listener only)",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          }
+        }
+      },
+      "post": {
+        "operationId": "createTemplate",
+        "summary": "Define a template: kernel, initrd, cmdline and an optional base disk for linked clones",
+        "requestBody": {
+          "required": true,
+          "content": {
+            "application/json": {
+              "schema": {
+                "$ref": "#/components/schemas/TemplateCreate"
+              }
+            }
+          }
+        },
+        "responses": {
+          "201": {
+            "description": "the new template",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Template"
+                }
+              }
+            }
+          },
+          "400": {
+            "description": "malformed JSON, unknown field, invalid name",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "409": {
+            "description": "a template with that name exists",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "413": {
+            "description": "body larger than 1 MiB",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "422": {
+            "description": "a missing file, a base disk that is not a readable image, a value out of range",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "401": {
+            "description": "missing or wrong bearer token (TCP listener only)",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          }
+        }
+      }
+    },
+    "/v1/templates/{name}": {
+      "get": {
+        "operationId": "getTemplate",
+        "summary": "One template",
+        "parameters": [
+          {
+            "name": "name",
+            "in": "path",
+            "required": true,
+            "schema": {
+              "type": "string",
+              "pattern": "^[a-z0-9][a-z0-9-]{0,62}$"
+            }
+          }
+        ],
+        "responses": {
+          "200": {
+            "description": "the template",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Template"
+                }
+              }
+            }
+          },
+          "404": {
+            "description": "no such template",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "401": {
+            "description": "missing or wrong bearer token (TCP listener only)",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          }
+        }
+      },
+      "delete": {
+        "operationId": "deleteTemplate",
+        "summary": "Delete a template no VM uses",
+        "parameters": [
+          {
+            "name": "name",
+            "in": "path",
+            "required": true,
+            "schema": {
+              "type": "string",
+              "pattern": "^[a-z0-9][a-z0-9-]{0,62}$"
+            }
+          }
+        ],
+        "responses": {
+          "204": {
+            "description": "deleted"
+          },
+          "404": {
+            "description": "no such template",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "409": {
+            "description": "VMs use it",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "401": {
+            "description": "missing or wrong bearer token (TCP listener only)",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          }
+        }
+      }
     }
   },
   "components": {
     "schemas": {
+      "TemplateCreate": {
+        "type": "object",
+        "required": [
+          "name",
+          "kernel"
+        ],
+        "additionalProperties": false,
+        "properties": {
+          "name": {
+            "type": "string",
+            "pattern": "^[a-z0-9][a-z0-9-]{0,62}$"
+          },
+          "kernel": {
+            "type": "string",
+            "pattern": "^/"
+          },
+          "initrd": {
+            "type": "string",
+            "pattern": "^/"
+          },
+          "cmdline": {
+            "type": "string",
+            "maxLength": 2048
+          },
+          "base_disk": {
+            "type": "string",
+            "pattern": "^/",
+            "description": "a raw or qcow2 image; each VM from the template gets a qcow2 overlay backed by it"
+          },
+          "vcpus": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 254
+          },
+          "memory_mib": {
+            "type": "integer",
+            "minimum": 4,
+            "maximum": 67108864
+          }
+        }
+      },
+      "Template": {
+        "type": "object",
+        "required": [
+          "name",
+          "kernel",
+          "vcpus",
+          "memory_mib",
+          "created_at"
+        ],
+        "properties": {
+          "name": {
+            "type": "string"
+          },
+          "kernel": {
+            "type": "string"
+          },
+          "initrd": {
+            "type": "string"
+          },
+          "cmdline": {
+            "type": "string"
+          },
+          "base_disk": {
+            "type": "string"
+          },
+          "base_format": {
+            "type": "string"
+          },
+          "vcpus": {
+            "type": "integer"
+          },
+          "memory_mib": {
+            "type": "integer"
+          },
+          "created_at": {
+            "type": "string"
+          }
+        }
+      },
+      "TemplateList": {
+        "type": "object",
+        "required": [
+          "templates"
+        ],
+        "properties": {
+          "templates": {
+            "type": "array",
+            "items": {
+              "$ref": "#/components/schemas/Template"
+            }
+          }
+        }
+      },
       "Error": {
         "type": "object",
         "required": [
@@ -1031,7 +1338,7 @@ public enum OpenAPIDocument {
           "name"
         ],
         "additionalProperties": false,
-        "description": "Give exactly one of kernel (with optional initrd, cmdline) or probe.",
+        "description": "Give exactly one of kernel (with optional initrd, cmdline), probe, or template (a VM from a template gets a linked clone of its base disk).",
         "anyOf": [
           {
             "required": [
@@ -1041,6 +1348,11 @@ public enum OpenAPIDocument {
           {
             "required": [
               "probe"
+            ]
+          },
+          {
+            "required": [
+              "template"
             ]
           }
         ],

@@ -32,7 +32,7 @@ struct VMCreateCommand: ParsableCommand {
     @Option(help: "Kernel command line.") var cmdline: String?
     @Option(help: "Number of vCPUs.") var cpus: Int?
     @Option(help: "Guest RAM, like 512M or 2G (a bare number is MiB).") var memory: String?
-    @Option(help: "A disk image (repeatable): PATH[,readonly].") var disk: [String] = []
+    @Option(help: "A disk image (repeatable): PATH[,readonly] or path=PATH[,readonly=on].") var disk: [String] = []
     @Option(help: "A network interface (repeatable): tap=NAME[,mac=MAC].") var net: [String] = []
     @Option(help: "Balloon target size, like 256M.") var balloon: String?
     @Option(help: "never, on-failure or always.") var restart: String?
@@ -52,7 +52,10 @@ struct VMCreateCommand: ParsableCommand {
             if !disk.isEmpty {
                 c.disks = disk.map { d in
                     let parts = d.split(separator: ",").map(String.init)
-                    return DiskSpec(path: absolutePath(parts.first ?? d), readonly: parts.contains("readonly") ? true : nil)
+                    var path = parts.first ?? d
+                    if path.hasPrefix("path=") { path = String(path.dropFirst(5)) }
+                    let ro = parts.contains("readonly") || parts.contains("readonly=on")
+                    return DiskSpec(path: absolutePath(path), readonly: ro ? true : nil)
                 }
             }
             if !net.isEmpty {
@@ -177,6 +180,7 @@ struct VMConsoleCommand: ParsableCommand {
 /// Copies the console log to stdout from `from`; with `follow`, keeps polling while the VM runs.
 func streamConsole(client: APIClient, name: String, from: Int, follow: Bool) throws -> Int {
     var offset = from
+    var idle = 0
     while true {
         let r = try client.request("GET", "/v1/vms/\(pathSafe(name))/console?offset=\(offset)")
         try APIClient.check(r)
@@ -186,6 +190,12 @@ func streamConsole(client: APIClient, name: String, from: Int, follow: Bool) thr
         offset = next
         if advanced { continue }
         if !follow { return offset }
+        // Following: stop once the VM has no VMM any more (its log is complete).
+        idle += 1
+        if idle % 10 == 0, let vm = try? client.call("GET", "/v1/vms/\(pathSafe(name))", as: VM.self), !vm.state.hasProcess {
+            printError("vireo: \(name) is \(vm.state.rawValue)" + (vm.reason.map { " (\($0))" } ?? ""))
+            return offset
+        }
         usleep(200_000)
     }
 }

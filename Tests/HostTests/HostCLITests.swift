@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import Host
 import VireoAPI
 #if canImport(Glibc)
 import Glibc
@@ -53,7 +54,11 @@ struct HostCLITests {
         defer { d.shutdown() }
         #expect(try vireo(d, ["vm", "create", "cli-2", "--probe", "dirty", "--memory", "32M"]).status == 0)
         let start = try vireo(d, ["vm", "start", "cli-2"])
-        #expect(start.status == 0 && start.stdout.contains("cli-2: running (pid "))
+        #expect(start.status == 0 && start.stdout.contains("cli-2: running (pid "), "\(start.stderr)")
+        // The VMM runs with its console, control socket and exit file in the VM's directory.
+        let pid = try #require(try d.vm("cli-2").pid)
+        let argv = try String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8).split(separator: "\0").map(String.init)
+        #expect(argv.contains("file=\(d.dataDir)/vms/cli-2/console.log") && argv.contains("\(d.dataDir)/vms/cli-2/api.sock"), "\(argv)")
         var logs = ""
         for _ in 0..<50 {
             logs = try vireo(d, ["vm", "logs", "cli-2"]).stdout
@@ -68,4 +73,16 @@ struct HostCLITests {
         #expect(try vireo(d, ["vm", "delete", "cli-2"]).stdout.contains("deleted cli-2"))
         #expect(try vireo(d, ["vm", "list", "--json"]).stdout.contains(#""vms":[]"#))
     }
+}
+
+/// The daemon's VMM command line for a Linux VM with devices (`vireo run`'s spec syntax).
+@Test func vmmCommandLineCarriesTheDefinition() {
+    let def = VMDefinition(name: "web", vcpus: 2, memoryMiB: 512, kernel: "/k", initrd: "/i", cmdline: "console=ttyS0",
+                           disks: [DiskSpec(path: "/d.qcow2", readonly: true), DiskSpec(path: "/e.raw")],
+                           nics: [NICSpec(tap: "tap0", mac: "52:54:00:12:34:56")], balloonMiB: 128)
+    let argv = VMMCommand.arguments(vmmBinary: "/bin/vireo", definition: def, console: "/c.log", apiSocket: "/a.sock", exitFile: "/x")
+    #expect(argv == ["/bin/vireo", "run", "--cpus", "2", "--memory", "512M", "--serial", "file=/c.log", "--api-socket", "/a.sock",
+                     "--exit-file", "/x", "--kernel", "/k", "--initrd", "/i", "--cmdline", "console=ttyS0",
+                     "--disk", "path=/d.qcow2,readonly=on", "--disk", "path=/e.raw", "--net", "tap=tap0,mac=52:54:00:12:34:56",
+                     "--balloon", "size=128"])
 }

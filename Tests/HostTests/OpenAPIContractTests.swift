@@ -38,6 +38,8 @@ struct OpenAPIContractTests {
         let d = try TestDaemon()
         defer { d.shutdown() }
         let kvm = VireoBinary.hasKVM
+        let kernel = d.dir + "/vmlinuz"
+        FileManager.default.createFile(atPath: kernel, contents: Data(repeating: 0, count: 4096))
 
         var calls: [(String, String, String, String?)] = [   // method, concrete path, template, body
             ("GET", "/openapi.json", "/openapi.json", nil), ("GET", "/metrics", "/metrics", nil),
@@ -50,6 +52,11 @@ struct OpenAPIContractTests {
             ("PATCH", "/v1/vms/c1", "/v1/vms/{name}", #"{"memory_mib":96}"#),
             ("GET", "/v1/vms/c1/console", "/v1/vms/{name}/console", nil),
             ("POST", "/v1/vms/c1/stop", "/v1/vms/{name}/stop", nil),
+            ("POST", "/v1/templates", "/v1/templates", #"{"name":"tp","kernel":"/nonexistent"}"#),
+            ("POST", "/v1/templates", "/v1/templates", #"{"name":"tp","kernel":"\#(kernel)","bogus":1}"#),
+            ("POST", "/v1/templates", "/v1/templates", #"{"name":"tp","kernel":"\#(kernel)","cmdline":"quiet"}"#),
+            ("GET", "/v1/templates", "/v1/templates", nil), ("GET", "/v1/templates/tp", "/v1/templates/{name}", nil),
+            ("DELETE", "/v1/templates/tp", "/v1/templates/{name}", nil),
         ]
         if kvm {
             calls += [("POST", "/v1/vms/c1/start", "/v1/vms/{name}/start", nil), ("POST", "/v1/vms/c1/start", "/v1/vms/{name}/start", nil),

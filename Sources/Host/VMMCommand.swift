@@ -1,0 +1,22 @@
+import VireoAPI
+
+/// The `vireo run` command line that runs one VM's VMM.
+public enum VMMCommand {
+    public static func arguments(vmmBinary: String, definition d: VMDefinition, console: String,
+                                 apiSocket: String, exitFile: String) -> [String] {
+        var argv = [vmmBinary, "run", "--cpus", String(d.vcpus), "--memory", "\(d.memoryMiB)M",
+                    "--serial", "file=\(console)", "--api-socket", apiSocket, "--exit-file", exitFile]
+        if let probe = d.probe {
+            argv += ["--probe", probe]
+        } else if let kernel = d.kernel {
+            argv += ["--kernel", kernel]
+            if let initrd = d.initrd { argv += ["--initrd", initrd] }
+            if let cmdline = d.cmdline { argv += ["--cmdline", cmdline] }
+        }
+        // `vireo run`'s device specs: --disk path=FILE[,readonly=on], --net tap=NAME[,mac=MAC], --balloon size=MIB.
+        for disk in d.disks { argv += ["--disk", "path=\(disk.path)" + (disk.readonly == true ? ",readonly=on" : "")] }
+        for nic in d.nics { argv += ["--net", "tap=\(nic.tap)" + (nic.mac.map { ",mac=\($0)" } ?? "")] }
+        if let b = d.balloonMiB { argv += ["--balloon", "size=\(b)"] }
+        return argv
+    }
+}
