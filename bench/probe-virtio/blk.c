@@ -10,7 +10,7 @@
  *   1 = timed phase starts, then OPS done (the value is the number of requests completed),
  *   0xE00000xx = error xx (see fail() calls).
  */
-#include <stdint.h>
+#include "virtio-probe.h"
 
 #ifndef MODE
 #define MODE 0
@@ -28,10 +28,6 @@
 #define HDR_BASE  0x810000ull      /* 16-byte headers and status bytes */
 #define DATA_BASE 0x1000000ull     /* QD buffers of REQ_BYTES each */
 
-static inline void outl(uint16_t p, uint32_t v) { __asm__ volatile("outl %0, %1" :: "a"(v), "Nd"(p)); }
-static inline uint32_t inl(uint16_t p) { uint32_t v; __asm__ volatile("inl %1, %0" : "=a"(v) : "Nd"(p)); return v; }
-#define barrier() __asm__ volatile("" ::: "memory")
-#define mb() __asm__ volatile("mfence" ::: "memory")
 
 #ifdef QEMU_REPORT
 /* Under QEMU (no report port): TSC timestamps, printed as text on the debugcon port 0xE9
@@ -52,77 +48,19 @@ static void report(uint32_t v) { outl(0xF7, v); }
 #endif
 static void fail(uint32_t code) { report(0xE0000000u | code); for (;;) outl(0xF4, 0); }
 
-static uint32_t pci_read(int dev, int off) {
-    outl(0xCF8, 0x80000000u | (uint32_t)dev << 11 | (off & 0xFC));
-    return inl(0xCFC);
-}
-static void pci_write(int dev, int off, uint32_t v) {
-    outl(0xCF8, 0x80000000u | (uint32_t)dev << 11 | (off & 0xFC));
-    outl(0xCFC, v);
-}
-
-#define R8(a)  (*(volatile uint8_t *)(uintptr_t)(a))
-#define R16(a) (*(volatile uint16_t *)(uintptr_t)(a))
-#define R32(a) (*(volatile uint32_t *)(uintptr_t)(a))
-#define R64(a) (*(volatile uint64_t *)(uintptr_t)(a))
-
-struct desc { uint64_t addr; uint32_t len; uint16_t flags; uint16_t next; };
 struct hdr { uint32_t type; uint32_t reserved; uint64_t sector; };
 
 static uint64_t rng = 0x9E3779B97F4A7C15ull;
 static uint64_t next_random(void) { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; return rng; }
 
 void probe_main(void) {
-    int dev = -1;
-    for (int d = 0; d < 32; d++) {
-        if (pci_read(d, 0) == 0x10421AF4u) { dev = d; break; }
-    }
-    if (dev < 0) fail(1);
-    pci_write(dev, 4, (pci_read(dev, 4) & 0xFFFF) | 0x6);      /* memory space, bus master */
-
-    uint64_t common = 0, notify = 0, devcfg = 0; uint32_t mult = 0;
-    int cap = pci_read(dev, 0x34) & 0xFF;
-    for (int guard = 0; cap >= 0x40 && guard < 48; guard++) {
-        uint32_t h = pci_read(dev, cap);
-        if ((h & 0xFF) == 0x09) {
-            int type = (h >> 24) & 0xFF;
-            int bar = pci_read(dev, cap + 4) & 0xFF;
-            uint32_t off = pci_read(dev, cap + 8);
-            if (bar > 5) fail(2);
-            uint32_t lo = pci_read(dev, 0x10 + 4 * bar);
-            uint64_t base = lo & ~0xFull;
-            if (((lo >> 1) & 3) == 2) base |= (uint64_t)pci_read(dev, 0x14 + 4 * bar) << 32;
-            if (type == 1) common = base + off;
-            else if (type == 2) { notify = base + off; mult = pci_read(dev, cap + 16); }
-            else if (type == 4) devcfg = base + off;
-        }
-        cap = (h >> 8) & 0xFF;
-    }
-    if (!common || !notify || !devcfg) fail(3);
-
-    R8(common + 0x14) = 0;                                     /* reset */
-    while (R8(common + 0x14) != 0) {}
-    R8(common + 0x14) = 1;                                     /* ACKNOWLEDGE */
-    R8(common + 0x14) = 1 | 2;                                 /* DRIVER */
-    R32(common + 0x00) = 1;
-    if (!(R32(common + 0x04) & 1)) fail(4);                    /* VERSION_1 offered */
-    R32(common + 0x08) = 0; R32(common + 0x0C) = 0;
-    R32(common + 0x08) = 1; R32(common + 0x0C) = 1;            /* accept VERSION_1 only */
-    R8(common + 0x14) = 1 | 2 | 8;                             /* FEATURES_OK */
-    if (!(R8(common + 0x14) & 8)) fail(5);
-
-    R16(common + 0x16) = 0;                                    /* queue 0 */
-    uint16_t qmax = R16(common + 0x18);
-    if (qmax < QSIZE) fail(6);
-    R16(common + 0x18) = QSIZE;
+    struct virtio_caps caps = virtio_find(0x10421AF4u);
+    if (!caps.devcfg) fail(3);
+    uint64_t common = caps.common, devcfg = caps.devcfg;
+    virtio_negotiate_version1(common);
     volatile struct desc *desc = (volatile struct desc *)(uintptr_t)RING_BASE;
     uint64_t avail = RING_BASE + 0x1000, used = RING_BASE + 0x2000;
-    R32(common + 0x20) = (uint32_t)RING_BASE; R32(common + 0x24) = 0;
-    R32(common + 0x28) = (uint32_t)avail;     R32(common + 0x2C) = 0;
-    R32(common + 0x30) = (uint32_t)used;      R32(common + 0x34) = 0;
-    uint64_t doorbell = notify + (uint64_t)R16(common + 0x1E) * mult;
-    R16(avail) = 1;                                            /* VIRTQ_AVAIL_F_NO_INTERRUPT: we poll */
-    R16(common + 0x1C) = 1;                                    /* queue_enable */
+    uint64_t doorbell = virtio_setup_queue(&caps, 0, QSIZE, RING_BASE);
     R8(common + 0x14) = 1 | 2 | 4 | 8;                         /* DRIVER_OK */
 
     uint64_t capacity = R64(devcfg);                           /* 512-byte sectors */

@@ -18,7 +18,7 @@
  *             consumed (= FRAMES) once all are reclaimed;
  *   0xE00000xx = error xx (see fail() calls).
  */
-#include <stdint.h>
+#include "virtio-probe.h"
 
 #ifndef ROLE
 #define ROLE 0
@@ -45,85 +45,19 @@
 #define TX_LEN    (HDR + 60)
 #define ETHERTYPE 0x88B5           /* IEEE local experimental */
 
-static inline void outl(uint16_t p, uint32_t v) { __asm__ volatile("outl %0, %1" :: "a"(v), "Nd"(p)); }
-static inline uint32_t inl(uint16_t p) { uint32_t v; __asm__ volatile("inl %1, %0" : "=a"(v) : "Nd"(p)); return v; }
-#define barrier() __asm__ volatile("" ::: "memory")
-#define mb() __asm__ volatile("mfence" ::: "memory")
 
 static void report(uint32_t v) { outl(0xF7, v); }
 static void fail(uint32_t code) { report(0xE0000000u | code); for (;;) outl(0xF4, 0); }
 
-static uint32_t pci_read(int dev, int off) {
-    outl(0xCF8, 0x80000000u | (uint32_t)dev << 11 | (off & 0xFC));
-    return inl(0xCFC);
-}
-static void pci_write(int dev, int off, uint32_t v) {
-    outl(0xCF8, 0x80000000u | (uint32_t)dev << 11 | (off & 0xFC));
-    outl(0xCFC, v);
-}
-
-#define R8(a)  (*(volatile uint8_t *)(uintptr_t)(a))
-#define R16(a) (*(volatile uint16_t *)(uintptr_t)(a))
-#define R32(a) (*(volatile uint32_t *)(uintptr_t)(a))
-
-struct desc { uint64_t addr; uint32_t len; uint16_t flags; uint16_t next; };
-
-static uint64_t common, notify; static uint32_t mult;
-
-/* Sets up queue q; returns its doorbell address. */
-static uint64_t setup_queue(int q) {
-    uint64_t base = RING_BASE + (uint64_t)q * 0x4000;
-    R16(common + 0x16) = (uint16_t)q;
-    uint16_t qmax = R16(common + 0x18);
-    if (qmax < QSIZE) fail(6);
-    R16(common + 0x18) = QSIZE;
-    R32(common + 0x20) = (uint32_t)base;            R32(common + 0x24) = 0;
-    R32(common + 0x28) = (uint32_t)(base + 0x1000); R32(common + 0x2C) = 0;
-    R32(common + 0x30) = (uint32_t)(base + 0x2000); R32(common + 0x34) = 0;
-    R16(base + 0x1000) = 1;                          /* VIRTQ_AVAIL_F_NO_INTERRUPT: we poll */
-    uint64_t doorbell = notify + (uint64_t)R16(common + 0x1E) * mult;
-    R16(common + 0x1C) = 1;                          /* queue_enable */
-    return doorbell;
-}
+static uint64_t common;
 
 void probe_main(void) {
-    int dev = -1;
-    for (int d = 0; d < 32; d++) {
-        if (pci_read(d, 0) == 0x10411AF4u) { dev = d; break; }
-    }
-    if (dev < 0) fail(1);
-    pci_write(dev, 4, (pci_read(dev, 4) & 0xFFFF) | 0x6);      /* memory space, bus master */
+    struct virtio_caps caps = virtio_find(0x10411AF4u);
+    common = caps.common;
+    virtio_negotiate_version1(common);
 
-    int cap = pci_read(dev, 0x34) & 0xFF;
-    for (int guard = 0; cap >= 0x40 && guard < 48; guard++) {
-        uint32_t h = pci_read(dev, cap);
-        if ((h & 0xFF) == 0x09) {
-            int type = (h >> 24) & 0xFF;
-            int bar = pci_read(dev, cap + 4) & 0xFF;
-            uint32_t off = pci_read(dev, cap + 8);
-            if (bar > 5) fail(2);
-            uint32_t lo = pci_read(dev, 0x10 + 4 * bar);
-            uint64_t base = lo & ~0xFull;
-            if (((lo >> 1) & 3) == 2) base |= (uint64_t)pci_read(dev, 0x14 + 4 * bar) << 32;
-            if (type == 1) common = base + off;
-            else if (type == 2) { notify = base + off; mult = pci_read(dev, cap + 16); }
-        }
-        cap = (h >> 8) & 0xFF;
-    }
-    if (!common || !notify) fail(3);
-
-    R8(common + 0x14) = 0;                                     /* reset */
-    while (R8(common + 0x14) != 0) {}
-    R8(common + 0x14) = 1;                                     /* ACKNOWLEDGE */
-    R8(common + 0x14) = 1 | 2;                                 /* DRIVER */
-    R32(common + 0x00) = 1;
-    if (!(R32(common + 0x04) & 1)) fail(4);                    /* VERSION_1 offered */
-    R32(common + 0x08) = 0; R32(common + 0x0C) = 0;
-    R32(common + 0x08) = 1; R32(common + 0x0C) = 1;            /* accept VERSION_1 only */
-    R8(common + 0x14) = 1 | 2 | 8;                             /* FEATURES_OK */
-    if (!(R8(common + 0x14) & 8)) fail(5);
-
-    uint64_t rxbell = setup_queue(0), txbell = setup_queue(1);
+    uint64_t rxbell = virtio_setup_queue(&caps, 0, QSIZE, RING_BASE);
+    uint64_t txbell = virtio_setup_queue(&caps, 1, QSIZE, RING_BASE + 0x4000);
     int q = ROLE == 0 ? 0 : 1;
     uint64_t base = RING_BASE + (uint64_t)q * 0x4000;
     volatile struct desc *desc = (volatile struct desc *)(uintptr_t)base;
