@@ -1,6 +1,7 @@
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import Synchronization
 import VireoAPI
 
 typealias HTTPConnection = NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>
@@ -43,6 +44,7 @@ enum HTTPServer {
     }
 
     private static func handle(_ connection: HTTPConnection, router: Router) async {
+        let idle = try? await connection.channel.pipeline.handler(type: IdleCloser.self).get()
         try? await connection.executeThenClose { inbound, outbound in
             var head: HTTPRequestHead?
             var body: [UInt8] = []
@@ -58,10 +60,17 @@ enum HTTPServer {
                     guard let h = head else { continue }
                     head = nil
                     let response: HTTPResponse
+                    // A request being answered (a long import, an event stream) is not an idle client.
+                    idle?.busy(true)
+                    defer { idle?.busy(false) }
                     if tooLarge {
                         response = .error(HTTPError(413, "body-too-large", "request bodies are limited to \(Router.maxBody) bytes"))
                     } else {
                         response = await router.handle(request(h, body))
+                    }
+                    if let stream = response.stream {
+                        try await writeStream(response, stream, version: h.version, channel: connection.channel, outbound)
+                        return
                     }
                     let keepAlive = h.isKeepAlive && !tooLarge
                     var headers = HTTPHeaders()
@@ -76,6 +85,26 @@ enum HTTPServer {
                 }
             }
         }
+    }
+
+    /// A streamed response: chunked, its prefix, then each chunk as it comes, until the stream
+    /// ends (then its trailer, if any) or the client goes away (then `stop` ends the stream).
+    private static func writeStream(_ response: HTTPResponse, _ stream: HTTPStreamBody, version: HTTPVersion, channel: Channel,
+                                    _ outbound: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>) async throws {
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Type", value: response.contentType)
+        headers.add(name: "Transfer-Encoding", value: "chunked")
+        for (k, v) in response.headers { headers.add(name: k, value: v) }
+        headers.add(name: "Connection", value: "close")
+        channel.closeFuture.whenComplete { _ in stream.stop() }
+        defer { stream.stop() }
+        try await outbound.write(.head(HTTPResponseHead(version: version, status: HTTPResponseStatus(statusCode: response.status), headers: headers)))
+        if !stream.prefix.isEmpty { try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: stream.prefix)))) }
+        for await chunk in stream.chunks {
+            try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: chunk))))
+        }
+        if let last = stream.trailer(), !last.isEmpty { try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: last)))) }
+        try await outbound.write(.end(nil))
     }
 
     static func request(_ h: HTTPRequestHead, _ body: [UInt8]) -> HTTPRequest {
@@ -94,10 +123,15 @@ enum HTTPServer {
     }
 }
 
-/// Closes a connection when IdleStateHandler reports it idle.
+/// Closes a connection when IdleStateHandler reports it idle, unless a request on it is still
+/// being answered (a long import, an event stream: the client is waiting, not idle).
 final class IdleCloser: ChannelInboundHandler, Sendable {
     typealias InboundIn = NIOAny
+    private let answering = Mutex(false)
+    func busy(_ on: Bool) { answering.withLock { $0 = on } }
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if event is IdleStateHandler.IdleStateEvent { context.close(promise: nil) } else { context.fireUserInboundEventTriggered(event) }
+        if event is IdleStateHandler.IdleStateEvent {
+            if !answering.withLock({ $0 }) { context.close(promise: nil) }
+        } else { context.fireUserInboundEventTriggered(event) }
     }
 }

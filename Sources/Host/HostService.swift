@@ -21,6 +21,11 @@ actor HostService {
     private var lastStart: [String: Double] = [:]
     private var quickFailures: [String: Int] = [:]
 
+    /// Live event subscribers (GET /v1/events?follow=true).
+    let eventHub = EventHub()
+    /// Images being created or imported (HostService+Images.swift).
+    let imageJobs = ImageJobs()
+
     static let version = "0.1.0"
     static let maxQuickFailures = 5
 
@@ -29,6 +34,8 @@ actor HostService {
         self.vmmBinary = vmmBinary
         try Self.makeDirectory(dataDir)
         try Self.makeDirectory(dataDir + "/vms")
+        try Self.makeDirectory(dataDir + "/images")
+        Self.removeStaleImageParts(dataDir + "/images")
         inventory = try Inventory(path: dataDir + "/inventory.db")
     }
 
@@ -79,7 +86,9 @@ actor HostService {
     }
 
     func event(_ vm: String, _ type: String, _ message: String) {
-        try? inventory.addEvent(vm: vm, type: type, message: message, time: WallClock.now())
+        let time = WallClock.now()
+        guard let seq = try? inventory.addEvent(vm: vm, type: type, message: message, time: time) else { return }
+        eventHub.publish(Event(seq: seq, time: time, vm: vm, type: type, message: message))
     }
 
     // MARK: Read-only
@@ -107,6 +116,8 @@ actor HostService {
     // MARK: Create, update, delete
 
     func create(_ c: VMCreate) throws -> VM {
+        var c = c
+        c.disks = try resolveImageDisks(c.disks)
         guard VMLimits.isValidName(c.name) else {
             throw HTTPError(400, "invalid-name", "'\(c.name.prefix(80))' is not a valid VM name: \(VMLimits.nameRule)")
         }

@@ -29,8 +29,9 @@ enum Validation {
             if d.initrd != nil || d.cmdline != nil {
                 throw HTTPError.invalid("conflicting-boot", "initrd and cmdline go with a kernel, not a probe workload")
             }
-            if !d.disks.isEmpty || !d.nics.isEmpty || d.balloonMiB != nil {
-                throw HTTPError.invalid("conflicting-boot", "disks, nics and balloon_mib need a kernel with virtio drivers; the probe guest has none")
+            // Disks are attached but left alone by the probe guest (it has no drivers).
+            if !d.nics.isEmpty || d.balloonMiB != nil {
+                throw HTTPError.invalid("conflicting-boot", "nics and balloon_mib need a kernel with virtio drivers; the probe guest has none")
             }
         case (.some, nil):
             break

@@ -81,7 +81,7 @@ public struct APIClient: Sendable {
         throw APIErrorBody(code: "http-\(r.status)", message: "the daemon answered HTTP \(r.status)")
     }
 
-    private func connect() throws -> Int32 {
+    func connect() throws -> Int32 {
         switch endpoint {
         case let .unix(path):
             let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
@@ -143,7 +143,7 @@ public struct APIClient: Sendable {
         }
     }
 
-    private func writeAll(_ fd: Int32, _ bytes: [UInt8]) throws {
+    func writeAll(_ fd: Int32, _ bytes: [UInt8]) throws {
         var off = 0
         while off < bytes.count {
             let n = bytes[off...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }

@@ -74,7 +74,7 @@ struct HostAPIErrorTests {
             ("TRACE", "/v1/vms/keep/stop", "", 405, "method-not-allowed"),
             ("PATCH", "/v1/vms/keep", #"{"balloon_mib":0,"cmdline":null,"memory_mib":4}"#, 400, "invalid-field"),
             ("POST", "/v1/vms", #"{"name":"x","kernel":"\#(Self.kernel)","nics":[{"tap":"tap0","mac":"zz:zz"}]}"#, 422, "invalid-nic"),
-            ("POST", "/v1/vms", #"{"name":"x","probe":"dirty","disks":[{"path":"\#(Self.kernel)"}]}"#, 422, "conflicting-boot"),
+            ("POST", "/v1/vms", #"{"name":"x","probe":"dirty","nics":[{"tap":"tap0"}]}"#, 422, "conflicting-boot"),
             ("POST", "/v1/vms", #"{"name":"x","kernel":"\#(Self.kernel)","disks":[{"path":"/tmp/a,format=qcow2"}]}"#, 422, "invalid-path"),
             ("POST", "/v1/vms", #"{"name":"x","probe":"dirty","disks":[{"path":"/dev/null","readonly":null}]}"#, 400, "invalid-field"),
             ("POST", "/v1/vms", #"{"name":"x","kernel":"\#(Self.kernel)","nics":[{"tap":"\u00b1\u0007"}],"disks":[{"path":""}]}"#, 422, "invalid-nic"),
