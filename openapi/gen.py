@@ -25,17 +25,21 @@ doc = {
     "/metrics": {"get": {"operationId": "getMetrics", "summary": "Prometheus text metrics for the host and every VM",
                          "responses": {"200": {"description": "Prometheus text exposition 0.0.4", "content": {"text/plain": {"schema": {"type": "string"}}}}, **unauth}}},
     "/v1/host": {"get": {"operationId": "getHost", "summary": "Host facts and capacity", "responses": {"200": ok("host facts", ref("HostInfo")), **unauth}}},
-    "/v1/events": {"get": {"operationId": "listEvents", "summary": "What happened to VMs, oldest first",
-        "parameters": [{"name": "since", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 2147483647}, "description": "only events with seq greater than this"},
+    "/v1/events": {"get": {"operationId": "listEvents", "summary": "What happened to VMs, templates and images, oldest first; follow=true streams new ones",
+        "parameters": [{"name": "follow", "in": "query", "schema": {"type": "boolean"},
+                        "description": "keep the response open: the backlog after since, then each new event as it happens, one JSON Event per line (application/x-ndjson, chunked); limit does not apply. A client that falls 1024 events behind gets a last line of type stream-dropped and the stream ends."},
+                       {"name": "since", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 2147483647}, "description": "only events with seq greater than this"},
                        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 10000}},
                        {"name": "vm", "in": "query", "schema": {"type": "string"}}],
-        "responses": {"200": ok("events", ref("EventList")), "400": err("bad query parameter"), **unauth}}},
+        "responses": {"200": {"description": "events (with follow=true: a stream of Event lines)",
+                              "content": {"application/json": {"schema": ref("EventList")}, "application/x-ndjson": {"schema": ref("Event")}}},
+                      "400": err("bad query parameter"), **unauth}}},
     "/v1/vms": {
       "get": {"operationId": "listVMs", "summary": "All VMs", "responses": {"200": ok("the VMs, by name", ref("VMList")), **unauth}},
       "post": {"operationId": "createVM", "summary": "Define a VM (it starts stopped)",
                "requestBody": {"required": True, "content": {"application/json": {"schema": ref("VMCreate")}}},
                "responses": {"201": ok("the new VM", ref("VM")), "400": err("malformed JSON, unknown field, wrong type, invalid name"),
-                             "404": err("the named template does not exist"), "409": err("a VM with that name exists"), "413": err("body larger than 1 MiB"),
+                             "404": err("the named template or image does not exist"), "409": err("a VM with that name exists, or a named image is still being written"), "413": err("body larger than 1 MiB"),
                              "422": err("a value out of range, a missing file, conflicting boot sources"), **unauth}}},
     "/v1/vms/{name}": {
       "get": {"operationId": "getVM", "summary": "One VM", "parameters": [name_param], "responses": {"200": ok("the VM", ref("VM")), "404": err("no such VM"), **unauth}},
@@ -63,7 +67,8 @@ doc = {
       "post": {"operationId": "createTemplate", "summary": "Define a template: kernel, initrd, cmdline and an optional base disk for linked clones",
                "requestBody": {"required": True, "content": {"application/json": {"schema": ref("TemplateCreate")}}},
                "responses": {"201": ok("the new template", ref("Template")), "400": err("malformed JSON, unknown field, invalid name"),
-                             "409": err("a template with that name exists"), "413": err("body larger than 1 MiB"),
+                             "404": err("the named base_image does not exist"),
+                             "409": err("a template with that name exists, or its base_image is still being written"), "413": err("body larger than 1 MiB"),
                              "422": err("a missing file, a base disk that is not a readable image, a value out of range"), **unauth}}},
     "/v1/templates/{name}": {
       "get": {"operationId": "getTemplate", "summary": "One template", "parameters": [name_param],
@@ -77,16 +82,21 @@ doc = {
         "kernel": {"type": "string", "pattern": "^/"}, "initrd": {"type": "string", "pattern": "^/"},
         "cmdline": {"type": "string", "maxLength": 2048},
         "base_disk": {"type": "string", "pattern": "^/", "description": "a raw or qcow2 image; each VM from the template gets a qcow2 overlay backed by it"},
-        "vcpus": {"type": "integer", "minimum": 1, "maximum": 254}, "memory_mib": {"type": "integer", "minimum": 4, "maximum": 67108864}}},
+        "vcpus": {"type": "integer", "minimum": 1, "maximum": 254}, "memory_mib": {"type": "integer", "minimum": 4, "maximum": 67108864},
+        "base_image": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,62}$", "description": "a store image (GET /v1/images) as the base disk, instead of base_disk"}},
+        "not": {"required": ["base_disk", "base_image"]}},
     "Template": {"type": "object", "required": ["name", "kernel", "vcpus", "memory_mib", "created_at"], "properties": {
         "name": {"type": "string"}, "kernel": {"type": "string"}, "initrd": {"type": "string"}, "cmdline": {"type": "string"},
         "base_disk": {"type": "string"}, "base_format": {"type": "string"}, "vcpus": {"type": "integer"},
-        "memory_mib": {"type": "integer"}, "created_at": {"type": "string"}}},
+        "memory_mib": {"type": "integer"}, "created_at": {"type": "string"}, "base_image": {"type": "string"}}},
     "TemplateList": {"type": "object", "required": ["templates"], "properties": {"templates": {"type": "array", "items": ref("Template")}}},
     "Error": {"type": "object", "required": ["code", "message"], "additionalProperties": False,
               "properties": {"code": {"type": "string"}, "message": {"type": "string"}}},
-    "Disk": {"type": "object", "required": ["path"], "additionalProperties": False,
-             "properties": {"path": {"type": "string", "pattern": "^/"}, "readonly": {"type": "boolean"}}},
+    "Disk": {"type": "object", "additionalProperties": False,
+             "description": "give path (a file on the host) or image (a store image; the daemon fills in path with its file when the VM is created)",
+             "anyOf": [{"required": ["path"]}, {"required": ["image"]}], "not": {"required": ["path", "image"]},
+             "properties": {"path": {"type": "string", "pattern": "^/"}, "readonly": {"type": "boolean"},
+                            "image": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,62}$"}}},
     "NIC": {"type": "object", "required": ["tap"], "additionalProperties": False,
             "properties": {"tap": {"type": "string"}, "mac": {"type": "string"}}},
     "RestartPolicy": {"type": "string", "enum": ["never", "on-failure", "always"]},
@@ -130,6 +140,61 @@ doc = {
     "EventList": {"type": "object", "required": ["events"], "properties": {"events": {"type": "array", "items": ref("Event")}}},
   }},
 }
+# The image store (docs/images.md).
+image_name = {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,62}$"}
+size_bytes = {"type": "integer", "minimum": 1048576, "maximum": 70368744177664, "multipleOf": 512}
+doc["paths"].update({
+    "/v1/images": {
+      "get": {"operationId": "listImages", "summary": "The image store: every image, with its sizes and what uses it",
+              "responses": {"200": ok("the images, by name", ref("ImageList")), **unauth}},
+      "post": {"operationId": "createImage", "summary": "Create an empty image (size_bytes), an overlay of a store image (backing), or import a host file (source); answers when it is complete",
+               "requestBody": {"required": True, "content": {"application/json": {"schema": ref("ImageCreate")}}},
+               "responses": {"201": ok("the new image", ref("Image")), "400": err("malformed JSON, unknown field, invalid name"),
+                             "404": err("the backing image does not exist"),
+                             "409": err("an image with that name exists, or the backing image is still being written"), "413": err("body larger than 1 MiB"),
+                             "422": err("a size out of range, a missing or unreadable source, a source that is not a disk image, conflicting fields, a failed import"),
+                             "507": err("a thick image larger than the free space"), **unauth}}},
+    "/v1/images/{name}": {
+      "get": {"operationId": "getImage", "summary": "One image", "parameters": [name_param],
+              "responses": {"200": ok("the image", ref("Image")), "404": err("no such image"), **unauth}},
+      "delete": {"operationId": "deleteImage", "summary": "Delete an image nothing uses", "parameters": [name_param],
+                 "responses": {"204": {"description": "deleted (the file is removed)"}, "404": err("no such image"),
+                               "409": err("a VM, a template or an overlay image uses it, or it is still being written"), **unauth}}},
+    "/v1/images/{name}/resize": {"post": {"operationId": "resizeImage", "summary": "Grow an image (not while a running VM uses it)", "parameters": [name_param],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": ref("ImageResize")}}},
+        "responses": {"200": ok("the image", ref("Image")), "400": err("malformed JSON or unknown field"), "404": err("no such image"),
+                      "409": err("a running VM uses it, or it is still being written"), "413": err("body larger than 1 MiB"),
+                      "422": err("a size out of range or smaller than the image"), **unauth}}},
+})
+doc["components"]["schemas"].update({
+    "ImageCreate": {"type": "object", "required": ["name"], "additionalProperties": False,
+                    "description": "Give one of: size_bytes (an empty image), source (import), backing with an optional size_bytes (an overlay).",
+                    "oneOf": [{"required": ["size_bytes"], "not": {"anyOf": [{"required": ["source"]}, {"required": ["backing"]}]}},
+                              {"required": ["source"], "not": {"anyOf": [{"required": ["size_bytes"]}, {"required": ["backing"]}]}},
+                              {"required": ["backing"], "not": {"anyOf": [{"required": ["source"]}, {"required": ["format"], "properties": {"format": {"enum": ["raw"]}}},
+                                                                          {"required": ["provisioning"], "properties": {"provisioning": {"enum": ["thick", "eager-zeroed"]}}}]}}],
+                    "properties": {
+        "name": image_name,
+        "format": {"type": "string", "enum": ["qcow2", "raw"], "description": "the store file's format (default qcow2)"},
+        "size_bytes": size_bytes,
+        "provisioning": {"type": "string", "enum": ["thin", "thick", "eager-zeroed"],
+                         "description": "thin (default): allocate on write; thick: reserve every block now (fallocate), lazily zeroed; eager-zeroed: write every byte now"},
+        "source": {"type": "string", "pattern": "^/", "description": "a regular file on the daemon's host: raw, qcow2, vmdk or vhd (detected); converted into the store"},
+        "backing": {**image_name, "description": "make a thin qcow2 overlay of this store image"}}},
+    "ImageResize": {"type": "object", "required": ["size_bytes"], "additionalProperties": False, "properties": {"size_bytes": size_bytes}},
+    "Image": {"type": "object",
+              "required": ["name", "format", "state", "virtual_size_bytes", "actual_size_bytes", "path", "used_by_vms", "used_by_templates", "used_by_images"],
+              "properties": {
+        "name": {"type": "string"}, "format": {"type": "string", "enum": ["qcow2", "raw"]},
+        "state": {"type": "string", "enum": ["ready", "creating", "importing"]},
+        "virtual_size_bytes": {"type": "integer"}, "actual_size_bytes": {"type": "integer", "description": "host blocks the file occupies"},
+        "backing_image": {"type": "string"}, "path": {"type": "string"},
+        "progress_percent": {"type": "integer", "minimum": 0, "maximum": 100},
+        "used_by_vms": {"type": "array", "items": {"type": "string"}}, "used_by_templates": {"type": "array", "items": {"type": "string"}},
+        "used_by_images": {"type": "array", "items": {"type": "string"}, "description": "overlay images backed by this one"}}},
+    "ImageList": {"type": "object", "required": ["images"], "properties": {"images": {"type": "array", "items": ref("Image")}}},
+})
+
 here = os.path.dirname(os.path.abspath(__file__))
 text = json.dumps(doc, indent=2, sort_keys=False) + "\n"
 open(os.path.join(here, "vireo.json"), "w").write(text)

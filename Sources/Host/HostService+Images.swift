@@ -319,6 +319,8 @@ extension HostService {
                 try raw.resize(to: UInt64(r.sizeBytes))
                 try raw.close()
             }
+        } catch let e as VireoError where e.errno == EFBIG || e.errno == ENOSPC {
+            throw HTTPError.invalid("resize-failed", "image '\(name)': the file system cannot grow it to \(r.sizeBytes) bytes: \(e)")
         } catch {
             throw HTTPError(500, "internal", "image '\(name)': resize failed: \(error)")
         }
