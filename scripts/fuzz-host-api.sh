@@ -29,9 +29,9 @@ rc=0
 # GET /v1/events gets a run of its own without the coverage phase, which ignores filter hooks
 # (it would open follow=true streams that never end).
 export PYTHONPATH=scripts SCHEMATHESIS_HOOKS=fuzz_hooks
-st run openapi/vireo.json -u "http://127.0.0.1:$port" -H "Authorization: Bearer $(cat "$work/token")" \
+st --config-file scripts/schemathesis.toml run openapi/vireo.json -u "http://127.0.0.1:$port" -H "Authorization: Bearer $(cat "$work/token")" \
    --exclude-path-regex '/(start|reboot|resume)$|^/v1/events$' --max-examples "$examples" || rc=$?
-st run openapi/vireo.json -u "http://127.0.0.1:$port" -H "Authorization: Bearer $(cat "$work/token")" \
+st --config-file scripts/schemathesis.toml run openapi/vireo.json -u "http://127.0.0.1:$port" -H "Authorization: Bearer $(cat "$work/token")" \
    --include-path /v1/events --phases examples,fuzzing --request-timeout 10 --max-examples "$examples" || rc=$?
 kill -0 $daemon 2>/dev/null || { echo "fuzz-host-api: the daemon died" >&2; cat "$work/daemon.log" >&2; exit 1; }
 exit $rc
