@@ -297,7 +297,7 @@ extension HostService {
     func resizeImage(_ name: String, _ r: ImageResize) throws -> Image {
         let image = try showImage(name)
         guard image.state == .ready else { throw HTTPError.conflict("image '\(name)' is still being written; wait until it is ready") }
-        let running = try inventory.all().filter { r in r.state.hasProcess && image.usedByVMs.contains(r.name) }.map(\.name)
+        let running = try vmsReading(name).filter { r in r.state.hasProcess }.map(\.name)
         guard running.isEmpty else {
             throw HTTPError.conflict("image '\(name)' is in use by running VM\(running.count > 1 ? "s" : "") \(running.joined(separator: ", ")); stop \(running.count > 1 ? "them" : "it") (`vireo vm stop \(running[0])`) before resizing")
         }
@@ -326,6 +326,27 @@ extension HostService {
         }
         event(name, "image-resized", "\(image.virtualSizeBytes) -> \(r.sizeBytes) bytes")
         return try showImage(name)
+    }
+
+    /// Every VM whose disks read image `name`: directly, through store overlays of it, or
+    /// through the linked clone of a template whose base is it (or an overlay of it). A running
+    /// one has the image's metadata cached, so resizing it under them is refused.
+    private func vmsReading(_ name: String) throws -> [VMRecord] {
+        let images = try listImages()
+        var names: Set<String> = [name]
+        var grew = true
+        while grew {
+            let more = images.filter { i in i.backingImage.map(names.contains) == true && !names.contains(i.name) }.map(\.name)
+            grew = !more.isEmpty
+            names.formUnion(more)
+        }
+        let chain = images.filter { names.contains($0.name) }
+        let paths = Set(chain.map(\.path))
+        let templates = Set(chain.flatMap(\.usedByTemplates))
+        return try inventory.all().filter { r in
+            r.definition.template.map(templates.contains) == true
+                || r.definition.disks.contains { d in d.image.map(names.contains) == true || paths.contains(d.path) }
+        }
     }
 
     func deleteImage(_ name: String) throws {

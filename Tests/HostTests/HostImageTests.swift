@@ -251,6 +251,24 @@ struct HostImageUseTests {
         #expect(access(path, F_OK) != 0)
     }
 
+    /// A running VM on an overlay of an image reads the image too: it cannot be resized under it.
+    @Test func aBaseUnderARunningOverlayIsNotResized() throws {
+        let d = try TestDaemon()
+        defer { d.shutdown() }
+        #expect(try d.req("POST", "/v1/images", json: #"{"name":"base","size_bytes":67108864}"#).status == 201)
+        #expect(try d.req("POST", "/v1/images", json: #"{"name":"mid","backing":"base"}"#).status == 201)
+        #expect(try d.req("POST", "/v1/images", json: #"{"name":"top","backing":"mid"}"#).status == 201)
+        _ = try d.createProbe("v2", extra: #","disks":[{"image":"top"}]"#)
+        #expect(try d.action("v2", "start").status == 200)
+        for name in ["base", "mid", "top"] {
+            let r = try d.req("POST", "/v1/images/\(name)/resize", json: #"{"size_bytes":134217728}"#)
+            #expect(r.status == 409 && r.text.contains("running VM v2"), "\(name): \(r.text)")
+        }
+        #expect(try QemuImg.info(d.dataDir + "/images/base.qcow2").virtualSize == 64 << 20)
+        #expect(try d.action("v2", "stop").status == 200)
+        #expect(try d.req("POST", "/v1/images/base/resize", json: #"{"size_bytes":134217728}"#).status == 200)
+    }
+
     @Test func aTemplateOnAStoreImageKeepsIt() throws {
         let d = try TestDaemon()
         defer { d.shutdown() }
