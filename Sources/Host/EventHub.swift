@@ -18,8 +18,14 @@ final class EventHub: Sendable {
     private struct State {
         var next = 1
         var subscribers: [Int: Subscriber] = [:]
-        /// Subscribers cut off for falling behind, with the seq of the last event queued for them.
-        var dropped: [Int: Int] = [:]
+        /// Subscribers whose stream the hub ended (too slow, or the daemon is stopping), with why.
+        var ended: [Int: Ending] = [:]
+    }
+
+    /// Why the hub ended a subscriber's stream, and the seq of the last event queued for it.
+    enum Ending: Sendable {
+        case tooSlow(lastSent: Int)
+        case daemonStopping(lastSent: Int)
     }
 
     private let state = Mutex(State())
@@ -51,9 +57,19 @@ final class EventHub: Sendable {
         state.withLock { _ = $0.subscribers.removeValue(forKey: id) }
     }
 
-    /// If the subscriber was cut off: the seq of the last event it was sent (nil if it was not); forgets it.
-    func takeDropped(_ id: Int) -> Int? {
-        state.withLock { $0.dropped.removeValue(forKey: id) }
+    /// Why the hub ended the subscriber's stream (nil if the client left or it goes on); forgets it.
+    func takeEnding(_ id: Int) -> Ending? {
+        state.withLock { $0.ended.removeValue(forKey: id) }
+    }
+
+    /// The daemon is stopping: every stream ends, each with a last line saying so.
+    func stopAll() {
+        let all = state.withLock { s in
+            for (id, sub) in s.subscribers { s.ended[id] = .daemonStopping(lastSent: sub.lastQueued) }
+            defer { s.subscribers.removeAll() }
+            return Array(s.subscribers.values)
+        }
+        for sub in all { sub.continuation.finish() }
     }
 
     func publish(_ event: Event) {
@@ -63,7 +79,7 @@ final class EventHub: Sendable {
         for (id, sub) in targets {
             if case .dropped = sub.continuation.yield(line) {
                 state.withLock { s in
-                    if let gone = s.subscribers.removeValue(forKey: id) { s.dropped[id] = gone.lastQueued }
+                    if let gone = s.subscribers.removeValue(forKey: id) { s.ended[id] = .tooSlow(lastSent: gone.lastQueued) }
                 }
                 cut.append(sub.continuation)
             } else {
@@ -73,10 +89,18 @@ final class EventHub: Sendable {
         for c in cut { c.finish() }
     }
 
-    /// The line a cut-off client gets last (an Event with seq 0, type stream-dropped).
-    static func droppedLine(lastSent: Int, time: String) -> [UInt8] {
-        let e = Event(seq: 0, time: time, vm: "", type: "stream-dropped",
-                      message: "this client read events more slowly than they came and was cut off after falling \(bufferLines) behind; reconnect with since=\(lastSent) to get the rest")
+    /// The last line of a stream the hub ended: an Event with seq 0 and type stream-dropped or
+    /// daemon-stopping, saying where to resume.
+    static func lastLine(_ ending: Ending, time: String) -> [UInt8] {
+        let e: Event
+        switch ending {
+        case let .tooSlow(last):
+            e = Event(seq: 0, time: time, vm: "", type: "stream-dropped",
+                      message: "this client read events more slowly than they came and was cut off after falling \(bufferLines) behind; reconnect with since=\(last) to get the rest")
+        case let .daemonStopping(last):
+            e = Event(seq: 0, time: time, vm: "", type: "daemon-stopping",
+                      message: "the daemon is stopping; when it is back, reconnect with since=\(last) to get what happened meanwhile")
+        }
         return APIJSON.encode(e) + [10]
     }
 }

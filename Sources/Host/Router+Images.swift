@@ -68,6 +68,6 @@ extension HostService {
         var prefix: [UInt8] = []
         for e in backlog { prefix += APIJSON.encode(e) + [10] }
         return HTTPStreamBody(prefix: prefix, chunks: lines, stop: { hub.cancel(id) },
-                              trailer: { hub.takeDropped(id).map { EventHub.droppedLine(lastSent: $0, time: WallClock.now()) } })
+                              trailer: { hub.takeEnding(id).map { EventHub.lastLine($0, time: WallClock.now()) } })
     }
 }

@@ -17,8 +17,8 @@ extension APIClient {
     /// GETs a streamed response (chunked NDJSON, e.g. /v1/events?follow=true) and hands each
     /// line (without its newline) to `onLine` as it arrives, until `onLine` returns false, the
     /// daemon ends the stream, or the connection closes. A 4xx/5xx reply throws its APIErrorBody.
-    /// `onConnected` gets the socket once the request is sent (closing or shutting it down from
-    /// another thread ends the stream).
+    /// `onConnected` gets the socket once the daemon's reply head has arrived (for the event
+    /// stream: the subscription exists from then on).
     public func streamLines(_ path: String, onConnected: (Int32) -> Void = { _ in },
                             onLine: ([UInt8]) -> Bool) throws -> StreamEnd {
         let fd = try connect()
@@ -27,7 +27,6 @@ extension APIClient {
         if let token { head += "Authorization: Bearer \(token)\r\n" }
         head += "\r\n"
         try writeAll(fd, Array(head.utf8))
-        onConnected(fd)
 
         var raw: [UInt8] = []
         var buf = [UInt8](repeating: 0, count: 65536)
@@ -60,6 +59,7 @@ extension APIClient {
             try Self.check(Response(status: response.status, headers: response.headers, body: raw))
         }
         let chunked = response.headers["transfer-encoding"]?.lowercased().contains("chunked") ?? false
+        onConnected(fd)
 
         var line: [UInt8] = []
         /// Feeds body bytes; false once onLine asked to stop.

@@ -40,14 +40,15 @@ struct EventsCommand: ParsableCommand {
             var dropped: Event?
             let end = try api.streamLines(path + "&follow=true") { raw in
                 guard let e = try? JSONDecoder().decode(Event.self, from: Data(raw)) else { return true }
-                if e.type == "stream-dropped" { dropped = e; return false }
+                if e.type == "stream-dropped" || e.type == "daemon-stopping" { dropped = e; return false }
                 last = e.seq
                 if client.json { print(String(decoding: raw, as: UTF8.self)) } else { print(Self.line(e)) }
                 fflush(nil)
                 return true
             }
             if let dropped {
-                throw VireoError(.io, "the daemon cut this stream off: \(dropped.message)", hint: "run `vireo events --follow --since \(last)` to continue")
+                throw VireoError(.io, dropped.type == "daemon-stopping" ? "the daemon stopped" : "the daemon cut this stream off: \(dropped.message)",
+                                 hint: "run `vireo events --follow --since \(last)` to continue")
             }
             if end == .closed {
                 throw VireoError(.io, "the daemon closed the event stream (it stopped or restarted)", hint: "when it is back, `vireo events --follow --since \(last)` continues where this stopped")

@@ -101,6 +101,27 @@ struct HostEventStreamTests {
         }
     }
 
+    /// SIGTERM: followers get a last daemon-stopping line and a properly ended stream, then the
+    /// daemon exits 0.
+    @Test func aStoppingDaemonEndsStreamsWithALastLine() throws {
+        let d = try TestDaemon()
+        defer { d.shutdown() }
+        let f = Follower(d.client, "/v1/events?follow=true") { _ in false }
+        #expect(try waitForSubscribers(d, 1))
+        let kernel = d.dir + "/vmlinuz"
+        FileManager.default.createFile(atPath: kernel, contents: Data(repeating: 0, count: 4096))
+        #expect(try d.req("POST", "/v1/templates", json: #"{"name":"t1","kernel":"\#(kernel)"}"#).status == 201)
+        let child = try #require(d.child)
+        child.signal(SIGTERM)
+        #expect(child.wait() == 0)
+        d.child = nil
+        #expect(f.finished.wait(timeout: .now() + 5) == .success)
+        #expect(f.end.withLock { $0 } == .finished, "the stream did not end with its last chunk")
+        let last = try #require(f.seen.last)
+        #expect(last.type == "daemon-stopping" && last.message.contains("since=\(f.seen.dropLast().last?.seq ?? -1)"), "\(f.seen)")
+        #expect(f.seen.dropLast().last?.type == "template-created")
+    }
+
     /// A client that never reads: once it is 1024 events behind it is cut off (its subscription
     /// freed), and the daemon goes on answering everyone else.
     @Test func aClientThatDoesNotReadIsCutOff() throws {
