@@ -171,6 +171,25 @@ struct HostImageTests {
         #expect(try QemuImg.info(d.dataDir + "/images/keep.qcow2").virtualSize == 8 * Self.mib)
     }
 
+    /// An import that fails half-way (a qcow2 whose data clusters were cut off) leaves no image
+    /// and no partial file, says why, and frees the name.
+    @Test func aFailedImportLeavesNothingBehind() throws {
+        let d = try TestDaemon()
+        defer { d.shutdown() }
+        let src = d.dir + "/cut.qcow2"
+        #expect(try ChildProcessRunner.run(["/usr/bin/qemu-img", "create", "-f", "qcow2", src, "64M"]).status == 0)
+        #expect(try ChildProcessRunner.run(["/usr/bin/qemu-io", "-c", "write -P 0xab 0 32M", src]).status == 0)
+        #expect(truncate(src, 4 << 20) == 0)
+        let r = try d.req("POST", "/v1/images", json: #"{"name":"cut","source":"\#(src)"}"#)
+        #expect(r.status == 422 && r.text.contains("import-failed") && r.text.contains("past the end of the file"), "\(r.text)")
+        #expect(storeEntries(d).isEmpty, "\(storeEntries(d))")
+        #expect(try d.req("GET", "/v1/images/cut").status == 404)
+        let events = try d.client.call("GET", "/v1/events?vm=cut", as: EventList.self).events
+        #expect(events.last?.type == "image-import-failed")
+        // The name is free again.
+        #expect(try d.req("POST", "/v1/images", json: #"{"name":"cut","size_bytes":1048576}"#).status == 201)
+    }
+
     /// A long import runs off the daemon's actor: other requests are answered meanwhile, and the
     /// image is listed as importing with its progress until it is done.
     @Test func aLongImportLeavesTheDaemonAnswering() throws {
