@@ -116,14 +116,14 @@ actor HostService {
     // MARK: Create, update, delete
 
     func create(_ c: VMCreate) throws -> VM {
-        var c = c
-        c.disks = try resolveImageDisks(c.disks)
         guard VMLimits.isValidName(c.name) else {
             throw HTTPError(400, "invalid-name", "'\(c.name.prefix(80))' is not a valid VM name: \(VMLimits.nameRule)")
         }
         if try inventory.get(c.name) != nil {
             throw HTTPError.conflict("a VM named '\(c.name)' already exists; pick another name or delete it first")
         }
+        var c = c
+        c.disks = try resolveImageDisks(c.disks)   // store images -> their files (HostService+Images.swift)
         let def: VMDefinition
         if let template = c.template {
             def = try definition(from: c, template: template)

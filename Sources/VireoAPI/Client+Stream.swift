@@ -33,6 +33,7 @@ extension APIClient {
         /// Reads more into `raw`; false at end of stream.
         func fill() throws -> Bool {
             while true {
+                // SAFETY: read writes at most buf.count bytes into buf's own storage.
                 let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
                 if n < 0 {
                     if errno == EINTR { continue }

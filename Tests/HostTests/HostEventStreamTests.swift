@@ -148,6 +148,7 @@ struct HostEventStreamTests {
         var tv = timeval(tv_sec: 5, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         while true {
+            // SAFETY: read writes at most buf.count bytes into buf's own storage.
             let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
             if n <= 0 { break }
             raw += buf[0..<n]
@@ -166,11 +167,13 @@ struct HostEventStreamTests {
         let bytes = Array(d.socket.utf8)
         // SAFETY: sun_path is a zeroed fixed array longer than the test's short socket path.
         withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in bytes.enumerated() { p[i] = b } }
+        // SAFETY: addr is a complete sockaddr_un; connect reads that many bytes of it.
         let rc = withUnsafePointer(to: &addr) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
         }
         guard rc == 0 else { close(fd); throw APIErrorBody(code: "connect", message: "cannot connect to \(d.socket)") }
         let req = Array("GET /v1/events?follow=true&since=\(Int32.max) HTTP/1.1\r\nHost: x\r\n\r\n".utf8)
+        // SAFETY: write reads exactly req.count bytes of req's storage.
         _ = req.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
         return fd
     }
