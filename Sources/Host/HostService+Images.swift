@@ -169,6 +169,10 @@ extension HostService {
         let prealloc: Preallocation = switch provisioning { case .thin: .off; case .thick: .falloc; case .eagerZeroed: .full }
         switch (c.source, c.backing, c.sizeBytes) {
         case let (source?, nil, nil):
+            guard format == .raw || provisioning == .thin else {
+                // The library's conversion keeps qcow2 output thin (zero areas are not allocated).
+                throw HTTPError.invalid("invalid-provisioning", "a qcow2 import is thin; for a thick or eager-zeroed copy import with format raw")
+            }
             return try await importImage(c.name, from: source, format: format, preallocation: prealloc)
         case let (nil, backing?, size):
             guard format == .qcow2 else { throw HTTPError.invalid("invalid-format", "an overlay (backing) must be qcow2; raw has no backing files") }

@@ -2056,6 +2056,31 @@ public enum OpenAPIDocument {
                   "required": [
                     "backing"
                   ]
+                },
+                {
+                  "required": [
+                    "provisioning"
+                  ],
+                  "properties": {
+                    "provisioning": {
+                      "enum": [
+                        "thick",
+                        "eager-zeroed"
+                      ]
+                    }
+                  },
+                  "not": {
+                    "required": [
+                      "format"
+                    ],
+                    "properties": {
+                      "format": {
+                        "enum": [
+                          "raw"
+                        ]
+                      }
+                    }
+                  }
                 }
               ]
             }
@@ -2126,7 +2151,7 @@ public enum OpenAPIDocument {
               "thick",
               "eager-zeroed"
             ],
-            "description": "thin (default): allocate on write; thick: reserve every block now (fallocate), lazily zeroed; eager-zeroed: write every byte now"
+            "description": "thin (default): allocate on write; thick: reserve every block now (fallocate), lazily zeroed; eager-zeroed: write every byte now. Imports into qcow2 are thin; a thick import needs format raw"
           },
           "source": {
             "type": "string",

@@ -98,7 +98,9 @@ struct HostImageTests {
         let fromVMDK = try #require(try create(d, #"{"name":"from-vmdk","source":"\#(vmdk)"}"#))
         let fromVMDKRaw = try #require(try create(d, #"{"name":"from-vmdk-raw","source":"\#(vmdk)","format":"raw"}"#))
         let fromVHD = try #require(try create(d, #"{"name":"from-vhd","source":"\#(vhd)"}"#))
-        for img in [fromQcow2, fromVMDK, fromVMDKRaw, fromVHD] {
+        let thickRaw = try #require(try create(d, #"{"name":"thick-raw","source":"\#(src)","format":"raw","provisioning":"thick"}"#))
+        #expect(try QemuImg.info(thickRaw.path).actualSize >= 96 * Self.mib)
+        for img in [fromQcow2, fromVMDK, fromVMDKRaw, fromVHD, thickRaw] {
             #expect(img.state == .ready)
             let cmp = try ChildProcessRunner.run(["/usr/bin/qemu-img", "compare", src, img.path])
             #expect(cmp.status == 0, "qemu-img compare \(img.name): \(cmp.stdout) \(cmp.stderr)")
@@ -150,6 +152,7 @@ struct HostImageTests {
             (#"{"name":"z17","backing":"keep","size_bytes":1048576}"#, 422, "out-of-range"),
             (#"{"name":"z18","size_bytes":70368744177664,"provisioning":"thick"}"#, 507, "insufficient-space"),
             (#"{"name":"z19","source":"/etc/hostname"}"#, 422, "out-of-range"),
+            (#"{"name":"z20","source":"/etc/hostname","provisioning":"thick"}"#, 422, "invalid-provisioning"),
             ("[1]", 400, "malformed-json"),
         ]
         for (body, status, code) in cases {
