@@ -1,7 +1,6 @@
 import NIOCore
 import NIOHTTP1
 import NIOPosix
-import Synchronization
 import VireoAPI
 
 typealias HTTPConnection = NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>
@@ -25,10 +24,11 @@ enum HTTPServer {
     }
 
     private static func configure(_ channel: Channel) throws -> HTTPConnection {
-        // A client that sends nothing for a minute is dropped (no request takes that long to answer).
+        // A client that sends nothing for a minute between requests is dropped; one waiting for a
+        // long answer (a stop that gives its guest time to shut down) is not.
         try channel.pipeline.syncOperations.addHandler(IdleStateHandler(readTimeout: .seconds(60)))
-        try channel.pipeline.syncOperations.addHandler(IdleCloser())
         try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+        try channel.pipeline.syncOperations.addHandler(IdleCloser())
         return try HTTPConnection(wrappingChannelSynchronously: channel)
     }
 
@@ -44,7 +44,6 @@ enum HTTPServer {
     }
 
     private static func handle(_ connection: HTTPConnection, router: Router) async {
-        let idle = try? await connection.channel.pipeline.handler(type: IdleCloser.self).get()
         try? await connection.executeThenClose { inbound, outbound in
             var head: HTTPRequestHead?
             var body: [UInt8] = []
@@ -60,9 +59,6 @@ enum HTTPServer {
                     guard let h = head else { continue }
                     head = nil
                     let response: HTTPResponse
-                    // A request being answered (a long import, an event stream) is not an idle client.
-                    idle?.busy(true)
-                    defer { idle?.busy(false) }
                     if tooLarge {
                         response = .error(HTTPError(413, "body-too-large", "request bodies are limited to \(Router.maxBody) bytes"))
                     } else {
@@ -124,14 +120,30 @@ enum HTTPServer {
 }
 
 /// Closes a connection when IdleStateHandler reports it idle, unless a request on it is still
-/// being answered (a long import, an event stream: the client is waiting, not idle).
-final class IdleCloser: ChannelInboundHandler, Sendable {
-    typealias InboundIn = NIOAny
-    private let answering = Mutex(false)
-    func busy(_ on: Bool) { answering.withLock { $0 = on } }
+/// being answered (from its head until the response's end).
+final class IdleCloser: ChannelDuplexHandler, @unchecked Sendable {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias InboundOut = HTTPServerRequestPart
+    typealias OutboundIn = HTTPServerResponsePart
+    typealias OutboundOut = HTTPServerResponsePart
+    /// Requests whose response has not ended (touched only on the channel's event loop).
+    private var inFlight = 0
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if case .head = unwrapInboundIn(data) { inFlight += 1 }
+        context.fireChannelRead(data)
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        if case .end = unwrapOutboundIn(data) { inFlight = max(0, inFlight - 1) }
+        context.write(data, promise: promise)
+    }
+
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is IdleStateHandler.IdleStateEvent {
-            if !answering.withLock({ $0 }) { context.close(promise: nil) }
-        } else { context.fireUserInboundEventTriggered(event) }
+            if inFlight == 0 { context.close(promise: nil) }
+        } else {
+            context.fireUserInboundEventTriggered(event)
+        }
     }
 }
