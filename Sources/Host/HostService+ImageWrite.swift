@@ -61,15 +61,7 @@ extension HostService {
     }
 
     private func importImage(_ name: String, from source: String, format: ImageFormat, preallocation: Preallocation) async throws -> Image {
-        guard source.hasPrefix("/"), source.utf8.count <= VMLimits.maxPathBytes, !source.contains("\0") else {
-            throw HTTPError.invalid("invalid-path", "source '\(source.prefix(200))' must be an absolute path on the daemon's host")
-        }
-        guard ProcFS.fileExists(source) else {
-            throw HTTPError.invalid("file-not-found", "source \(source.prefix(200)) does not exist or is not a regular file")
-        }
-        guard access(source, R_OK) == 0 else {
-            throw HTTPError.invalid("file-not-readable", "source \(source.prefix(200)) is not readable by the daemon")
-        }
+        try Validation.checkFile("source", source)
         let sourceFormat: DiskImageFormat
         let size: UInt64
         do {
