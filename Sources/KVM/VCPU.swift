@@ -172,6 +172,15 @@ public final class VCPU: @unchecked Sendable {
         try withUnsafeMutableBytes(of: &f) { try ioctl(VIREO_KVM_SET_FPU, $0.baseAddress, "KVM_SET_FPU failed") }
     }
 
+    /// Sets XCR0 (KVM_SET_XCRS with the one register).
+    public func setXCR0(_ value: UInt64) throws {
+        var x = kvm_xcrs()
+        x.nr_xcrs = 1
+        x.xcrs.0.xcr = 0
+        x.xcrs.0.value = value
+        try withUnsafeMutableBytes(of: &x) { try ioctl(VIREO_KVM_SET_XCRS, $0.baseAddress, "KVM_SET_XCRS failed") }
+    }
+
     public func setCPUID(_ leaves: [CPUIDLeaf]) throws {
         let size = vireo_kvm_cpuid2_size(UInt32(leaves.count))
         let raw = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 8)

@@ -86,6 +86,16 @@ extension Machine {
                 }
             }
             try vcpu.setCPUID(leaves)
+            // XCR0 starts as every user state component the guest is offered (Linux enables
+            // exactly those), not the reset value x87-only. KVM computes CPUID 0xD.0 EBX (the
+            // XSAVE area size) from XCR0 when the guest changes CR4 or XCR0; a nested L1 that
+            // does not see the guest's XSETBV (QEMU TCG's SVM) would otherwise leave EBX at
+            // the x87-only size and Linux would switch XSAVE off ("XSAVE consistency problem").
+            if let d0 = leaves.first(where: { $0.function == 0xD && $0.index == 0 }), d0.eax & 0x3 == 0x3 {
+                do { try vcpu.setXCR0(UInt64(d0.eax) | UInt64(d0.edx) << 32) } catch {
+                    DebugLog.log("vCPU \(index): XCR0 left at its reset value: \(error)")
+                }
+            }
             try vcpu.setMSRs(plan.bsp.msrs.map { ($0.index, $0.value) })
             try Machine.wireLocalInterrupts(vcpu)
             if index == 0 { try Machine.load(plan.bsp, into: vcpu) }

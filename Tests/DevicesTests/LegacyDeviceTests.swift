@@ -9,6 +9,7 @@ import Testing
         try bus.register(kbc, port: 0x60, count: 1, name: "i8042 data")
         try bus.register(kbc, port: 0x64, count: 1, origin: 0x60, name: "i8042 command")
         #expect(bus.read(port: 0x64, width: 1) & 0x01 == 0)   // output buffer empty
+        #expect(bus.read(port: 0x64, width: 1) & 0x10 != 0)   // keyboard not inhibited (no keylock)
         bus.write(port: 0x64, width: 1, value: 0xAA)
         #expect(bus.read(port: 0x64, width: 1) & 0x01 == 1)
         #expect(bus.read(port: 0x60, width: 1) == 0x55)

@@ -61,6 +61,7 @@ static const unsigned long VIREO_KVM_GET_SREGS = KVM_GET_SREGS;
 static const unsigned long VIREO_KVM_SET_SREGS = KVM_SET_SREGS;
 static const unsigned long VIREO_KVM_GET_FPU = KVM_GET_FPU;
 static const unsigned long VIREO_KVM_SET_FPU = KVM_SET_FPU;
+static const unsigned long VIREO_KVM_SET_XCRS = KVM_SET_XCRS;
 static const unsigned long VIREO_KVM_SET_CPUID2 = KVM_SET_CPUID2;
 static const unsigned long VIREO_KVM_GET_MSRS = KVM_GET_MSRS;
 static const unsigned long VIREO_KVM_SET_MSRS = KVM_SET_MSRS;

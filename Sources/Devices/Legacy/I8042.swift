@@ -14,7 +14,7 @@ import Synchronization
 /// Concurrency: state behind a `Mutex`; `resetRequested` is called after the lock is released,
 /// on the vCPU thread that wrote the command (the VMM should only flag the reset there).
 public final class I8042: BusDevice {
-    public enum Status { public static let outputFull: UInt8 = 0x01, inputFull: UInt8 = 0x02, system: UInt8 = 0x04, command: UInt8 = 0x08, auxData: UInt8 = 0x20 }
+    public enum Status { public static let outputFull: UInt8 = 0x01, inputFull: UInt8 = 0x02, system: UInt8 = 0x04, command: UInt8 = 0x08, unlocked: UInt8 = 0x10, auxData: UInt8 = 0x20 }
 
     private struct State {
         var output: [UInt8] = []        // bytes waiting on port 0x60
@@ -45,7 +45,8 @@ public final class I8042: BusDevice {
             case 0:
                 return s.output.isEmpty ? 0 : s.output.removeFirst()
             case 4:
-                var st = Status.system
+                // Keyboard not inhibited (no keylock): Linux warns "Keylock active" otherwise.
+                var st = Status.system | Status.unlocked
                 if !s.output.isEmpty { st |= Status.outputFull }
                 if !s.lastCommandWasData { st |= Status.command }
                 return st
