@@ -81,7 +81,7 @@ public struct APIClient: Sendable {
         throw APIErrorBody(code: "http-\(r.status)", message: "the daemon answered HTTP \(r.status)")
     }
 
-    private func connect() throws -> Int32 {
+    func connect() throws -> Int32 {
         switch endpoint {
         case let .unix(path):
             let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
