@@ -12,6 +12,8 @@ public final class WebSocketClient {
     public enum Event: Equatable, Sendable {
         case data([UInt8])
         case close(code: UInt16, reason: String)
+        /// The answer to a `ping`.
+        case pong([UInt8])
     }
 
     public let fd: Int32
@@ -68,6 +70,9 @@ public final class WebSocketClient {
     /// Sends one binary frame.
     public func send(_ bytes: [UInt8]) throws { try sendFrame(opcode: 0x2, bytes) }
 
+    /// Sends a ping; the server's pong comes back from `receive`.
+    public func ping(_ payload: [UInt8]) throws { try sendFrame(opcode: 0x9, Array(payload.prefix(125))) }
+
     /// Sends a close frame (once); the server answers with its own.
     public func sendClose(code: UInt16 = 1000, reason: String = "") {
         guard !closed else { return }
@@ -76,7 +81,7 @@ public final class WebSocketClient {
     }
 
     /// Waits up to `timeoutMs` (-1: forever) for the next data or close; nil on timeout.
-    /// Pings are answered and pongs skipped here. A dropped connection is a close with code 1006.
+    /// Pings are answered here. A dropped connection is a close with code 1006.
     public func receive(timeoutMs: Int32) throws -> Event? {
         while true {
             if let event = try parseFrame() { return event }
@@ -128,8 +133,10 @@ public final class WebSocketClient {
                 return .close(code: code, reason: reason)
             case 0x9:
                 try sendFrame(opcode: 0xA, payload)
+            case 0xA:
+                return .pong(payload)
             default:
-                break   // pong, reserved
+                break   // reserved
             }
         }
     }

@@ -47,6 +47,8 @@ func attachConsole(client: APIClient, name: String, drainSeconds: Double) throws
             case let .close(code, reason):
                 try finish(code, reason)
                 return
+            case .pong:
+                break
             }
         }
         if let since = quietSince, monotonicSeconds() - since >= drainSeconds {
