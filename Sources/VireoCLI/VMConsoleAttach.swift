@@ -20,10 +20,10 @@ func attachConsole(client: APIClient, name: String, drainSeconds: Double) throws
     if interactive {
         // The recent output, so the screen shows where the guest is (a prompt, a login).
         let backlog = try logTail(client: client, name: name, bytes: 4096)
+        printError("[console of \(name); Ctrl-] detaches]")
         _ = backlog.withUnsafeBytes { write(1, $0.baseAddress, $0.count) }
     }
     let ws = try WebSocketClient.connect(client, path: path)
-    if interactive { printError("[attached to the console of \(name); Ctrl-] detaches]") }
     let terminal = interactive ? RawTerminal.enter() : nil
     defer { terminal?.restore() }
 
