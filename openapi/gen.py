@@ -13,7 +13,16 @@ def vm_action(verb, summary, extra):
         codes["422"] = err("the definition's files vanished, or the VMM failed at once (reason in message)")
     codes["401"] = err("missing or wrong bearer token (TCP listener only)")
     codes["500"] = err("the VMM did not respond")
-    return {"post": {"operationId": f"{verb}VM", "summary": summary, "parameters": [name_param], "responses": codes}}
+    op = {"operationId": f"{verb}VM", "summary": summary, "parameters": [name_param], "responses": codes}
+    if verb == "stop":
+        op["description"] = ("Unless force=true, a running guest's ACPI power button is pressed and the guest gets `timeout` "
+            "seconds to power itself off (the reply's reason says which happened). A guest without ACPI (the probe guest) or a "
+            "paused VM is stopped by its VMM at once. Either way the VMM exits cleanly (disks flushed); kill sends SIGKILL.")
+        op["parameters"] = [name_param,
+            {"name": "force", "in": "query", "description": "skip the ACPI shutdown request and stop at once", "schema": {"type": "boolean", "default": False}},
+            {"name": "timeout", "in": "query", "description": "seconds the guest gets to power off after the ACPI request", "schema": {"type": "integer", "minimum": 0, "maximum": 3600, "default": 30}}]
+        codes["400"] = err("a query parameter is malformed")
+    return {"post": op}
 
 unauth = {"401": err("missing or wrong bearer token (TCP listener only)")}
 doc = {
@@ -46,7 +55,7 @@ doc = {
       "delete": {"operationId": "deleteVM", "summary": "Delete a stopped VM and its logs", "parameters": [name_param],
                  "responses": {"204": {"description": "deleted"}, "404": err("no such VM"), "409": err("the VM is running"), **unauth}}},
     "/v1/vms/{name}/start": vm_action("start", "Start the VM's VMM process", "the VM is already running"),
-    "/v1/vms/{name}/stop": vm_action("stop", "Stop the VM (ends its VMM; no restart)", "the VM is not running"),
+    "/v1/vms/{name}/stop": vm_action("stop", "Stop the VM: ACPI shutdown request, then its VMM ends it (no restart)", "the VM is not running"),
     "/v1/vms/{name}/kill": vm_action("kill", "SIGKILL the VM's VMM", "the VM is not running"),
     "/v1/vms/{name}/pause": vm_action("pause", "Park every vCPU outside the guest", "the VM is not running"),
     "/v1/vms/{name}/resume": vm_action("resume", "Let a paused VM run again", "the VM is not paused"),

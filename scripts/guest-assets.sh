@@ -34,7 +34,8 @@ OUTDIR=${OUTDIR:-$VIREO_ROOT/out/guest}
 # Modules the L2 guest loads (dependencies are added from each module's depends=).
 GUEST_MODULES=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci
 	virtio_mmio virtio_blk failover net_failover virtio_net virtio_balloon virtio-rng
-	vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport virtio_console)
+	vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport virtio_console
+	button evdev)
 
 ensure_cmds apt-get:apt dpkg:dpkg cpio:cpio gzip:gzip lz4:lz4 readelf:binutils objcopy:binutils \
 	xz:xz-utils sha256sum:coreutils

@@ -58,6 +58,7 @@ enum ConsoleAttach {
             },
             upgradePipelineHandler: { channel, head in
                 channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(WebSocketIdleCloser())
                     let ws = try NIOAsyncChannel<WebSocketFrame, WebSocketFrame>(wrappingChannelSynchronously: channel)
                     return .console(ws, vm: vmName(uri: head.uri) ?? "")
                 }
@@ -165,6 +166,16 @@ enum ConsoleAttach {
         data.write(webSocketErrorCode: code)
         data.writeString(reason)
         return WebSocketFrame(fin: true, opcode: .connectionClose, data: data)
+    }
+}
+
+/// Closes an attached websocket when IdleStateHandler reports 60 s without a byte from the
+/// client (it answers none of the 25 s pings). (HTTPServer's IdleCloser is typed for HTTP parts.)
+final class WebSocketIdleCloser: ChannelInboundHandler, Sendable {
+    typealias InboundIn = WebSocketFrame
+    typealias InboundOut = WebSocketFrame
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is IdleStateHandler.IdleStateEvent { context.close(promise: nil) } else { context.fireUserInboundEventTriggered(event) }
     }
 }
 

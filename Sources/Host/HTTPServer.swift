@@ -26,14 +26,17 @@ enum HTTPServer {
     }
 
     private static func configure(_ channel: Channel, router: Router) throws -> EventLoopFuture<ServerConnection> {
-        // A client that sends nothing for a minute is dropped (no request takes that long to answer;
-        // console websockets are pinged more often than that).
+        // A client that sends nothing for a minute between requests is dropped; one waiting for a
+        // long answer (a stop that gives its guest time to shut down) is not. Console websockets
+        // are pinged more often than that (ConsoleAttach.swift has their idle closer).
         try channel.pipeline.syncOperations.addHandler(IdleStateHandler(readTimeout: .seconds(60)))
-        try channel.pipeline.syncOperations.addHandler(IdleCloser())
         // HTTP, upgradable to a websocket on the console attach route only (ConsoleAttach.swift).
         return try channel.pipeline.syncOperations.configureUpgradableHTTPServerPipeline(configuration: .init(
             upgradeConfiguration: .init(upgraders: [ConsoleAttach.upgrader(router: router)], notUpgradingCompletionHandler: { channel in
-                channel.eventLoop.makeCompletedFuture { .http(try HTTPConnection(wrappingChannelSynchronously: channel)) }
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(IdleCloser())
+                    return .http(try HTTPConnection(wrappingChannelSynchronously: channel))
+                }
             })))
     }
 
@@ -106,10 +109,31 @@ enum HTTPServer {
     }
 }
 
-/// Closes a connection when IdleStateHandler reports it idle.
-final class IdleCloser: ChannelInboundHandler, Sendable {
-    typealias InboundIn = NIOAny
+/// Closes a connection when IdleStateHandler reports it idle, unless a request on it is still
+/// being answered (from its head until the response's end).
+final class IdleCloser: ChannelDuplexHandler, @unchecked Sendable {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias InboundOut = HTTPServerRequestPart
+    typealias OutboundIn = HTTPServerResponsePart
+    typealias OutboundOut = HTTPServerResponsePart
+    /// Requests whose response has not ended (touched only on the channel's event loop).
+    private var inFlight = 0
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if case .head = unwrapInboundIn(data) { inFlight += 1 }
+        context.fireChannelRead(data)
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        if case .end = unwrapOutboundIn(data) { inFlight = max(0, inFlight - 1) }
+        context.write(data, promise: promise)
+    }
+
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if event is IdleStateHandler.IdleStateEvent { context.close(promise: nil) } else { context.fireUserInboundEventTriggered(event) }
+        if event is IdleStateHandler.IdleStateEvent {
+            if inFlight == 0 { context.close(promise: nil) }
+        } else {
+            context.fireUserInboundEventTriggered(event)
+        }
     }
 }

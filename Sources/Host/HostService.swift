@@ -16,6 +16,8 @@ actor HostService {
     /// VMs whose VMM is ending because a client asked (stop, kill, reboot): not a failure, no restart.
     private var stopRequested: [String: String] = [:]
     private var busy: Set<String> = []
+    /// VMs whose stop is waiting for the guest to act on an ACPI shutdown request.
+    private var gracefulStops: Set<String> = []
     private var waiters: [String: [CheckedContinuation<Void, Never>]] = [:]
     /// Monotonic time of each VM's last start, and its count of quick failures (restart back-off).
     private var lastStart: [String: Double] = [:]
@@ -23,6 +25,9 @@ actor HostService {
 
     static let version = "0.1.0"
     static let maxQuickFailures = 5
+    /// How long `stop` gives a guest to power off after the ACPI shutdown request.
+    static let defaultShutdownTimeout = 30
+    static let maxShutdownTimeout = 3600
 
     init(dataDir: String, vmmBinary: String) throws {
         self.dataDir = dataDir
@@ -183,18 +188,54 @@ actor HostService {
         }
     }
 
-    func stop(_ name: String) async throws -> VM {
+    /// Stops a VM. Unless `force`, a running guest first gets an ACPI shutdown request (its power
+    /// button) and `timeoutSeconds` to power itself off; a guest without ACPI (the probe), a paused
+    /// one, or one that lets the time pass is then stopped by its VMM at once.
+    func stop(_ name: String, force: Bool = false, timeoutSeconds: Int = HostService.defaultShutdownTimeout) async throws -> VM {
         try await withVMLock(name) {
             var r = try record(name)
             guard r.state.hasProcess else { throw HTTPError.conflict("VM '\(name)' is not running (it is \(r.state.rawValue))") }
+            var ignoredFor: Int?
+            if !force && r.state == .running,
+               let reply = VMMProcess.control(socketPath(name), "shutdown"), reply.contains(#""ok":true"#) {
+                stopRequested[name] = "shut down by request"
+                gracefulStops.insert(name)
+                defer { gracefulStops.remove(name) }
+                event(name, "shutdown-requested", "ACPI power button pressed; the guest has \(timeoutSeconds) s to power off")
+                let deadline = WallClock.monotonicSeconds() + Double(timeoutSeconds)
+                while WallClock.monotonicSeconds() < deadline {
+                    if let status = exitStatusIfGone(r) {
+                        recordExit(&r, status: status)
+                        try inventory.update(r)
+                        event(name, "stopped", r.reason ?? "")
+                        return view(r)
+                    }
+                    try? await Task.sleep(for: .milliseconds(50))
+                }
+                ignoredFor = timeoutSeconds
+            }
             try await stopProcess(&r, kill: false)
+            if let ignoredFor {
+                r.reason = "stopped by request: the guest did not power off within \(ignoredFor) s of the ACPI shutdown request"
+                try inventory.update(r)
+            }
             return view(r)
         }
     }
 
     func kill(_ name: String) async throws -> VM {
-        try await withVMLock(name) {
+        // A graceful stop in progress holds the VM's lock while it waits for the guest; a kill
+        // must not wait behind it: end the VMM now, and the waiting stop records the exit.
+        var killedEarly = false
+        if gracefulStops.contains(name), let r = try? record(name), let pid = r.pid,
+           ProcFS.isAlive(pid: pid, startTime: r.pidStartTime) {
+            stopRequested[name] = "killed by request"
+            Glibc.kill(pid, SIGKILL)
+            killedEarly = true
+        }
+        return try await withVMLock(name) {
             var r = try record(name)
+            if killedEarly && !r.state.hasProcess { return view(r) }
             guard r.state.hasProcess else { throw HTTPError.conflict("VM '\(name)' is not running (it is \(r.state.rawValue))") }
             try await stopProcess(&r, kill: true)
             return view(r)

@@ -130,7 +130,10 @@ public struct Router: Sendable {
             try allow("POST")
             switch parts[3] {
             case "start": return .json(200, try await service.start(name))
-            case "stop": return .json(200, try await service.stop(name))
+            case "stop":
+                let force = try boolQuery(req, "force", default: false)
+                let timeout = try intQuery(req, "timeout", default: HostService.defaultShutdownTimeout, range: 0...HostService.maxShutdownTimeout)
+                return .json(200, try await service.stop(name, force: force, timeoutSeconds: timeout))
             case "kill": return .json(200, try await service.kill(name))
             case "pause": return .json(200, try await service.pause(name))
             case "resume": return .json(200, try await service.resume(name))
@@ -143,6 +146,15 @@ public struct Router: Sendable {
         default: break
         }
         throw HTTPError(404, "no-such-route", "no API route \(m) \(req.path.prefix(200)); GET /openapi.json lists them")
+    }
+
+    private func boolQuery(_ req: HTTPRequest, _ key: String, default d: Bool) throws -> Bool {
+        guard let s = req.query[key] else { return d }
+        switch s {
+        case "true", "1", "": return true
+        case "false", "0": return false
+        default: throw HTTPError(400, "invalid-query", "query parameter \(key)='\(s.prefix(40))' must be true or false")
+        }
     }
 
     private func intQuery(_ req: HTTPRequest, _ key: String, default d: Int, range: ClosedRange<Int>) throws -> Int {

@@ -98,7 +98,8 @@ public final class PauseGate: @unchecked Sendable {
 
 /// The VMM's own control socket (`vireo run --api-socket PATH`): one line in, one JSON line out.
 ///
-/// Commands: `status` (state, per-vCPU exit counts and thread ids), `pause`, `resume`, `stop`.
+/// Commands: `status` (state, per-vCPU exit counts and thread ids), `pause`, `resume`,
+/// `shutdown` (press the ACPI power button; the guest powers itself off), `stop` (end now).
 /// One connection at a time, on its own host thread; the daemon is the only client.
 public final class ControlServer: @unchecked Sendable {
     public let path: String
@@ -161,12 +162,22 @@ public final class ControlServer: @unchecked Sendable {
         case "resume":
             machine.pauseGate.resume()
             return #"{"ok":true,"state":"running"}"#
+        case "shutdown":
+            // An ACPI shutdown request: the guest decides (and may take its time, or ignore it).
+            guard let button = machine.powerButton else {
+                return #"{"ok":false,"error":"this guest has no ACPI power button (the probe guest); use stop"}"#
+            }
+            guard !machine.pauseGate.isPaused else {
+                return #"{"ok":false,"error":"the VM is paused, so its guest cannot act on a shutdown request; resume it first or use stop"}"#
+            }
+            button.press()
+            return #"{"ok":true,"state":"shutting-down","presses":\#(button.pressCount)}"#
         case "stop":
             machine.stop.request(.signal(SIGTERM))
             machine.pauseGate.resume()
             return #"{"ok":true,"state":"stopping"}"#
         default:
-            return #"{"ok":false,"error":"unknown command; one of status, pause, resume, stop"}"#
+            return #"{"ok":false,"error":"unknown command; one of status, pause, resume, shutdown, stop"}"#
         }
     }
 

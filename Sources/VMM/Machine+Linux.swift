@@ -101,6 +101,12 @@ extension Machine {
         let low = min(config.memorySize, X86MemoryLayout.mmioHoleStart)
         rtc.setMemorySize(belowFourGiB: low, aboveFourGiB: config.memorySize - low)
         try platform.ports.register(rtc, port: 0x70, count: 2, name: "CMOS RTC")
+        // ACPI soft-off (the guest's `poweroff`) and the power button (an ACPI shutdown request).
+        let sleep = ACPISleepControl { type in
+            if type == ACPITables.s5SleepType { stop.request(.poweroff) }
+        }
+        try platform.ports.register(sleep, port: ACPITables.sleepControlPort, count: 2, name: "ACPI sleep registers")
+        powerButton = ACPIPowerButton(line: KVMInterruptLine(vm: vm, irq: ACPITables.powerButtonGSI))
         try setUpVirtio(platform: platform)
         devices = platform
     }

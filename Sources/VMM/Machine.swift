@@ -1,4 +1,5 @@
 import CLinux
+import Devices
 import GuestMemory
 import KVM
 import Synchronization
@@ -26,6 +27,8 @@ public final class Machine: @unchecked Sendable {
     var devices: ExitHandler
     /// Receives bytes typed on the console (the UART's input), when there is a console.
     var consoleInput: (@Sendable ([UInt8]) -> Void)?
+    /// The ACPI power button (Linux guests; nil for the probe guest, which has no ACPI).
+    var powerButton: ACPIPowerButton?
     /// Closed when the machine is dropped (console file, etc.).
     var resources: [AnyObject] = []
     /// The virtio back ends' thread (nil without virtio devices); see Machine+Virtio.swift.

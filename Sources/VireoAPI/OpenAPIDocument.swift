@@ -541,7 +541,7 @@ public enum OpenAPIDocument {
     "/v1/vms/{name}/stop": {
       "post": {
         "operationId": "stopVM",
-        "summary": "Stop the VM (ends its VMM; no restart)",
+        "summary": "Stop the VM: ACPI shutdown request, then its VMM ends it (no restart)",
         "parameters": [
           {
             "name": "name",
@@ -550,6 +550,26 @@ public enum OpenAPIDocument {
             "schema": {
               "type": "string",
               "pattern": "^[a-z0-9][a-z0-9-]{0,62}$"
+            }
+          },
+          {
+            "name": "force",
+            "in": "query",
+            "description": "skip the ACPI shutdown request and stop at once",
+            "schema": {
+              "type": "boolean",
+              "default": false
+            }
+          },
+          {
+            "name": "timeout",
+            "in": "query",
+            "description": "seconds the guest gets to power off after the ACPI request",
+            "schema": {
+              "type": "integer",
+              "minimum": 0,
+              "maximum": 3600,
+              "default": 30
             }
           }
         ],
@@ -603,8 +623,19 @@ public enum OpenAPIDocument {
                 }
               }
             }
+          },
+          "400": {
+            "description": "a query parameter is malformed",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
           }
-        }
+        },
+        "description": "Unless force=true, a running guest's ACPI power button is pressed and the guest gets `timeout` seconds to power itself off (the reply's reason says which happened). A guest without ACPI (the probe guest) or a paused VM is stopped by its VMM at once. Either way the VMM exits cleanly (disks flushed); kill sends SIGKILL."
       }
     },
     "/v1/vms/{name}/kill": {

@@ -66,7 +66,7 @@ struct RunCommand: ParsableCommand {
 
     @Option(name: .customLong("probe-image"), help: ArgumentHelp("Run a flat ring-3 probe binary (bench/probe-virtio) that may drive the --disk/--net devices.", visibility: .hidden))
     var probeImage: String?
-    @Option(help: "A unix socket for this VMM's control protocol: status, pause, resume, stop (used by `vireo host`).")
+    @Option(help: "A unix socket for this VMM's control protocol: status, pause, resume, shutdown (ACPI power button), stop (used by `vireo host`).")
     var apiSocket: String?
 
     @Option(help: ArgumentHelp("Write how the VM ended (status line, reason line) to this file.", visibility: .hidden))

@@ -16,7 +16,7 @@ struct VMCommand: ParsableCommand {
         commandName: "vm",
         abstract: "Create, run and inspect VMs managed by the host daemon (`vireo host`).",
         subcommands: [VMCreateCommand.self, VMListCommand.self, VMShowCommand.self,
-                      VMActionCommand<Start>.self, VMActionCommand<Stop>.self, VMActionCommand<Kill>.self,
+                      VMActionCommand<Start>.self, VMStopCommand.self, VMActionCommand<Kill>.self,
                       VMActionCommand<Pause>.self, VMActionCommand<Resume>.self, VMActionCommand<Reboot>.self,
                       VMDeleteCommand.self, VMConsoleCommand.self, VMLogsCommand.self])
 }
@@ -126,7 +126,6 @@ struct VMShowCommand: ParsableCommand {
 
 protocol VMAction { static var verb: String { get }; static var abstract: String { get } }
 enum Start: VMAction { static let verb = "start"; static let abstract = "Start a VM (one VMM process)." }
-enum Stop: VMAction { static let verb = "stop"; static let abstract = "Stop a VM." }
 enum Kill: VMAction { static let verb = "kill"; static let abstract = "Kill a VM's VMM process at once (SIGKILL)." }
 enum Pause: VMAction { static let verb = "pause"; static let abstract = "Pause a running VM (its vCPUs stop)." }
 enum Resume: VMAction { static let verb = "resume"; static let abstract = "Resume a paused VM." }
@@ -139,8 +138,43 @@ struct VMActionCommand<A: VMAction>: ParsableCommand {
     func run() throws {
         try reportingErrors {
             let vm = try client.makeClient().call("POST", "/v1/vms/\(pathSafe(name))/\(A.verb)", as: VM.self)
-            if client.json { print(String(decoding: APIJSON.encode(vm, pretty: true), as: UTF8.self)); return }
-            print("\(vm.name): \(vm.state.rawValue)" + (vm.pid.map { " (pid \($0))" } ?? "") + (vm.reason.map { " - \($0)" } ?? ""))
+            printActionResult(vm, json: client.json)
+        }
+    }
+}
+
+func printActionResult(_ vm: VM, json: Bool) {
+    if json { print(String(decoding: APIJSON.encode(vm, pretty: true), as: UTF8.self)); return }
+    print("\(vm.name): \(vm.state.rawValue)" + (vm.pid.map { " (pid \($0))" } ?? "") + (vm.reason.map { " - \($0)" } ?? ""))
+}
+
+struct VMStopCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "stop",
+        abstract: "Stop a VM: ask its guest to shut down (ACPI power button), then end its VMM.",
+        discussion: """
+            The guest gets --timeout seconds to power itself off; if it does not (or has no ACPI, like \
+            the probe guest, or is paused), its VMM stops it at once, still flushing its disks. \
+            --force skips the request. `vireo vm kill` sends SIGKILL instead.
+            """)
+    @OptionGroup var client: ClientOptions
+    @Argument var name: String
+    @Flag(help: "Stop at once, without asking the guest to shut down first.") var force = false
+    @Option(help: "Seconds the guest gets to power off (0-3600).") var timeout = 30
+
+    func validate() throws {
+        guard (0...3600).contains(timeout) else { throw ValidationError("--timeout must be 0 to 3600 seconds") }
+    }
+
+    func run() throws {
+        try reportingErrors {
+            var c = try client.makeClient()
+            c.timeout = timeout + 30
+            if !force && !client.json {
+                printError("asking \(name)'s guest to shut down (up to \(timeout) s)...")
+            }
+            let vm = try c.call("POST", "/v1/vms/\(pathSafe(name))/stop?force=\(force)&timeout=\(timeout)", as: VM.self)
+            printActionResult(vm, json: client.json)
         }
     }
 }

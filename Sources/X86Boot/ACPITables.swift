@@ -12,6 +12,17 @@ public enum ACPITables {
     static let oemTableID = "VIREOVM "
     static let headerSize = 36
 
+    /// The hardware-reduced sleep control register (FADT SLEEP_CONTROL_REG), an I/O port the VMM
+    /// decodes: Linux powers off by writing `SLP_EN | SLP_TYP << 2` with SLP_TYP = `s5SleepType`.
+    public static let sleepControlPort: UInt16 = 0x600
+    /// FADT SLEEP_STATUS_REG (Linux clears WAK_STS there before sleeping; it reads as 0).
+    public static let sleepStatusPort: UInt16 = 0x601
+    /// The SLP_TYP value \_S5_ (soft off) declares.
+    public static let s5SleepType: UInt8 = 5
+    /// The GSI of the Generic Event Device (ACPI0013): an edge on it runs `_EVT`, which
+    /// notifies the power button (PNP0C0C), i.e. an ACPI shutdown request.
+    public static let powerButtonGSI: UInt32 = 9
+
     /// The tables for `cpuCount` CPUs (local APIC IDs 0..n-1, IOAPIC ID n), laid out from `address`.
     public static func build(cpuCount: Int, address: UInt64 = X86MemoryLayout.acpiTablesAddress) throws -> [UInt8] {
         guard cpuCount >= 1, cpuCount <= MPTable.maxCPUs else {
@@ -69,6 +80,13 @@ public enum ACPITables {
         put32((1 << 0) | (1 << 20), 112)
         b[131 - headerSize] = 1                       // FADT minor version (6.1)
         put64(dsdt, 140)                              // X_DSDT
+        // SLEEP_CONTROL_REG (244) and SLEEP_STATUS_REG (256): byte-wide system I/O ports.
+        for (offset, port) in [(244, sleepControlPort), (256, sleepStatusPort)] {
+            b[offset - headerSize] = 1                // address space: system I/O
+            b[offset - headerSize + 1] = 8            // register bit width
+            b[offset - headerSize + 3] = 1            // access size: byte
+            put64(UInt64(port), offset + 4)
+        }
         return b
     }
 
@@ -114,7 +132,41 @@ public enum ACPITables {
                 + device("PS2K", eisaID: 0x0303_D041, resources: io(0x60, 1) + io(0x64, 1) + irq(1))
                 + device("RTC0", eisaID: 0x000B_D041, resources: io(0x70, 2) + irq(8))
                 + pciRootBridge()
-            return [0x10] + pkgLength(1 + 4 + devices.count) + Array("\\_SB_".utf8) + devices   // Scope (\_SB)
+                + powerButton() + genericEventDevice()
+            let scope = [0x10] + pkgLength(1 + 4 + devices.count) + Array("\\_SB_".utf8) + devices   // Scope (\_SB)
+            return scope + sleepStateS5()
+        }
+
+        /// Name (\_S5_, Package (2) { s5SleepType, Zero }): the SLP_TYP values of soft-off. With it
+        /// (and the FADT's sleep registers) Linux installs ACPI power-off.
+        static func sleepStateS5() -> [UInt8] {
+            let elements: [UInt8] = [0x02, 0x0A, s5SleepType, 0x00]             // NumElements, BytePrefix n, Zero
+            return [0x08, 0x5C] + Array("_S5_".utf8) + [0x12] + pkgLength(elements.count) + elements
+        }
+
+        /// \_SB.PWRB: a control-method power button (PNP0C0C). Linux's `button` driver turns a
+        /// Notify (PWRB, 0x80) into KEY_POWER, which systemd-logind or acpid acts on.
+        static func powerButton() -> [UInt8] {
+            var body = Array("PWRB".utf8)
+            body += [0x08] + Array("_HID".utf8) + [0x0C] + le(UInt32(0x0C0C_D041))      // EisaId("PNP0C0C")
+            body += [0x08] + Array("_UID".utf8) + [0x00]
+            return [0x5B, 0x82] + pkgLength(body.count) + body
+        }
+
+        /// \_SB.GED0: the hardware-reduced Generic Event Device (ACPI0013). Its one interrupt,
+        /// Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive) { powerButtonGSI }, runs
+        /// `_EVT`, which is Notify (\_SB.PWRB, 0x80): the VMM presses the power button by pulsing it.
+        static func genericEventDevice() -> [UInt8] {
+            var body = Array("GED0".utf8)
+            body += [0x08] + Array("_HID".utf8) + [0x0D] + Array("ACPI0013".utf8) + [0x00]   // String
+            body += [0x08] + Array("_UID".utf8) + [0x00]
+            let template: [UInt8] = [0x89] + le(UInt16(6)) + [0x03, 0x01] + le(powerButtonGSI) + [0x79, 0x00]
+            let buffer = [0x0A, UInt8(template.count)] + template
+            body += [0x08] + Array("_CRS".utf8) + [0x11] + pkgLength(buffer.count) + buffer
+            let notify: [UInt8] = [0x86, 0x5C, 0x2E] + Array("_SB_PWRB".utf8) + [0x0A, 0x80]
+            let method = Array("_EVT".utf8) + [0x01] + notify                              // one argument
+            body += [0x14] + pkgLength(method.count) + method
+            return [0x5B, 0x82] + pkgLength(body.count) + body
         }
 
         static func device(_ name: String, eisaID: UInt32, resources: [UInt8]) -> [UInt8] {

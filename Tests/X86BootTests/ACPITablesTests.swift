@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 import X86Boot
 
@@ -76,10 +77,70 @@ struct ACPITablesTests {
         #expect(aml.firstRange(of: [0x47, 0x01, 0xF8, 0x03, 0xF8, 0x03, 0x01, 0x08, 0x22, 0x10, 0x00]) != nil)
         #expect(aml.firstRange(of: [0x22, 0x02, 0x00]) != nil)
         #expect(aml.firstRange(of: [0x22, 0x00, 0x01]) != nil)
-        // The scope's PkgLength covers exactly the rest of the table.
+        // The scope's PkgLength covers the rest of the table but for Name (\_S5_, ...) after it.
         let lead = aml[1]
         let length = lead & 0xC0 == 0 ? Int(lead) : Int(lead & 0x0F) | Int(aml[2]) << 4
-        #expect(length + 1 == aml.count)
+        let s5: [UInt8] = [0x08, 0x5C] + Array("_S5_".utf8) + [0x12, 0x05, 0x02, 0x0A, 0x05, 0x00]
+        #expect(Array(aml[(length + 1)...]) == s5)
+    }
+
+    @Test func fadtPointsAtTheSleepRegistersTheVMMDecodes() throws {
+        let t = try ACPITables.build(cpuCount: 1)
+        let fadt = Array(table(t, at: t.u64(Int(t.u64(24) - base) + 36)))
+        #expect(fadt.count == 276)
+        // Generic address structures: system I/O, 8 bits wide, byte access.
+        for (offset, port) in [(244, ACPITables.sleepControlPort), (256, ACPITables.sleepStatusPort)] {
+            #expect(Array(fadt[offset..<(offset + 4)]) == [1, 8, 0, 1])
+            #expect(fadt.u64(offset + 4) == UInt64(port))
+        }
+    }
+
+    @Test func dsdtHasAPowerButtonBehindAGenericEventDevice() throws {
+        let t = try ACPITables.build(cpuCount: 1)
+        let fadt = Array(table(t, at: t.u64(Int(t.u64(24) - base) + 36)))
+        let aml = Array(table(t, at: fadt.u64(140)).dropFirst(36))
+        // Device (PWRB) { Name (_HID, EisaId ("PNP0C0C")) ... }
+        #expect(aml.firstRange(of: Array("PWRB".utf8) + [0x08] + Array("_HID".utf8) + [0x0C, 0x41, 0xD0, 0x0C, 0x0C]) != nil)
+        // GED0: _HID "ACPI0013"; Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive) { 9 }.
+        #expect(aml.firstRange(of: [0x0D] + Array("ACPI0013".utf8) + [0x00]) != nil)
+        #expect(aml.firstRange(of: [0x89, 0x06, 0x00, 0x03, 0x01, 0x09, 0x00, 0x00, 0x00]) != nil)
+        // Method (_EVT, 1) { Notify (\_SB.PWRB, 0x80) }
+        let method: [UInt8] = Array("_EVT".utf8) + [0x01, 0x86, 0x5C, 0x2E] + Array("_SB_PWRB".utf8) + [0x0A, 0x80]
+        let at = try #require(aml.firstRange(of: method))
+        #expect(aml[at.lowerBound - 2] == 0x14)                       // MethodOp
+        #expect(Int(aml[at.lowerBound - 1]) == method.count + 1)      // its PkgLength
+    }
+
+    /// ACPICA's own disassembler (Debian's acpica-tools) must read the DSDT without complaint
+    /// and see the objects Linux needs.
+    @Test func acpicaDisassemblesTheDSDT() throws {
+        guard let iasl = ["/usr/bin/iasl", "/usr/local/bin/iasl"].first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
+            print("SKIP acpicaDisassemblesTheDSDT: iasl (Debian package acpica-tools) is not installed; scripts/setup.sh installs it")
+            return
+        }
+        let t = try ACPITables.build(cpuCount: 2)
+        let fadt = Array(table(t, at: t.u64(Int(t.u64(24) - base) + 36)))
+        let dsdt = Array(table(t, at: fadt.u64(140)))
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("vireo-acpi-\(getpid())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        try Data(dsdt).write(to: dir.appendingPathComponent("dsdt.dat"))
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: iasl)
+        p.arguments = ["-d", "dsdt.dat"]
+        p.currentDirectoryURL = dir
+        let pipe = Pipe()
+        p.standardOutput = pipe; p.standardError = pipe
+        try p.run()
+        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 0, "iasl -d failed: \(output)")
+        let asl = try String(contentsOf: dir.appendingPathComponent("dsdt.dsl"), encoding: .utf8)
+        for needle in ["Device (PWRB)", "EisaId (\"PNP0C0C\")", "Device (GED0)", "\"ACPI0013\"",
+                       "Method (_EVT, 1", "Notify (\\_SB.PWRB, 0x80)", "Name (\\_S5, Package (0x02)",
+                       "Device (COM1)", "Device (PCI0)", "Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, )"] {
+            #expect(asl.contains(needle), "the disassembled DSDT lacks \(needle)")
+        }
     }
 
     @Test func refusesAbsurdCPUCounts() {
