@@ -18,7 +18,7 @@ final class RawTerminal {
         guard tcgetattr(0, &t) == 0 else { return nil }
         saved = t
         cfmakeraw(&t)
-        guard tcsetattr(0, TCSAFLUSH, &t) == 0 else { return nil }
+        guard tcsetattr(0, TCSANOW, &t) == 0 else { return nil }   // (not TCSAFLUSH: keep type-ahead)
         active = true
         if !atexitInstalled {
             atexitInstalled = true
@@ -44,6 +44,6 @@ final class RawTerminal {
     private static func restoreNow() {
         guard active else { return }
         active = false
-        _ = tcsetattr(0, TCSAFLUSH, &saved)
+        _ = tcsetattr(0, TCSADRAIN, &saved)
     }
 }
