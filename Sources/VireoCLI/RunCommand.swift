@@ -114,6 +114,7 @@ struct RunCommand: ParsableCommand {
     }
 
     func run() throws {
+        var wasRaw = false
         let exit = try reportingErrors { () throws -> MachineExit in
             var config = try makeConfig()
             config.consoleEscape = config.serial == .stdio && isatty(0) == 1 && takesConsoleInput(config.boot)
@@ -133,11 +134,13 @@ struct RunCommand: ParsableCommand {
             // An interactive console: raw terminal with Ctrl-A escapes (restored however we end).
             let terminal = config.consoleEscape ? RawTerminal.enter() : nil
             defer { terminal?.restore() }
+            wasRaw = terminal != nil
             let exit = machine.run()
             terminal?.restore()
             if let exitFile { writeExitFile(exitFile, exit) }
             return exit
         }
+        if wasRaw, exit.exitStatus != 0 { printError("") }   // the guest's last line may be unfinished
         switch exit {
         case .failed(let why): printError("vireo: \(why)")
         case .signal(let s): printError("vireo: stopped by \(s == 2 ? "SIGINT" : s == 15 ? "SIGTERM" : "signal \(s)"); guest halted")
