@@ -149,6 +149,7 @@ enum ConsoleAttach {
     }
 
     private static func respondAndClose(_ channel: Channel, _ response: HTTPResponse, version: HTTPVersion) async throws {
+        response.stream?.stop()   // a streaming route asked with an Upgrade header: no stream over this path
         var headers = HTTPHeaders()
         headers.add(name: "Content-Type", value: response.contentType)
         headers.add(name: "Content-Length", value: String(response.body.count))

@@ -78,6 +78,10 @@ enum HTTPServer {
                     } else {
                         response = await router.handle(request(h, body))
                     }
+                    if let stream = response.stream {
+                        try await writeStream(response, stream, version: h.version, channel: connection.channel, outbound)
+                        return
+                    }
                     let keepAlive = h.isKeepAlive && !tooLarge
                     var headers = HTTPHeaders()
                     headers.add(name: "Content-Type", value: response.contentType)
@@ -91,6 +95,26 @@ enum HTTPServer {
                 }
             }
         }
+    }
+
+    /// A streamed response: chunked, its prefix, then each chunk as it comes, until the stream
+    /// ends (then its trailer, if any) or the client goes away (then `stop` ends the stream).
+    private static func writeStream(_ response: HTTPResponse, _ stream: HTTPStreamBody, version: HTTPVersion, channel: Channel,
+                                    _ outbound: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>) async throws {
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Type", value: response.contentType)
+        headers.add(name: "Transfer-Encoding", value: "chunked")
+        for (k, v) in response.headers { headers.add(name: k, value: v) }
+        headers.add(name: "Connection", value: "close")
+        channel.closeFuture.whenComplete { _ in stream.stop() }
+        defer { stream.stop() }
+        try await outbound.write(.head(HTTPResponseHead(version: version, status: HTTPResponseStatus(statusCode: response.status), headers: headers)))
+        if !stream.prefix.isEmpty { try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: stream.prefix)))) }
+        for await chunk in stream.chunks {
+            try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: chunk))))
+        }
+        if let last = stream.trailer(), !last.isEmpty { try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: last)))) }
+        try await outbound.write(.end(nil))
     }
 
     static func request(_ h: HTTPRequestHead, _ body: [UInt8]) -> HTTPRequest {

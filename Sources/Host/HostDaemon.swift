@@ -23,6 +23,25 @@ public enum HostDaemon {
     }
 
     nonisolated(unsafe) private static var socketPathC: UnsafeMutablePointer<CChar>?
+    nonisolated(unsafe) private static var stopPipe: Int32 = -1
+    nonisolated(unsafe) private static var stopPending: sig_atomic_t = 0
+
+    /// On SIGTERM/SIGINT (a byte on a pipe from the handler): every `GET /v1/events?follow=true`
+    /// stream gets a last daemon-stopping line and its end, 300 ms to be sent, then the daemon exits.
+    private static func watchStopSignals(_ service: HostService) {
+        var fds: [Int32] = [-1, -1]
+        guard pipe(&fds) == 0 else { return }
+        let readEnd = fds[0]
+        stopPipe = fds[1]
+        DispatchQueue(label: "vireo.host.stop").async {
+            var b: UInt8 = 0
+            while read(readEnd, &b, 1) < 0 && errno == EINTR {}
+            service.eventHub.stopAll()
+            usleep(300_000)
+            if let p = HostDaemon.socketPathC { unlink(p) }
+            _exit(0)
+        }
+    }
 
     public static func run(_ o: Options) async throws {
         var tcp: (host: String, port: Int, token: String)?
@@ -61,9 +80,16 @@ public enum HostDaemon {
         let unix = try await HTTPServer.bindUnix(o.socketPath, group: group, router: unixRouter)
         chmod(o.socketPath, 0o660)
         socketPathC = strdup(o.socketPath)
+        watchStopSignals(service)
         for s in [SIGTERM, SIGINT] {
             signal(s) { _ in
-                // Async-signal-safe: unlink and _exit only. VMMs live on in their own sessions.
+                // Async-signal-safe: write, unlink and _exit only. VMMs live on in their own sessions.
+                // The byte wakes watchStopSignals, which ends event streams first, then exits.
+                var b: UInt8 = 1
+                if HostDaemon.stopPending == 0 && HostDaemon.stopPipe >= 0 && write(HostDaemon.stopPipe, &b, 1) == 1 {
+                    HostDaemon.stopPending = 1   // a second signal exits at once
+                    return
+                }
                 if let p = HostDaemon.socketPathC { unlink(p) }
                 _exit(0)
             }

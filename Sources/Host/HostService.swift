@@ -23,6 +23,11 @@ actor HostService {
     private var lastStart: [String: Double] = [:]
     private var quickFailures: [String: Int] = [:]
 
+    /// Live event subscribers (GET /v1/events?follow=true).
+    let eventHub = EventHub()
+    /// Images being created or imported (HostService+Images.swift).
+    let imageJobs = ImageJobs()
+
     static let version = "0.1.0"
     static let maxQuickFailures = 5
     /// How long `stop` gives a guest to power off after the ACPI shutdown request.
@@ -34,6 +39,8 @@ actor HostService {
         self.vmmBinary = vmmBinary
         try Self.makeDirectory(dataDir)
         try Self.makeDirectory(dataDir + "/vms")
+        try Self.makeDirectory(dataDir + "/images")
+        Self.removeStaleImageParts(dataDir + "/images")
         inventory = try Inventory(path: dataDir + "/inventory.db")
     }
 
@@ -84,7 +91,9 @@ actor HostService {
     }
 
     func event(_ vm: String, _ type: String, _ message: String) {
-        try? inventory.addEvent(vm: vm, type: type, message: message, time: WallClock.now())
+        let time = WallClock.now()
+        guard let seq = try? inventory.addEvent(vm: vm, type: type, message: message, time: time) else { return }
+        eventHub.publish(Event(seq: seq, time: time, vm: vm, type: type, message: message))
     }
 
     // MARK: Read-only
@@ -118,6 +127,8 @@ actor HostService {
         if try inventory.get(c.name) != nil {
             throw HTTPError.conflict("a VM named '\(c.name)' already exists; pick another name or delete it first")
         }
+        var c = c
+        c.disks = try resolveImageDisks(c.disks)   // store images -> their files (HostService+Images.swift)
         let def: VMDefinition
         if let template = c.template {
             def = try definition(from: c, template: template)

@@ -145,10 +145,14 @@ final class Inventory: @unchecked Sendable {
 
     // MARK: Events
 
-    func addEvent(vm: String, type: String, message: String, time: String) throws {
+    /// Appends an event; returns its seq.
+    @discardableResult
+    func addEvent(vm: String, type: String, message: String, time: String) throws -> Int {
         try db.query("INSERT INTO events (time, vm, type, message) VALUES (?,?,?,?)", [.text(time), .text(vm), .text(type), .text(message)])
+        let seq = try db.query("SELECT last_insert_rowid()").first?.first?.int.map { Int($0) } ?? 0
         // Keep the log bounded.
         try db.query("DELETE FROM events WHERE seq <= (SELECT MAX(seq) FROM events) - 10000")
+        return seq
     }
 
     func events(since: Int, vm: String?, limit: Int) throws -> [Event] {

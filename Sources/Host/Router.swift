@@ -19,6 +19,8 @@ struct HTTPResponse: Sendable {
     var contentType: String
     var body: [UInt8]
     var headers: [(String, String)] = []
+    /// Set for a streamed (chunked) response; `body` is then unused. See HTTPStreamBody.
+    var stream: HTTPStreamBody? = nil
 
     static func json<T: Encodable>(_ status: Int, _ value: T) -> HTTPResponse {
         HTTPResponse(status: status, contentType: "application/json", body: APIJSON.encode(value))
@@ -47,7 +49,7 @@ public struct Router: Sendable {
         ("POST", "/v1/vms/{name}/pause"), ("POST", "/v1/vms/{name}/resume"), ("POST", "/v1/vms/{name}/reboot"),
         ("GET", "/v1/vms/{name}/console"), ("GET", "/v1/vms/{name}/console/attach"),
         ("GET", "/v1/templates"), ("POST", "/v1/templates"), ("GET", "/v1/templates/{name}"), ("DELETE", "/v1/templates/{name}"),
-    ]
+    ] + imageRoutes
 
     func handle(_ req: HTTPRequest) async -> HTTPResponse {
         if let token {
@@ -68,6 +70,7 @@ public struct Router: Sendable {
     private func dispatch(_ req: HTTPRequest) async throws -> HTTPResponse {
         let parts = req.path.split(separator: "/", omittingEmptySubsequences: true).map(String.init)
         let m = req.method
+        if parts.count >= 2 && parts[0] == "v1" && parts[1] == "images" { return try await dispatchImages(req, parts) }
         func allow(_ methods: String...) throws {
             guard methods.contains(m) else {
                 throw HTTPError(405, "method-not-allowed", "\(m) is not allowed on \(req.path.prefix(200)); allowed: \(methods.joined(separator: ", "))", allow: methods)
@@ -79,7 +82,7 @@ public struct Router: Sendable {
             return HTTPResponse(status: 200, contentType: "application/json", body: Array(OpenAPIDocument.json.utf8))
         case 1 where parts[0] == "metrics":
             try allow("GET")
-            return HTTPResponse(status: 200, contentType: "text/plain; version=0.0.4", body: Array(await Metrics.render(service.metricsSnapshot()).utf8))
+            return HTTPResponse(status: 200, contentType: "text/plain; version=0.0.4", body: Array((await Metrics.render(service.metricsSnapshot()) + eventMetrics).utf8))
         case 2 where parts == ["v1", "host"]:
             try allow("GET")
             return .json(200, await service.hostInfo())
@@ -88,6 +91,7 @@ public struct Router: Sendable {
             let since = try intQuery(req, "since", default: 0, range: 0...Int(Int32.max))
             let limit = try intQuery(req, "limit", default: 1000, range: 1...10000)
             let vm = req.query["vm"]
+            if try follow(req) { return try await followEvents(since: since, vm: vm) }
             return .json(200, EventList(events: try await service.events(since: since, vm: vm, limit: limit)))
         case 2 where parts == ["v1", "vms"]:
             try allow("GET", "POST")

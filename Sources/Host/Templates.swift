@@ -16,6 +16,11 @@ extension HostService {
     }
 
     func createTemplate(_ c: TemplateCreate) throws -> Template {
+        var c = c
+        if let image = c.baseImage {
+            guard c.baseDisk == nil else { throw HTTPError.invalid("conflicting-disk", "give either base_disk or base_image, not both") }
+            c.baseDisk = try readyImagePath(image, field: "base_image")
+        }
         guard VMLimits.isValidName(c.name) else {
             throw HTTPError(400, "invalid-name", "'\(c.name.prefix(80))' is not a valid template name: \(VMLimits.nameRule)")
         }
@@ -33,7 +38,7 @@ extension HostService {
             }
         }
         let t = Template(name: c.name, kernel: c.kernel, initrd: c.initrd, cmdline: c.cmdline, baseDisk: c.baseDisk,
-                         baseFormat: format, vcpus: probe.vcpus, memoryMiB: probe.memoryMiB, createdAt: WallClock.now())
+                         baseFormat: format, vcpus: probe.vcpus, memoryMiB: probe.memoryMiB, createdAt: WallClock.now(), baseImage: c.baseImage)
         try inventory.insertTemplate(t)
         event(c.name, "template-created", c.baseDisk.map { "base disk \($0)" } ?? "")
         return t

@@ -29,8 +29,9 @@ enum Validation {
             if d.initrd != nil || d.cmdline != nil {
                 throw HTTPError.invalid("conflicting-boot", "initrd and cmdline go with a kernel, not a probe workload")
             }
-            if !d.disks.isEmpty || !d.nics.isEmpty || d.balloonMiB != nil {
-                throw HTTPError.invalid("conflicting-boot", "disks, nics and balloon_mib need a kernel with virtio drivers; the probe guest has none")
+            // Disks are attached but left alone by the probe guest (it has no drivers).
+            if !d.nics.isEmpty || d.balloonMiB != nil {
+                throw HTTPError.invalid("conflicting-boot", "nics and balloon_mib need a kernel with virtio drivers; the probe guest has none")
             }
         case (.some, nil):
             break
@@ -62,16 +63,19 @@ enum Validation {
         if let k = d.kernel { files.append(("kernel", k)) }
         if let i = d.initrd { files.append(("initrd", i)) }
         for (n, disk) in d.disks.enumerated() { files.append(("disks[\(n)].path", disk.path)) }
-        for (field, path) in files {
-            guard path.hasPrefix("/"), path.utf8.count <= VMLimits.maxPathBytes, !path.contains("\0") else {
-                throw HTTPError.invalid("invalid-path", "\(field) '\(path.prefix(200))' must be an absolute path")
-            }
-            guard ProcFS.fileExists(path) else {
-                throw HTTPError.invalid("file-not-found", "\(field) \(path.prefix(200)) does not exist or is not a regular file")
-            }
-            guard access(path, R_OK) == 0 else {
-                throw HTTPError.invalid("file-not-readable", "\(field) \(path.prefix(200)) is not readable by the daemon")
-            }
+        for (field, path) in files { try checkFile(field, path) }
+    }
+
+    /// `path` (named `field` in errors) is absolute, a regular file, and readable by the daemon.
+    static func checkFile(_ field: String, _ path: String) throws {
+        guard path.hasPrefix("/"), path.utf8.count <= VMLimits.maxPathBytes, !path.contains("\0") else {
+            throw HTTPError.invalid("invalid-path", "\(field) '\(path.prefix(200))' must be an absolute path on the daemon's host")
+        }
+        guard ProcFS.fileExists(path) else {
+            throw HTTPError.invalid("file-not-found", "\(field) \(path.prefix(200)) does not exist or is not a regular file")
+        }
+        guard access(path, R_OK) == 0 else {
+            throw HTTPError.invalid("file-not-readable", "\(field) \(path.prefix(200)) is not readable by the daemon")
         }
     }
 

@@ -143,7 +143,7 @@ public struct APIClient: Sendable {
         }
     }
 
-    private func writeAll(_ fd: Int32, _ bytes: [UInt8]) throws {
+    func writeAll(_ fd: Int32, _ bytes: [UInt8]) throws {
         var off = 0
         while off < bytes.count {
             let n = bytes[off...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }

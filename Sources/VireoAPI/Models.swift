@@ -20,10 +20,21 @@ public enum RestartPolicy: String, Codable, Sendable, CaseIterable {
 }
 
 public struct DiskSpec: Codable, Sendable, Equatable {
+    /// The disk's file. For a store image (`image`) the daemon fills it in at create.
     public var path: String
     public var readonly: Bool?
-    public init(path: String, readonly: Bool? = nil) { self.path = path; self.readonly = readonly }
-    public static let fields: Set<String> = ["path", "readonly"]
+    /// A store image (GET /v1/images) instead of `path`; see docs/images.md.
+    public var image: String?
+    public init(path: String, readonly: Bool? = nil, image: String? = nil) { self.path = path; self.readonly = readonly; self.image = image }
+    public static let fields: Set<String> = ["path", "readonly", "image"]
+    enum CodingKeys: String, CodingKey { case path, readonly, image }
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        image = try c.decodeIfPresent(String.self, forKey: .image)
+        readonly = try c.decodeIfPresent(Bool.self, forKey: .readonly)
+        // `path` may be left out when `image` names the disk.
+        path = image == nil ? try c.decode(String.self, forKey: .path) : try c.decodeIfPresent(String.self, forKey: .path) ?? ""
+    }
 }
 
 public struct NICSpec: Codable, Sendable, Equatable {
@@ -223,15 +234,17 @@ public struct TemplateCreate: Codable, Sendable, Equatable {
     public var baseDisk: String?
     public var vcpus: Int?
     public var memoryMiB: Int?
+    /// A store image as the base disk, instead of `base_disk`.
+    public var baseImage: String?
 
     public init(name: String, kernel: String, initrd: String? = nil, cmdline: String? = nil, baseDisk: String? = nil,
-                vcpus: Int? = nil, memoryMiB: Int? = nil) {
+                vcpus: Int? = nil, memoryMiB: Int? = nil, baseImage: String? = nil) {
         self.name = name; self.kernel = kernel; self.initrd = initrd; self.cmdline = cmdline; self.baseDisk = baseDisk
-        self.vcpus = vcpus; self.memoryMiB = memoryMiB
+        self.vcpus = vcpus; self.memoryMiB = memoryMiB; self.baseImage = baseImage
     }
 
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case name, kernel, initrd, cmdline, baseDisk = "base_disk", vcpus, memoryMiB = "memory_mib"
+        case name, kernel, initrd, cmdline, baseDisk = "base_disk", vcpus, memoryMiB = "memory_mib", baseImage = "base_image"
     }
     public static let fields = Set(CodingKeys.allCases.map(\.rawValue))
 }
@@ -247,16 +260,19 @@ public struct Template: Codable, Sendable, Equatable {
     public var vcpus: Int
     public var memoryMiB: Int
     public var createdAt: String
+    /// The store image `base_disk` was resolved from, if one was named.
+    public var baseImage: String?
 
     public init(name: String, kernel: String, initrd: String?, cmdline: String?, baseDisk: String?, baseFormat: String?,
-                vcpus: Int, memoryMiB: Int, createdAt: String) {
+                vcpus: Int, memoryMiB: Int, createdAt: String, baseImage: String? = nil) {
         self.name = name; self.kernel = kernel; self.initrd = initrd; self.cmdline = cmdline; self.baseDisk = baseDisk
         self.baseFormat = baseFormat; self.vcpus = vcpus; self.memoryMiB = memoryMiB; self.createdAt = createdAt
+        self.baseImage = baseImage
     }
 
     enum CodingKeys: String, CodingKey {
         case name, kernel, initrd, cmdline, baseDisk = "base_disk", baseFormat = "base_format", vcpus
-        case memoryMiB = "memory_mib", createdAt = "created_at"
+        case memoryMiB = "memory_mib", createdAt = "created_at", baseImage = "base_image"
     }
 }
 

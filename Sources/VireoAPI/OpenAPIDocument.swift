@@ -96,8 +96,16 @@ public enum OpenAPIDocument {
     "/v1/events": {
       "get": {
         "operationId": "listEvents",
-        "summary": "What happened to VMs, oldest first",
+        "summary": "What happened to VMs, templates and images, oldest first; follow=true streams new ones",
         "parameters": [
+          {
+            "name": "follow",
+            "in": "query",
+            "schema": {
+              "type": "boolean"
+            },
+            "description": "keep the response open: the backlog after since, then each new event as it happens, one JSON Event per line (application/x-ndjson, chunked); limit does not apply. A client that falls 1024 events behind gets a last line of type stream-dropped and the stream ends."
+          },
           {
             "name": "since",
             "in": "query",
@@ -127,11 +135,16 @@ public enum OpenAPIDocument {
         ],
         "responses": {
           "200": {
-            "description": "events",
+            "description": "events (with follow=true: a stream of Event lines)",
             "content": {
               "application/json": {
                 "schema": {
                   "$ref": "#/components/schemas/EventList"
+                }
+              },
+              "application/x-ndjson": {
+                "schema": {
+                  "$ref": "#/components/schemas/Event"
                 }
               }
             }
@@ -221,7 +234,7 @@ public enum OpenAPIDocument {
             }
           },
           "404": {
-            "description": "the named template does not exist",
+            "description": "the named template or image does not exist",
             "content": {
               "application/json": {
                 "schema": {
@@ -231,7 +244,7 @@ public enum OpenAPIDocument {
             }
           },
           "409": {
-            "description": "a VM with that name exists",
+            "description": "a VM with that name exists, or a named image is still being written",
             "content": {
               "application/json": {
                 "schema": {
@@ -1122,8 +1135,18 @@ public enum OpenAPIDocument {
               }
             }
           },
+          "404": {
+            "description": "the named base_image does not exist",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
           "409": {
-            "description": "a template with that name exists",
+            "description": "a template with that name exists, or its base_image is still being written",
             "content": {
               "application/json": {
                 "schema": {
@@ -1263,6 +1286,328 @@ public enum OpenAPIDocument {
           }
         }
       }
+    },
+    "/v1/images": {
+      "get": {
+        "operationId": "listImages",
+        "summary": "The image store: every image, with its sizes and what uses it",
+        "responses": {
+          "200": {
+            "description": "the images, by name",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/ImageList"
+                }
+              }
+            }
+          },
+          "401": {
+            "description": "missing or wrong bearer token (TCP listener only)",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          }
+        }
+      },
+      "post": {
+        "operationId": "createImage",
+        "summary": "Create an empty image (size_bytes), an overlay of a store image (backing), or import a host file (source); answers when it is complete",
+        "requestBody": {
+          "required": true,
+          "content": {
+            "application/json": {
+              "schema": {
+                "$ref": "#/components/schemas/ImageCreate"
+              }
+            }
+          }
+        },
+        "responses": {
+          "201": {
+            "description": "the new image",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Image"
+                }
+              }
+            }
+          },
+          "400": {
+            "description": "malformed JSON, unknown field, invalid name",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "404": {
+            "description": "the backing image does not exist",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "409": {
+            "description": "an image with that name exists, or the backing image is still being written",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "413": {
+            "description": "body larger than 1 MiB",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "422": {
+            "description": "a size out of range, a missing or unreadable source, a source that is not a disk image, conflicting fields, a failed import",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "507": {
+            "description": "a thick image larger than the free space",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "401": {
+            "description": "missing or wrong bearer token (TCP listener only)",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          }
+        }
+      }
+    },
+    "/v1/images/{name}": {
+      "get": {
+        "operationId": "getImage",
+        "summary": "One image",
+        "parameters": [
+          {
+            "name": "name",
+            "in": "path",
+            "required": true,
+            "schema": {
+              "type": "string",
+              "pattern": "^[a-z0-9][a-z0-9-]{0,62}$"
+            }
+          }
+        ],
+        "responses": {
+          "200": {
+            "description": "the image",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Image"
+                }
+              }
+            }
+          },
+          "404": {
+            "description": "no such image",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "401": {
+            "description": "missing or wrong bearer token (TCP listener only)",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          }
+        }
+      },
+      "delete": {
+        "operationId": "deleteImage",
+        "summary": "Delete an image nothing uses",
+        "parameters": [
+          {
+            "name": "name",
+            "in": "path",
+            "required": true,
+            "schema": {
+              "type": "string",
+              "pattern": "^[a-z0-9][a-z0-9-]{0,62}$"
+            }
+          }
+        ],
+        "responses": {
+          "204": {
+            "description": "deleted (the file is removed)"
+          },
+          "404": {
+            "description": "no such image",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "409": {
+            "description": "a VM, a template or an overlay image uses it, or it is still being written",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "401": {
+            "description": "missing or wrong bearer token (TCP listener only)",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          }
+        }
+      }
+    },
+    "/v1/images/{name}/resize": {
+      "post": {
+        "operationId": "resizeImage",
+        "summary": "Grow an image (not while a running VM uses it)",
+        "parameters": [
+          {
+            "name": "name",
+            "in": "path",
+            "required": true,
+            "schema": {
+              "type": "string",
+              "pattern": "^[a-z0-9][a-z0-9-]{0,62}$"
+            }
+          }
+        ],
+        "requestBody": {
+          "required": true,
+          "content": {
+            "application/json": {
+              "schema": {
+                "$ref": "#/components/schemas/ImageResize"
+              }
+            }
+          }
+        },
+        "responses": {
+          "200": {
+            "description": "the image",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Image"
+                }
+              }
+            }
+          },
+          "400": {
+            "description": "malformed JSON or unknown field",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "404": {
+            "description": "no such image",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "409": {
+            "description": "a running VM uses it, or it is still being written",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "413": {
+            "description": "body larger than 1 MiB",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "422": {
+            "description": "a size out of range or smaller than the image",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "401": {
+            "description": "missing or wrong bearer token (TCP listener only)",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          }
+        }
+      }
     }
   },
   "components": {
@@ -1305,7 +1650,18 @@ public enum OpenAPIDocument {
             "type": "integer",
             "minimum": 4,
             "maximum": 67108864
+          },
+          "base_image": {
+            "type": "string",
+            "pattern": "^[a-z0-9][a-z0-9-]{0,62}$",
+            "description": "a store image (GET /v1/images) as the base disk, instead of base_disk"
           }
+        },
+        "not": {
+          "required": [
+            "base_disk",
+            "base_image"
+          ]
         }
       },
       "Template": {
@@ -1344,6 +1700,9 @@ public enum OpenAPIDocument {
           },
           "created_at": {
             "type": "string"
+          },
+          "base_image": {
+            "type": "string"
           }
         }
       },
@@ -1379,10 +1738,26 @@ public enum OpenAPIDocument {
       },
       "Disk": {
         "type": "object",
-        "required": [
-          "path"
-        ],
         "additionalProperties": false,
+        "description": "give path (a file on the host) or image (a store image; the daemon fills in path with its file when the VM is created)",
+        "anyOf": [
+          {
+            "required": [
+              "path"
+            ]
+          },
+          {
+            "required": [
+              "image"
+            ]
+          }
+        ],
+        "not": {
+          "required": [
+            "path",
+            "image"
+          ]
+        },
         "properties": {
           "path": {
             "type": "string",
@@ -1390,6 +1765,10 @@ public enum OpenAPIDocument {
           },
           "readonly": {
             "type": "boolean"
+          },
+          "image": {
+            "type": "string",
+            "pattern": "^[a-z0-9][a-z0-9-]{0,62}$"
           }
         }
       },
@@ -1725,6 +2104,257 @@ public enum OpenAPIDocument {
             "type": "array",
             "items": {
               "$ref": "#/components/schemas/Event"
+            }
+          }
+        }
+      },
+      "ImageCreate": {
+        "type": "object",
+        "required": [
+          "name"
+        ],
+        "additionalProperties": false,
+        "description": "Give one of: size_bytes (an empty image), source (import), backing with an optional size_bytes (an overlay).",
+        "oneOf": [
+          {
+            "required": [
+              "size_bytes"
+            ],
+            "not": {
+              "anyOf": [
+                {
+                  "required": [
+                    "source"
+                  ]
+                },
+                {
+                  "required": [
+                    "backing"
+                  ]
+                }
+              ]
+            }
+          },
+          {
+            "required": [
+              "source"
+            ],
+            "not": {
+              "anyOf": [
+                {
+                  "required": [
+                    "size_bytes"
+                  ]
+                },
+                {
+                  "required": [
+                    "backing"
+                  ]
+                },
+                {
+                  "required": [
+                    "provisioning"
+                  ],
+                  "properties": {
+                    "provisioning": {
+                      "enum": [
+                        "thick",
+                        "eager-zeroed"
+                      ]
+                    }
+                  },
+                  "not": {
+                    "required": [
+                      "format"
+                    ],
+                    "properties": {
+                      "format": {
+                        "enum": [
+                          "raw"
+                        ]
+                      }
+                    }
+                  }
+                }
+              ]
+            }
+          },
+          {
+            "required": [
+              "backing"
+            ],
+            "not": {
+              "anyOf": [
+                {
+                  "required": [
+                    "source"
+                  ]
+                },
+                {
+                  "required": [
+                    "format"
+                  ],
+                  "properties": {
+                    "format": {
+                      "enum": [
+                        "raw"
+                      ]
+                    }
+                  }
+                },
+                {
+                  "required": [
+                    "provisioning"
+                  ],
+                  "properties": {
+                    "provisioning": {
+                      "enum": [
+                        "thick",
+                        "eager-zeroed"
+                      ]
+                    }
+                  }
+                }
+              ]
+            }
+          }
+        ],
+        "properties": {
+          "name": {
+            "type": "string",
+            "pattern": "^[a-z0-9][a-z0-9-]{0,62}$"
+          },
+          "format": {
+            "type": "string",
+            "enum": [
+              "qcow2",
+              "raw"
+            ],
+            "description": "the store file's format (default qcow2)"
+          },
+          "size_bytes": {
+            "type": "integer",
+            "minimum": 1048576,
+            "maximum": 70368744177664,
+            "multipleOf": 512
+          },
+          "provisioning": {
+            "type": "string",
+            "enum": [
+              "thin",
+              "thick",
+              "eager-zeroed"
+            ],
+            "description": "thin (default): allocate on write; thick: reserve every block now (fallocate), lazily zeroed; eager-zeroed: write every byte now. Imports into qcow2 are thin; a thick import needs format raw"
+          },
+          "source": {
+            "type": "string",
+            "pattern": "^/",
+            "description": "a regular file on the daemon's host: raw, qcow2, vmdk or vhd (detected); converted into the store"
+          },
+          "backing": {
+            "type": "string",
+            "pattern": "^[a-z0-9][a-z0-9-]{0,62}$",
+            "description": "make a thin qcow2 overlay of this store image"
+          }
+        }
+      },
+      "ImageResize": {
+        "type": "object",
+        "required": [
+          "size_bytes"
+        ],
+        "additionalProperties": false,
+        "properties": {
+          "size_bytes": {
+            "type": "integer",
+            "minimum": 1048576,
+            "maximum": 70368744177664,
+            "multipleOf": 512
+          }
+        }
+      },
+      "Image": {
+        "type": "object",
+        "required": [
+          "name",
+          "format",
+          "state",
+          "virtual_size_bytes",
+          "actual_size_bytes",
+          "path",
+          "used_by_vms",
+          "used_by_templates",
+          "used_by_images"
+        ],
+        "properties": {
+          "name": {
+            "type": "string"
+          },
+          "format": {
+            "type": "string",
+            "enum": [
+              "qcow2",
+              "raw"
+            ]
+          },
+          "state": {
+            "type": "string",
+            "enum": [
+              "ready",
+              "creating",
+              "importing"
+            ]
+          },
+          "virtual_size_bytes": {
+            "type": "integer"
+          },
+          "actual_size_bytes": {
+            "type": "integer",
+            "description": "host blocks the file occupies"
+          },
+          "backing_image": {
+            "type": "string"
+          },
+          "path": {
+            "type": "string"
+          },
+          "progress_percent": {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": 100
+          },
+          "used_by_vms": {
+            "type": "array",
+            "items": {
+              "type": "string"
+            }
+          },
+          "used_by_templates": {
+            "type": "array",
+            "items": {
+              "type": "string"
+            }
+          },
+          "used_by_images": {
+            "type": "array",
+            "items": {
+              "type": "string"
+            },
+            "description": "overlay images backed by this one"
+          }
+        }
+      },
+      "ImageList": {
+        "type": "object",
+        "required": [
+          "images"
+        ],
+        "properties": {
+          "images": {
+            "type": "array",
+            "items": {
+              "$ref": "#/components/schemas/Image"
             }
           }
         }

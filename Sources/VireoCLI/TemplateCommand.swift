@@ -19,13 +19,14 @@ struct TemplateCreateCommand: ParsableCommand {
     @Option(help: "Initial ramdisk.") var initrd: String?
     @Option(help: "Kernel command line.") var cmdline: String?
     @Option(help: "Base disk image (raw or qcow2); VMs from the template get a qcow2 overlay over it.") var disk: String?
+    @Option(help: "A store image (`vireo image list`) as the base disk, instead of --disk.") var baseImage: String?
     @Option(help: "Default vCPUs for its VMs.") var cpus: Int?
     @Option(help: "Default RAM for its VMs, like 512M.") var memory: String?
 
     func run() throws {
         try reportingErrors {
             var c = TemplateCreate(name: name, kernel: absolutePath(kernel), initrd: initrd.map(absolutePath), cmdline: cmdline,
-                                   baseDisk: disk.map(absolutePath), vcpus: cpus)
+                                   baseDisk: disk.map(absolutePath), vcpus: cpus, baseImage: baseImage)
             if let memory { c.memoryMiB = Int(try parseSize(memory, option: "--memory") >> 20) }
             let t = try client.makeClient().call("POST", "/v1/templates", body: APIJSON.encode(c), as: Template.self)
             if client.json { print(String(decoding: APIJSON.encode(t, pretty: true), as: UTF8.self)); return }

@@ -32,7 +32,7 @@ struct VMCreateCommand: ParsableCommand {
     @Option(help: "Kernel command line.") var cmdline: String?
     @Option(help: "Number of vCPUs.") var cpus: Int?
     @Option(help: "Guest RAM, like 512M or 2G (a bare number is MiB).") var memory: String?
-    @Option(help: "A disk image (repeatable): PATH[,readonly] or path=PATH[,readonly=on].") var disk: [String] = []
+    @Option(help: "A disk (repeatable): PATH[,readonly], path=PATH[,readonly=on], or image=NAME (a store image, `vireo image list`).") var disk: [String] = []
     @Option(help: "A network interface (repeatable): tap=NAME[,mac=MAC].") var net: [String] = []
     @Option(help: "Balloon target size, like 256M.") var balloon: String?
     @Option(help: "never, on-failure or always.") var restart: String?
@@ -55,6 +55,7 @@ struct VMCreateCommand: ParsableCommand {
                     var path = parts.first ?? d
                     if path.hasPrefix("path=") { path = String(path.dropFirst(5)) }
                     let ro = parts.contains("readonly") || parts.contains("readonly=on")
+                    if path.hasPrefix("image=") { return DiskSpec(path: "", readonly: ro ? true : nil, image: String(path.dropFirst(6))) }
                     return DiskSpec(path: absolutePath(path), readonly: ro ? true : nil)
                 }
             }

@@ -58,6 +58,15 @@ struct OpenAPIContractTests {
             ("POST", "/v1/templates", "/v1/templates", #"{"name":"tp","kernel":"\#(kernel)","cmdline":"quiet"}"#),
             ("GET", "/v1/templates", "/v1/templates", nil), ("GET", "/v1/templates/tp", "/v1/templates/{name}", nil),
             ("DELETE", "/v1/templates/tp", "/v1/templates/{name}", nil),
+            ("POST", "/v1/images", "/v1/images", #"{"name":"i1","size_bytes":8388608}"#),
+            ("POST", "/v1/images", "/v1/images", #"{"name":"i1","size_bytes":8388608}"#),
+            ("POST", "/v1/images", "/v1/images", #"{"name":"i2","source":"/nonexistent"}"#),
+            ("POST", "/v1/images", "/v1/images", #"{"name":"i2","size_bytes":8388608,"bogus":1}"#),
+            ("GET", "/v1/images", "/v1/images", nil), ("GET", "/v1/images/i1", "/v1/images/{name}", nil),
+            ("GET", "/v1/images/zz", "/v1/images/{name}", nil),
+            ("POST", "/v1/images/i1/resize", "/v1/images/{name}/resize", #"{"size_bytes":16777216}"#),
+            ("POST", "/v1/images/i1/resize", "/v1/images/{name}/resize", #"{"size_bytes":1048576}"#),
+            ("DELETE", "/v1/images/i1", "/v1/images/{name}", nil), ("DELETE", "/v1/images/i1", "/v1/images/{name}", nil),
         ]
         if kvm {
             calls += [("POST", "/v1/vms/c1/start", "/v1/vms/{name}/start", nil), ("POST", "/v1/vms/c1/start", "/v1/vms/{name}/start", nil),

@@ -1,0 +1,62 @@
+import ArgumentParser
+import VireoAPI
+import VireoSupport
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `vireo events [--vm NAME] [--since SEQ] [--follow] [--json]`: the daemon's event log.
+struct EventsCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "events", abstract: "Print what happened to VMs, templates and images; --follow keeps printing new events as they happen.",
+        discussion: "Example: vireo events --follow --vm web   (Ctrl-C ends it)")
+    @OptionGroup var client: ClientOptions
+    @Option(help: "Only events of this VM (or template, or image) name.") var vm: String?
+    @Option(help: "Only events after this sequence number.") var since: Int = 0
+    @Flag(help: "Keep the connection open and print new events as they happen.") var follow = false
+
+    func run() throws {
+        try reportingErrors {
+            guard since >= 0 && since <= Int(Int32.max) else {
+                throw VireoError(.invalidArgument, "--since \(since) must be 0 to \(Int32.max)")
+            }
+            var path = "/v1/events?since=\(since)"
+            if let vm { path += "&vm=\(pathSafe(vm))" }
+            var api = try client.makeClient()
+            guard follow else {
+                let r = try api.request("GET", path + "&limit=10000")
+                try APIClient.check(r)
+                if client.json { print(r.text); return }
+                for e in try client.decode(EventList.self, r).events { print(Self.line(e)) }
+                return
+            }
+            api.timeout = 0   // a quiet host sends nothing for a long time
+            var last = since
+            var dropped: Event?
+            let end = try api.streamLines(path + "&follow=true") { raw in
+                guard let e = try? JSONDecoder().decode(Event.self, from: Data(raw)) else { return true }
+                if e.type == "stream-dropped" || e.type == "daemon-stopping" { dropped = e; return false }
+                last = e.seq
+                if client.json { print(String(decoding: raw, as: UTF8.self)) } else { print(Self.line(e)) }
+                fflush(nil)
+                return true
+            }
+            if let dropped {
+                throw VireoError(.io, dropped.type == "daemon-stopping" ? "the daemon stopped" : "the daemon cut this stream off: \(dropped.message)",
+                                 hint: "run `vireo events --follow --since \(last)` to continue")
+            }
+            if end == .closed {
+                throw VireoError(.io, "the daemon closed the event stream (it stopped or restarted)", hint: "when it is back, `vireo events --follow --since \(last)` continues where this stopped")
+            }
+        }
+    }
+
+    static func line(_ e: Event) -> String {
+        "\(e.seq)  \(e.time)  \(e.vm)  \(e.type)" + (e.message.isEmpty ? "" : "  \(e.message)")
+    }
+}
