@@ -71,6 +71,17 @@ doc = {
                               "headers": {"X-Vireo-Next-Offset": {"schema": {"type": "integer"}}},
                               "content": {"text/plain": {"schema": {"type": "string"}}}},
                       "400": err("bad query parameter"), "404": err("no such VM"), **unauth}}},
+    "/v1/vms/{name}/console/attach": {"get": {"operationId": "attachConsole",
+        "summary": "Interactive serial console: a websocket (RFC 6455) proxied to the VMM's console socket",
+        "description": "Send `Connection: Upgrade`, `Upgrade: websocket`, `Sec-WebSocket-Version: 13` and a `Sec-WebSocket-Key`. "
+                       "Binary (or text) frames from the client are typed into the guest's COM1; the guest's output comes back as binary frames. "
+                       "Pings are answered; the server pings every 25 s. When the VM stops the server sends a close frame 1001 with the reason; "
+                       "a client that falls more than 64 KiB behind the guest's output gets a close frame 1011. "
+                       "A refused upgrade is answered as plain HTTP (JSON error) and the connection closed.",
+        "parameters": [name_param],
+        "responses": {"101": {"description": "switched to the websocket protocol"},
+                      "404": err("no such VM"), "409": err("the VM is not running (stopped, failed, starting)"),
+                      "426": err("the request is not a websocket upgrade"), **unauth}}},
     "/v1/templates": {
       "get": {"operationId": "listTemplates", "summary": "All templates", "responses": {"200": ok("the templates, by name", ref("TemplateList")), **unauth}},
       "post": {"operationId": "createTemplate", "summary": "Define a template: kernel, initrd, cmdline and an optional base disk for linked clones",

@@ -14,10 +14,16 @@
  *   rsi  iterations (loops) or passes (dirty; 0 = forever)
  *   rdx  MMIO address for workload 1
  *   r8   start of the region to dirty, r9 its length (a multiple of 4096)
+ *   rdi = 5: COM1 echo, forever: every byte read from the 16550 at 0x3F8 is written back
+ *        to it with a-z uppercased (so an echo provably went through the guest), except
+ *        '#', which is answered with 4096 '#' (for output-volume tests); an
+ *        empty receiver (LSR.DR clear) idles on port 0xF8 (the VMM returns after input
+ *        arrives or about 20 ms; a ring-3 guest cannot HLT)
  * Ports (the VMM's probe device):
  *   0xF4 write: workload finished (the VMM stops the machine, exit status 0)
  *   0xF5 write: marker (al = 1 first instruction, 2 end of a dirty pass)
  *   0xF6 write: the PIO exit loop's port
+ *   0xF8 read:  idle until COM1 has input (echo workload)
  */
     .section .rodata.vireo_probe, "a"
     .globl vireo_probe_code_start
@@ -42,6 +48,8 @@ ring3:
     je      dirty
     cmp     $3, %rdi
     je      compute
+    cmp     $5, %rdi
+    je      echo
     cmp     $4, %rdi
     jne     done
     jmp     *%rdx
@@ -72,6 +80,30 @@ dirty:
 compute:
 5:  dec     %rsi
     jnz     5b
+    jmp     done
+echo:
+    mov     $0x3FD, %dx                 /* LSR */
+    in      %dx, %al
+    test    $1, %al                     /* DR: a received byte is waiting */
+    jnz     6f
+    in      $0xF8, %al                  /* idle in the VMM until input (or ~20 ms) */
+    jmp     echo
+6:  mov     $0x3F8, %dx                 /* RBR / THR */
+    in      %dx, %al
+    cmp     $0x23, %al                  /* '#': a burst of 4096 '#' (output-volume tests) */
+    jne     8f
+    mov     $4096, %ecx
+9:  out     %al, %dx
+    dec     %ecx
+    jnz     9b
+    jmp     echo
+8:  cmp     $0x61, %al                  /* 'a' */
+    jb      7f
+    cmp     $0x7A, %al                  /* 'z' */
+    ja      7f
+    sub     $0x20, %al
+7:  out     %al, %dx
+    jmp     echo
 done:
     xor     %eax, %eax
     out     %al, $0xF4

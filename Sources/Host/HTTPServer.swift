@@ -4,40 +4,54 @@ import NIOPosix
 import VireoAPI
 
 typealias HTTPConnection = NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>
+/// A listener's connections: each resolves to plain HTTP or an upgraded console websocket (ConsoleAttach.swift).
+typealias HTTPListener = NIOAsyncChannel<EventLoopFuture<ServerConnection>, Never>
 
 /// HTTP/1.1 over swift-nio: a unix-socket listener and an optional TCP one, each with a router.
 enum HTTPServer {
-    static func bindUnix(_ path: String, group: EventLoopGroup) async throws -> NIOAsyncChannel<HTTPConnection, Never> {
+    static func bindUnix(_ path: String, group: EventLoopGroup, router: Router) async throws -> HTTPListener {
         try await ServerBootstrap(group: group)
             .bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true) { channel in
-                channel.eventLoop.makeCompletedFuture { try configure(channel) }
+                channel.eventLoop.makeCompletedFuture { try configure(channel, router: router) }
             }
     }
 
-    static func bindTCP(host: String, port: Int, group: EventLoopGroup) async throws -> NIOAsyncChannel<HTTPConnection, Never> {
+    static func bindTCP(host: String, port: Int, group: EventLoopGroup, router: Router) async throws -> HTTPListener {
         try await ServerBootstrap(group: group)
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
             .serverChannelOption(ChannelOptions.backlog, value: 512)
             .bind(host: host, port: port) { channel in
-                channel.eventLoop.makeCompletedFuture { try configure(channel) }
+                channel.eventLoop.makeCompletedFuture { try configure(channel, router: router) }
             }
     }
 
-    private static func configure(_ channel: Channel) throws -> HTTPConnection {
+    private static func configure(_ channel: Channel, router: Router) throws -> EventLoopFuture<ServerConnection> {
         // A client that sends nothing for a minute between requests is dropped; one waiting for a
-        // long answer (a stop that gives its guest time to shut down) is not.
+        // long answer (a stop that gives its guest time to shut down) is not. Console websockets
+        // are pinged more often than that (ConsoleAttach.swift has their idle closer).
         try channel.pipeline.syncOperations.addHandler(IdleStateHandler(readTimeout: .seconds(60)))
-        try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
-        try channel.pipeline.syncOperations.addHandler(IdleCloser())
-        return try HTTPConnection(wrappingChannelSynchronously: channel)
+        // HTTP, upgradable to a websocket on the console attach route only (ConsoleAttach.swift).
+        return try channel.pipeline.syncOperations.configureUpgradableHTTPServerPipeline(configuration: .init(
+            upgradeConfiguration: .init(upgraders: [ConsoleAttach.upgrader(router: router)], notUpgradingCompletionHandler: { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(IdleCloser())
+                    return .http(try HTTPConnection(wrappingChannelSynchronously: channel))
+                }
+            })))
     }
 
     /// Accepts connections until the listener closes; each connection on its own task.
-    static func serve(_ listener: NIOAsyncChannel<HTTPConnection, Never>, router: Router) async throws {
+    static func serve(_ listener: HTTPListener, router: Router) async throws {
         try await withThrowingDiscardingTaskGroup { group in
             try await listener.executeThenClose { inbound in
                 for try await connection in inbound {
-                    group.addTask { await handle(connection, router: router) }
+                    group.addTask {
+                        switch try? await connection.get() {
+                        case let .http(c)?: await handle(c, router: router)
+                        case let .console(ws, vm)?: await ConsoleAttach.run(ws, vm: vm, service: router.service)
+                        case nil: break   // the upgrade failed; NIO closed the connection
+                        }
+                    }
                 }
             }
         }

@@ -76,7 +76,8 @@ public enum HostDaemon {
         await service.adoptAll()
 
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
-        let unix = try await HTTPServer.bindUnix(o.socketPath, group: group)
+        let unixRouter = Router(service: service, token: nil)
+        let unix = try await HTTPServer.bindUnix(o.socketPath, group: group, router: unixRouter)
         chmod(o.socketPath, 0o660)
         socketPathC = strdup(o.socketPath)
         watchStopSignals(service)
@@ -97,12 +98,13 @@ public enum HostDaemon {
         printLine("vireo host: listening on \(o.socketPath), data in \(o.dataDir), pid \(getpid())")
 
         try await withThrowingTaskGroup(of: Void.self) { tasks in
-            tasks.addTask { try await HTTPServer.serve(unix, router: Router(service: service, token: nil)) }
+            tasks.addTask { try await HTTPServer.serve(unix, router: unixRouter) }
             if let tcp {
-                let listener = try await HTTPServer.bindTCP(host: tcp.host, port: tcp.port, group: group)
+                let tcpRouter = Router(service: service, token: tcp.token)
+                let listener = try await HTTPServer.bindTCP(host: tcp.host, port: tcp.port, group: group, router: tcpRouter)
                 let port = listener.channel.localAddress?.port ?? tcp.port
                 printLine("vireo host: listening on \(tcp.host):\(port) (bearer token required)")
-                tasks.addTask { try await HTTPServer.serve(listener, router: Router(service: service, token: tcp.token)) }
+                tasks.addTask { try await HTTPServer.serve(listener, router: tcpRouter) }
             }
             tasks.addTask {
                 while true {

@@ -134,7 +134,7 @@ actor HostService {
             def = try definition(from: c, template: template)
             // The clone is made first (validation checks that the disk files exist), removed on failure.
             try makeLinkedClone(vm: c.name, template: template)
-            do { try Validation.check(def, socketPath: socketPath(def.name)) } catch {
+            do { try Validation.check(def, socketPath: consoleSocketPath(def.name)) } catch {
                 unlink(linkedClonePath(c.name)); rmdir(vmDir(c.name))
                 throw error
             }
@@ -143,7 +143,7 @@ actor HostService {
                                kernel: c.kernel, initrd: c.initrd, cmdline: c.cmdline, probe: c.probe,
                                disks: c.disks ?? [], nics: c.nics ?? [], balloonMiB: c.balloonMiB,
                                restartPolicy: c.restartPolicy ?? .never)
-            try Validation.check(def, socketPath: socketPath(def.name))
+            try Validation.check(def, socketPath: consoleSocketPath(def.name))
         }
         let r = VMRecord(definition: def, state: .stopped, reason: nil, pid: nil, pidStartTime: nil, exitStatus: nil,
                          restartCount: 0, createdAt: WallClock.now())
@@ -164,7 +164,7 @@ actor HostService {
             if let v = u.cmdline { d.cmdline = v }
             if let v = u.balloonMiB { d.balloonMiB = v }
             if let v = u.restartPolicy { d.restartPolicy = v }
-            try Validation.check(d, socketPath: socketPath(name))
+            try Validation.check(d, socketPath: consoleSocketPath(name))
             r.definition = d
             try inventory.update(r)
             event(name, "updated", "definition changed")
@@ -179,7 +179,7 @@ actor HostService {
                 throw HTTPError.conflict("VM '\(name)' is \(r.state.rawValue); stop it (`vireo vm stop \(name)`) before deleting it")
             }
             try inventory.delete(name)
-            for f in [consolePath(name), socketPath(name), exitPath(name), vmmLogPath(name), linkedClonePath(name)] { unlink(f) }
+            for f in [consolePath(name), socketPath(name), consoleSocketPath(name), exitPath(name), vmmLogPath(name), linkedClonePath(name)] { unlink(f) }
             rmdir(vmDir(name))
             lastStart[name] = nil; quickFailures[name] = nil
             event(name, "deleted", "")
@@ -298,7 +298,7 @@ actor HostService {
         try Self.makeDirectory(vmDir(name))
         unlink(exitPath(name)); unlink(socketPath(name))
         let argv = VMMCommand.arguments(vmmBinary: vmmBinary, definition: r.definition, console: consolePath(name),
-                                        apiSocket: socketPath(name), exitFile: exitPath(name))
+                                        apiSocket: socketPath(name), exitFile: exitPath(name), consoleSocket: consoleSocketPath(name))
         let pid: pid_t
         do { pid = try VMMProcess.spawn(argv, logPath: vmmLogPath(name)) } catch {
             r.state = .failed; r.reason = "\(error)"; r.pid = nil

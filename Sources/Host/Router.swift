@@ -47,7 +47,7 @@ public struct Router: Sendable {
         ("GET", "/v1/vms/{name}"), ("PATCH", "/v1/vms/{name}"), ("DELETE", "/v1/vms/{name}"),
         ("POST", "/v1/vms/{name}/start"), ("POST", "/v1/vms/{name}/stop"), ("POST", "/v1/vms/{name}/kill"),
         ("POST", "/v1/vms/{name}/pause"), ("POST", "/v1/vms/{name}/resume"), ("POST", "/v1/vms/{name}/reboot"),
-        ("GET", "/v1/vms/{name}/console"),
+        ("GET", "/v1/vms/{name}/console"), ("GET", "/v1/vms/{name}/console/attach"),
         ("GET", "/v1/templates"), ("POST", "/v1/templates"), ("GET", "/v1/templates/{name}"), ("DELETE", "/v1/templates/{name}"),
     ] + imageRoutes
 
@@ -144,6 +144,9 @@ public struct Router: Sendable {
             case "reboot": return .json(200, try await service.reboot(name))
             default: break
             }
+        case 5 where parts[0] == "v1" && parts[1] == "vms" && parts[3] == "console" && parts[4] == "attach":
+            try allow("GET")
+            return try await ConsoleAttach.withoutUpgrade(parts[2], service: service)   // upgrades never get here
         default: break
         }
         throw HTTPError(404, "no-such-route", "no API route \(m) \(req.path.prefix(200)); GET /openapi.json lists them")

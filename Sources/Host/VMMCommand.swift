@@ -3,9 +3,10 @@ import VireoAPI
 /// The `vireo run` command line that runs one VM's VMM.
 public enum VMMCommand {
     public static func arguments(vmmBinary: String, definition d: VMDefinition, console: String,
-                                 apiSocket: String, exitFile: String) -> [String] {
+                                 apiSocket: String, exitFile: String, consoleSocket: String? = nil) -> [String] {
         var argv = [vmmBinary, "run", "--cpus", String(d.vcpus), "--memory", "\(d.memoryMiB)M",
                     "--serial", "file=\(console)", "--api-socket", apiSocket, "--exit-file", exitFile]
+        if let consoleSocket { argv += ["--console-socket", consoleSocket] }
         if let probe = d.probe {
             argv += ["--probe", probe]
         } else if let kernel = d.kernel {

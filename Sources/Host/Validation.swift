@@ -52,7 +52,7 @@ enum Validation {
             guard ok else { throw HTTPError.invalid("invalid-nic", "tap '\(nic.tap.prefix(40))' is not a valid interface name (1-15 of A-Z a-z 0-9 - _ .)") }
         }
         guard socketPath.utf8.count < 108 else {   // (templates pass "": no socket)
-            throw HTTPError.invalid("name-too-long", "the VM's control socket path \(socketPath) would exceed 107 bytes; use a shorter name (or a shorter --data-dir)")
+            throw HTTPError.invalid("name-too-long", "the VM's console socket path \(socketPath) would exceed 107 bytes; use a shorter name (or a shorter --data-dir)")
         }
         try checkFiles(d)
     }
@@ -86,6 +86,7 @@ enum Validation {
 
     static func isValidProbe(_ s: String) -> Bool {
         let parts = s.split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false)
+        if s == "echo" { return true }   // COM1 echo (console tests)
         guard let kind = parts.first, ["pio", "mmio", "dirty", "compute"].contains(kind) else { return false }
         if parts.count == 2 {
             guard !parts[1].isEmpty, parts[1].count <= 19, UInt64(parts[1]) != nil else { return false }

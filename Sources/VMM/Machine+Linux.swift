@@ -102,9 +102,7 @@ extension Machine {
         }
 
         let platform = PlatformDevices()
-        let output = try consoleOutput()
-        let serial = Serial16550(interrupt: KVMInterruptLine(vm: vm, irq: 4), output: output)
-        try platform.ports.register(serial, port: 0x3F8, count: 8, name: "COM1")
+        try setUpSerial(on: platform, interrupt: KVMInterruptLine(vm: vm, irq: 4))
         let stop = self.stop
         let i8042 = I8042(resetRequested: { stop.request(.reset("i8042 reset")) })
         try platform.ports.register(i8042, port: 0x60, count: 1, name: "i8042 data")
@@ -121,24 +119,6 @@ extension Machine {
         powerButton = ACPIPowerButton(line: KVMInterruptLine(vm: vm, irq: ACPITables.powerButtonGSI))
         try setUpVirtio(platform: platform)
         devices = platform
-        if config.serial == .stdio {
-            consoleInput = { bytes in _ = serial.enqueueInput(bytes) }
-        }
-    }
-
-    /// Where the guest's serial output goes.
-    private func consoleOutput() throws -> Serial16550.OutputSink {
-        switch config.serial {
-        case .stdio:
-            return { bytes in _ = write(1, bytes.baseAddress, bytes.count) }
-        case .none:
-            return { _ in }
-        case let .file(path):
-            let fd = try OwnedFD.open(path, flags: O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, purpose: "write the serial log to")
-            resources.append(fd)
-            let raw = fd.rawValue
-            return { bytes in _ = write(raw, bytes.baseAddress, bytes.count) }
-        }
     }
 
     /// LVT0 as ExtINT (the PIC's output) and LVT1 as NMI, as firmware leaves them for Linux.

@@ -97,6 +97,11 @@ public final class Machine: @unchecked Sendable {
                 let platform = PlatformDevices()
                 try setUpVirtio(platform: platform)
                 probe.fallback = platform
+            } else if workload == .echo {
+                // The echo workload polls COM1 (no irqchip: its interrupt line goes nowhere).
+                let platform = PlatformDevices()
+                probe.serial = try setUpSerial(on: platform, interrupt: UnwiredInterruptLine())
+                probe.fallback = platform
             }
         case .linux:
             devices = UnclaimedDevices()
@@ -199,6 +204,7 @@ public final class Machine: @unchecked Sendable {
                    pollfd(fd: signalFD, events: Int16(POLLIN), revents: 0),
                    pollfd(fd: stdinOpen ? 0 : -1, events: Int16(POLLIN), revents: 0)]
         var buffer = [UInt8](repeating: 0, count: 256)
+        var escape = ConsoleEscape()
         while !stop.isStopping {
             let n = poll(&fds, nfds_t(fds.count), -1)
             if n < 0 { if errno == EINTR { continue }; stop.request(.failed("poll failed: \(VireoError.strerror(errno))")); break }
@@ -210,7 +216,12 @@ public final class Machine: @unchecked Sendable {
             }
             if fds[2].revents & Int16(POLLIN | POLLHUP) != 0 {
                 let got = buffer.withUnsafeMutableBytes { read(0, $0.baseAddress, $0.count) }
-                if got > 0 { consoleInput?(Array(buffer[0..<got])) } else { fds[2].fd = -1 }   // EOF: stop polling stdin
+                if got <= 0 { fds[2].fd = -1; continue }   // EOF: stop polling stdin
+                guard config.consoleEscape else { consoleInput?(Array(buffer[0..<got])); continue }
+                let (bytes, action) = escape.feed(buffer[0..<got])
+                if !bytes.isEmpty { consoleInput?(bytes) }
+                if action == .help { _ = ConsoleEscape.helpText.withCString { write(2, $0, strlen($0)) } }
+                if action == .quit { stop.request(.signal(SIGINT)) }
             }
         }
     }

@@ -20,6 +20,10 @@ public struct MachineConfig: Sendable {
     public var cpus: Int = 1
     public var memorySize: UInt64 = 512 << 20
     public var serial: Serial = .stdio
+    /// A unix socket serving COM1 to any number of clients, besides `serial` (ConsoleServer.swift).
+    public var consoleSocket: String?
+    /// Console input on a terminal: Ctrl-A x quits, Ctrl-A Ctrl-A sends Ctrl-A (ConsoleEscape.swift).
+    public var consoleEscape = false
     public var memoryOptions = GuestMemory.Options()
     /// virtio-pci devices (Linux boots only).
     public var virtio = VirtioConfig()

@@ -1,3 +1,4 @@
+import Devices
 import KVM
 import Synchronization
 import VireoSupport
@@ -18,6 +19,8 @@ final class ProbeDevices: ExitHandler, @unchecked Sendable {
     /// Where other exits go (the PCI bus of a probe image with virtio devices). Set before
     /// the vCPUs start, never changed afterwards.
     var fallback: ExitHandler?
+    /// COM1 of the echo workload (nil otherwise); the idle port waits for its input.
+    var serial: Serial16550?
 
     init(stop: StopSignal, mmioSink: UInt64, benchStartNanos: UInt64?, onPass: (@Sendable (UInt64) -> Void)?) {
         self.stop = stop
@@ -43,6 +46,15 @@ final class ProbeDevices: ExitHandler, @unchecked Sendable {
                 let n = passes.add(1, ordering: .relaxed).newValue
                 onPass?(n)
             }
+            return true
+        case ProbeGuest.idlePort:
+            guard !io.isWrite, let serial else { return fallback?.handlePortIO(io, vcpu: vcpu) ?? false }
+            var waitedMs = 0
+            while serial.pendingInput == 0 && waitedMs < 20 && !stop.isStopping {
+                usleep(1000)
+                waitedMs += 1
+            }
+            for i in io.data.indices { io.data[i] = 0 }
             return true
         case ProbeGuest.controlPort:
             if io.isWrite { stop.request(.probeDone) }

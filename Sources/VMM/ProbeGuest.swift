@@ -23,6 +23,9 @@ public enum ProbeWorkload: Sendable, Equatable {
     /// Runs a flat binary (loaded at `ProbeGuest.imageAddress`) in ring 3: the virtio probe
     /// drivers of bench/probe-virtio. It reports through `ProbeGuest.reportPort`.
     case image(path: String)
+    /// Echoes COM1 forever: each received byte is sent back with a-z uppercased ('#' answers
+    /// with 4096 '#'). Stops only when the VMM is stopped.
+    case echo
 
     public static let defaultMMIOAddress: UInt64 = 0xD000_0000
 }
@@ -36,6 +39,9 @@ public enum ProbeGuest {
     public static let loopPort: UInt16 = 0xF6
     /// Probe images write 32-bit values here; the VMM prints each with a timestamp.
     public static let reportPort: UInt16 = 0xF7
+    /// The echo workload reads this when COM1 has no input: the VMM returns once input
+    /// arrives or after about 20 ms (a ring-3 guest cannot HLT).
+    public static let idlePort: UInt16 = 0xF8
     /// Where a probe image is loaded and entered (ring 3), and how large it may be.
     public static let imageAddress: UInt64 = 0x10_0000
     public static let imageMaxSize: UInt64 = 0x70_0000
@@ -148,6 +154,7 @@ public enum ProbeGuest {
         case let .compute(n): regs.rdi = 3; regs.rsi = max(1, n)
         case let .executeUnmapped(address): regs.rdi = 4; regs.rdx = address
         case .image: regs.rdi = 4; regs.rdx = imageAddress
+        case .echo: regs.rdi = 5
         }
         try vcpu.setRegisters(regs)
     }

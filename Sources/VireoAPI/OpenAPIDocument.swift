@@ -1011,6 +1011,69 @@ public enum OpenAPIDocument {
         }
       }
     },
+    "/v1/vms/{name}/console/attach": {
+      "get": {
+        "operationId": "attachConsole",
+        "summary": "Interactive serial console: a websocket (RFC 6455) proxied to the VMM's console socket",
+        "description": "Send `Connection: Upgrade`, `Upgrade: websocket`, `Sec-WebSocket-Version: 13` and a `Sec-WebSocket-Key`. Binary (or text) frames from the client are typed into the guest's COM1; the guest's output comes back as binary frames. Pings are answered; the server pings every 25 s. When the VM stops the server sends a close frame 1001 with the reason; a client that falls more than 64 KiB behind the guest's output gets a close frame 1011. A refused upgrade is answered as plain HTTP (JSON error) and the connection closed.",
+        "parameters": [
+          {
+            "name": "name",
+            "in": "path",
+            "required": true,
+            "schema": {
+              "type": "string",
+              "pattern": "^[a-z0-9][a-z0-9-]{0,62}$"
+            }
+          }
+        ],
+        "responses": {
+          "101": {
+            "description": "switched to the websocket protocol"
+          },
+          "404": {
+            "description": "no such VM",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "409": {
+            "description": "the VM is not running (stopped, failed, starting)",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "426": {
+            "description": "the request is not a websocket upgrade",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "401": {
+            "description": "missing or wrong bearer token (TCP listener only)",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          }
+        }
+      }
+    },
     "/v1/templates": {
       "get": {
         "operationId": "listTemplates",

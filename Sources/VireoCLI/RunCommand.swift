@@ -14,6 +14,8 @@ struct RunCommand: ParsableCommand {
         discussion: """
         The VM ends when the guest reboots or powers off (exit 0), on SIGINT/SIGTERM (130/143),
         or on a fatal error (1, with a one-line reason).
+        When stdin is a terminal it is put in raw mode (keys such as Ctrl-C go to the guest):
+        Ctrl-A x quits (exit 130), Ctrl-A Ctrl-A sends Ctrl-A, Ctrl-A h lists the keys.
         Example: vireo run --kernel out/guest/vmlinuz --initrd out/guest/initramfs.cpio.gz --cpus 2 --memory 512M
         """)
 
@@ -34,6 +36,9 @@ struct RunCommand: ParsableCommand {
 
     @Option(help: "Where the guest's serial console goes: stdio, file=PATH or none.")
     var serial: String = "stdio"
+
+    @Option(name: .customLong("console-socket"), help: ArgumentHelp("Also serve the serial console on this unix socket (mode 0600): any number of clients see the guest's output and may type to it.", valueName: "path"))
+    var consoleSocket: String?
 
     @Option(name: .customLong("disk"), help: ArgumentHelp("virtio-blk disk (repeatable): path=FILE[,readonly=on][,format=raw][,id=NAME][,bps=N][,iops=N].", valueName: "spec"))
     var disks: [String] = []
@@ -83,6 +88,7 @@ struct RunCommand: ParsableCommand {
         }
         var config = MachineConfig(boot: boot, cpus: cpus, memorySize: try parseSize(memory, option: "--memory"))
         config.serial = try parseSerial(serial)
+        config.consoleSocket = consoleSocket
         config.virtio = try makeVirtioConfig()
         // The built-in probe has no drivers: it leaves disks alone (the host daemon's tests run
         // probe VMs on store images), and other devices make no sense with it.
@@ -112,8 +118,10 @@ struct RunCommand: ParsableCommand {
     }
 
     func run() throws {
+        var wasRaw = false
         let exit = try reportingErrors { () throws -> MachineExit in
-            let config = try makeConfig()
+            var config = try makeConfig()
+            config.consoleEscape = config.serial == .stdio && isatty(0) == 1 && takesConsoleInput(config.boot)
             let probeLog = probeConsole(config)
             let machine = try Machine(config: config, onProbePass: { pass in
                 if pass == 1 { writeLine("probe_pass=1") }
@@ -122,20 +130,35 @@ struct RunCommand: ParsableCommand {
             })
             let control = try apiSocket.map { try ControlServer(path: $0, machine: machine) }
             defer { control?.remove() }
+            defer { if let consoleSocket { unlink(consoleSocket) } }
             if case .probe = config.boot, let ram = machine.memory.regions.first {
                 let start = UInt64(UInt(bitPattern: ram.host))
                 writeLine("guest_ram=\(hex(start))-\(hex(start + ram.size))")
             }
+            // An interactive console: raw terminal with Ctrl-A escapes (restored however we end).
+            let terminal = config.consoleEscape ? RawTerminal.enter() : nil
+            defer { terminal?.restore() }
+            wasRaw = terminal != nil
             let exit = machine.run()
+            terminal?.restore()
             if let exitFile { writeExitFile(exitFile, exit) }
             return exit
         }
+        if wasRaw, exit.exitStatus != 0 { printError("") }   // the guest's last line may be unfinished
         switch exit {
         case .failed(let why): printError("vireo: \(why)")
         case .signal(let s): printError("vireo: stopped by \(s == 2 ? "SIGINT" : s == 15 ? "SIGTERM" : "signal \(s)"); guest halted")
         default: break
         }
         if exit.exitStatus != 0 { throw ExitCode(exit.exitStatus) }
+    }
+}
+
+/// Whether the guest reads COM1 (a kernel, or the echo probe): only then is the terminal taken over.
+private func takesConsoleInput(_ boot: MachineConfig.Boot) -> Bool {
+    switch boot {
+    case .linux: return true
+    case let .probe(workload): return workload == .echo
     }
 }
 
@@ -164,7 +187,8 @@ func parseProbe(_ text: String) throws -> ProbeWorkload {
     case "mmio": return .mmioLoop(iterations: count ?? 100_000, address: ProbeWorkload.defaultMMIOAddress)
     case "dirty": return .dirty(passes: count ?? 0)
     case "compute": return .compute(iterations: count ?? 1_000_000_000)
-    default: throw VireoError(.invalidArgument, "--probe '\(text)' is not one of pio:N, mmio:N, dirty[:PASSES], compute:N")
+    case "echo" where parts.count == 1: return .echo
+    default: throw VireoError(.invalidArgument, "--probe '\(text)' is not one of pio:N, mmio:N, dirty[:PASSES], compute:N, echo")
     }
 }
 

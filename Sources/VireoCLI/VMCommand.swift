@@ -203,12 +203,21 @@ struct VMLogsCommand: ParsableCommand {
 }
 
 struct VMConsoleCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "console", abstract: "Print the guest's serial output and follow it (Ctrl-C ends).")
+    static let configuration = CommandConfiguration(
+        commandName: "console", abstract: "Attach to a VM's serial console (on a terminal; Ctrl-] detaches), or print and follow its output.",
+        discussion: "See docs/console.md. Example: echo 'uname -a' | vireo vm console web --attach --drain 3")
     @OptionGroup var client: ClientOptions
     @Argument var name: String
     @Flag(help: "Print what is there and return.") var noFollow = false
+    @Flag(help: "Only print and follow the output (read-only), even on a terminal.") var follow = false
+    @Flag(help: "Attach even when stdin is not a terminal: stdin goes to the guest, its output to stdout.") var attach = false
+    @Option(help: "With --attach and piped stdin: once stdin ends, exit after this many seconds without guest output.") var drain: Double = 2
     func run() throws {
-        try reportingErrors { _ = try streamConsole(client: client.makeClient(), name: name, from: 0, follow: !noFollow) }
+        try reportingErrors {
+            let c = try client.makeClient()
+            if attach || (!follow && !noFollow && isatty(0) == 1) { try attachConsole(client: c, name: name, drainSeconds: drain); return }
+            _ = try streamConsole(client: c, name: name, from: 0, follow: !noFollow)
+        }
     }
 }
 

@@ -51,6 +51,7 @@ struct OpenAPIContractTests {
             ("GET", "/v1/vms/zz", "/v1/vms/{name}", nil),
             ("PATCH", "/v1/vms/c1", "/v1/vms/{name}", #"{"memory_mib":96}"#),
             ("GET", "/v1/vms/c1/console", "/v1/vms/{name}/console", nil),
+            ("GET", "/v1/vms/c1/console/attach", "/v1/vms/{name}/console/attach", nil),   // stopped: 409
             ("POST", "/v1/vms/c1/stop", "/v1/vms/{name}/stop", nil),
             ("POST", "/v1/templates", "/v1/templates", #"{"name":"tp","kernel":"/nonexistent"}"#),
             ("POST", "/v1/templates", "/v1/templates", #"{"name":"tp","kernel":"\#(kernel)","bogus":1}"#),
