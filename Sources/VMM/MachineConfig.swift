@@ -23,6 +23,11 @@ public struct MachineConfig: Sendable {
     public var memoryOptions = GuestMemory.Options()
     /// virtio-pci devices (Linux boots only).
     public var virtio = VirtioConfig()
+    /// Map guest RAM with KVM dirty-page logging (`Machine.dirtyLog`), without sampling it.
+    public var trackDirtyPages = false
+    /// The active-memory estimate's sampling window in seconds (dirty logging on guest RAM,
+    /// read once per window on a low-priority thread); 0 turns it off. `vireo run` defaults to 10.
+    public var activeMemoryWindowSeconds: UInt32 = 0
 
     public static let defaultCmdline = "console=ttyS0 reboot=k panic=-1"
 

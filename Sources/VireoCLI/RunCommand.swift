@@ -61,6 +61,9 @@ struct RunCommand: ParsableCommand {
 
     @Option(name: .customLong("probe-image"), help: ArgumentHelp("Run a flat ring-3 probe binary (bench/probe-virtio) that may drive the --disk/--net devices.", visibility: .hidden))
     var probeImage: String?
+    @Option(name: .customLong("active-memory-window"), help: ArgumentHelp("Seconds per sample of the active-memory estimate (KVM dirty-page logging on guest RAM; the bytes the guest wrote in the last window). 0 turns it off.", valueName: "seconds"))
+    var activeMemoryWindow: UInt32 = 10
+
     @Option(help: "A unix socket for this VMM's control protocol: status, pause, resume, stop (used by `vireo host`).")
     var apiSocket: String?
 
@@ -84,6 +87,8 @@ struct RunCommand: ParsableCommand {
         var config = MachineConfig(boot: boot, cpus: cpus, memorySize: try parseSize(memory, option: "--memory"))
         config.serial = try parseSerial(serial)
         config.virtio = try makeVirtioConfig()
+        guard activeMemoryWindow <= 3600 else { throw ValidationError("--active-memory-window \(activeMemoryWindow) is more than an hour; give 1 to 3600 seconds, or 0 to turn the estimate off") }
+        config.activeMemoryWindowSeconds = activeMemoryWindow
         if case .probe = boot, probeImage == nil, !config.virtio.isEmpty { throw ValidationError("virtio devices need --kernel or --probe-image (the built-in probe has no drivers)") }
         return config
     }
