@@ -17,6 +17,8 @@ public enum HostDaemon {
         public var tokenFile: String?
         /// The `vireo` binary that runs each VMM (`vireo run ...`).
         public var vmmBinary: String
+        /// Passed to every VMM as --active-memory-window (nil: the VMM's default, 10 s).
+        public var activeMemoryWindow: UInt32?
         public init(socketPath: String, dataDir: String, listen: String?, tokenFile: String?, vmmBinary: String) {
             self.socketPath = socketPath; self.dataDir = dataDir; self.listen = listen; self.tokenFile = tokenFile; self.vmmBinary = vmmBinary
         }
@@ -54,6 +56,7 @@ public enum HostDaemon {
         }
 
         let service = try HostService(dataDir: o.dataDir, vmmBinary: o.vmmBinary)
+        await service.setActiveMemoryWindow(o.activeMemoryWindow)
         await service.adoptAll()
 
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)

@@ -20,6 +20,8 @@ actor HostService {
     /// Monotonic time of each VM's last start, and its count of quick failures (restart back-off).
     private var lastStart: [String: Double] = [:]
     private var quickFailures: [String: Int] = [:]
+    /// `vireo run --active-memory-window` for every VMM started (nil: the VMM's default).
+    var activeMemoryWindow: UInt32?
 
     static let version = "0.1.0"
     static let maxQuickFailures = 5
@@ -245,8 +247,9 @@ actor HostService {
         let name = r.name
         try Self.makeDirectory(vmDir(name))
         unlink(exitPath(name)); unlink(socketPath(name))
-        let argv = VMMCommand.arguments(vmmBinary: vmmBinary, definition: r.definition, console: consolePath(name),
+        let argv: [String] = VMMCommand.arguments(vmmBinary: vmmBinary, definition: r.definition, console: consolePath(name),
                                         apiSocket: socketPath(name), exitFile: exitPath(name))
+            + (activeMemoryWindow.map { ["--active-memory-window", String($0)] } ?? [])
         let pid: pid_t
         do { pid = try VMMProcess.spawn(argv, logPath: vmmLogPath(name)) } catch {
             r.state = .failed; r.reason = "\(error)"; r.pid = nil

@@ -31,11 +31,19 @@ struct HostServeCommand: ParsableCommand {
     @Option(help: ArgumentHelp("The vireo binary that runs each VMM.", visibility: .hidden))
     var vmmBinary: String?
 
+    @Option(name: .customLong("active-memory-window"), help: ArgumentHelp("Seconds per sample of each VM's active-memory estimate (given to every VMM; 0 turns it off; default 10).", valueName: "seconds"))
+    var activeMemoryWindow: UInt32?
+
     func run() throws {
         try reportingErrors {
-            try HostDaemon.runBlocking(HostDaemon.Options(
+            guard (activeMemoryWindow ?? 0) <= 3600 else {
+                throw VireoError(.invalidArgument, "--active-memory-window \(activeMemoryWindow ?? 0) is more than an hour; give 1 to 3600 seconds, or 0 to turn the estimate off")
+            }
+            var options = HostDaemon.Options(
                 socketPath: socket, dataDir: dataDir, listen: listen, tokenFile: tokenFile,
-                vmmBinary: vmmBinary ?? ChildProcess.selfExecutable()))
+                vmmBinary: vmmBinary ?? ChildProcess.selfExecutable())
+            options.activeMemoryWindow = activeMemoryWindow
+            try HostDaemon.runBlocking(options)
         }
     }
 }
