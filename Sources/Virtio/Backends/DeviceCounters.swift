@@ -21,6 +21,11 @@ public final class BlockCounters: Sendable {
 
     public struct Snapshot: Sendable, Equatable {
         public var readRequests, writeRequests, flushRequests, otherRequests, readBytes, writeBytes, errors: UInt64
+        public init(readRequests: UInt64, writeRequests: UInt64, flushRequests: UInt64, otherRequests: UInt64,
+                    readBytes: UInt64, writeBytes: UInt64, errors: UInt64) {
+            self.readRequests = readRequests; self.writeRequests = writeRequests; self.flushRequests = flushRequests
+            self.otherRequests = otherRequests; self.readBytes = readBytes; self.writeBytes = writeBytes; self.errors = errors
+        }
     }
 
     public var snapshot: Snapshot {
@@ -51,6 +56,10 @@ public final class NetCounters: Sendable {
 
     public struct Snapshot: Sendable, Equatable {
         public var rxFrames, rxBytes, rxDrops, txFrames, txBytes, txDrops: UInt64
+        public init(rxFrames: UInt64, rxBytes: UInt64, rxDrops: UInt64, txFrames: UInt64, txBytes: UInt64, txDrops: UInt64) {
+            self.rxFrames = rxFrames; self.rxBytes = rxBytes; self.rxDrops = rxDrops
+            self.txFrames = txFrames; self.txBytes = txBytes; self.txDrops = txDrops
+        }
     }
 
     public var snapshot: Snapshot {
