@@ -120,3 +120,24 @@ struct DirtyLogTests {
         #expect(machine.metrics().memory.activeStatus == "off")
     }
 }
+
+/// A fetch KVM refuses (here: a slot mapped without KVM_MEM_LOG_DIRTY_PAGES, what a host that
+/// refused the flag leaves behind) throws an error naming the call and the slot; the VMM turns
+/// it into `active_status: "unavailable: ..."` instead of failing the VM.
+@Suite(.enabled(if: KVMAvailability.available))
+struct DirtyLogRefusalTests {
+    @Test func fetchOnASlotWithoutLoggingNamesTheFailure() throws {
+        let vm = try KVMSystem().createVM()
+        let memory = try GuestMemory(layout: [(base: 0, size: 2 << 20)], options: GuestMemory.Options())
+        let region = try #require(memory.regions.first)
+        try vm.setMemoryRegion(slot: 0, guestAddress: 0, size: region.size, host: region.host)
+        let log = DirtyLog(vm: vm, slots: [DirtyLog.Slot(slot: 0, guestBase: 0, size: region.size)])
+        do {
+            _ = try log.fetch()
+            Issue.record("KVM_GET_DIRTY_LOG succeeded on a slot without dirty logging")
+        } catch {
+            print("refused fetch: \(error)")
+            #expect("\(error)".contains("KVM_GET_DIRTY_LOG failed for slot 0"))
+        }
+    }
+}
