@@ -21,10 +21,19 @@ struct VMStatsCommand: ParsableCommand {
         }
     }
 
+    /// 512 B, 4.0 KiB, 80.7 MiB, 1.5 GiB: one decimal from KiB up.
+    static func human(_ b: UInt64) -> String {
+        guard b >= 1024 else { return "\(b) B" }
+        var d = Double(b) / 1024, unit = 0
+        let units = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"]
+        while d >= 1024, unit < units.count - 1 { d /= 1024; unit += 1 }
+        return "\((d * 10).rounded() / 10) \(units[unit])"
+    }
+
     static func render(_ s: VMStats) -> String {
         var out = ""
         func line(_ t: String) { out += t + "\n" }
-        func bytes(_ b: UInt64?) -> String { b.map { ByteSize.format($0) } ?? "-" }
+        func bytes(_ b: UInt64?) -> String { b.map(human) ?? "-" }
         func secs(_ d: Double) -> String { String((d * 1000).rounded() / 1000) }
         func table(_ rows: [[String]]) {
             guard let first = rows.first else { return }

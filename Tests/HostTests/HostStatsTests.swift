@@ -70,7 +70,7 @@ struct HostStatsTests {
         // The CLI: a table by default, the API's JSON with --json.
         let table = try ChildProcessRunner.run([VireoBinary.path ?? "vireo", "vm", "stats", "st-1", "--socket", d.socket])
         #expect(table.status == 0, "\(table.stderr)")
-        #expect(table.stdout.contains("provisioned") && table.stdout.contains("64 MiB") && table.stdout.contains("active"))
+        #expect(table.stdout.contains("provisioned") && table.stdout.contains("64.0 MiB") && table.stdout.contains("active"))
         #expect(table.stdout.contains("VCPU") && table.stdout.contains("READY S"))
         let json = try ChildProcessRunner.run([VireoBinary.path ?? "vireo", "vm", "stats", "st-1", "--json", "--socket", d.socket])
         #expect((try? JSONDecoder().decode(VMStats.self, from: Data(json.stdout.utf8)))?.name == "st-1")
