@@ -247,9 +247,9 @@ actor HostService {
         let name = r.name
         try Self.makeDirectory(vmDir(name))
         unlink(exitPath(name)); unlink(socketPath(name))
-        let argv: [String] = VMMCommand.arguments(vmmBinary: vmmBinary, definition: r.definition, console: consolePath(name),
+        var argv = VMMCommand.arguments(vmmBinary: vmmBinary, definition: r.definition, console: consolePath(name),
                                         apiSocket: socketPath(name), exitFile: exitPath(name))
-            + (activeMemoryWindow.map { ["--active-memory-window", String($0)] } ?? [])
+        if let w = activeMemoryWindow { argv += ["--active-memory-window", String(w)] }
         let pid: pid_t
         do { pid = try VMMProcess.spawn(argv, logPath: vmmLogPath(name)) } catch {
             r.state = .failed; r.reason = "\(error)"; r.pid = nil
