@@ -139,6 +139,7 @@ doc = {
         "consumed_bytes": {"type": "integer", "minimum": 0, "description": "host memory resident for the VMM process (VmRSS)"},
         "active_bytes": {"type": "integer", "minimum": 0, "description": "bytes of guest pages written in the last full sampling window (KVM dirty logging): the written working set, a lower bound of active memory"},
         "active_window_seconds": {"type": "integer", "minimum": 0, "description": "the sampling window; 0 when the estimate is off"},
+        "active_sample_one_in": {"type": "integer", "minimum": 1, "description": "1: every page tracked (exact count of pages written); N: a random 1/N of the pages per window, scaled to all of RAM"},
         "active_status": {"type": "string", "description": "ok, sampling (first window not over), off, unavailable: WHY, or unknown (an older VMM)"},
         "guest_reported": ref("GuestMemoryReport"),
         "balloon_bytes": {"type": "integer", "minimum": 0, "description": "memory the guest gave back through the balloon"}}},

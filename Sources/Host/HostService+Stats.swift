@@ -12,7 +12,7 @@ extension HostService {
         var memoryBytes: UInt64
     }
 
-    func setActiveMemoryWindow(_ seconds: UInt32?) { activeMemoryWindow = seconds }
+    func configureActiveMemory(window: UInt32?, sample: UInt32?) { activeMemoryWindow = window; activeMemorySample = sample }
 
     /// 404 for an unknown VM, 409 for one without a VMM (stopped, failed).
     func statsTarget(_ name: String) throws -> StatsTarget {
@@ -38,7 +38,7 @@ enum VMStatsCollector {
         let m = status.memory
         let memory = VMMemoryStats(
             provisionedBytes: m?.provisionedBytes ?? t.memoryBytes, consumedBytes: ProcFS.statusBytes(pid: t.pid, key: "VmRSS"),
-            activeBytes: m?.activeBytes, activeWindowSeconds: m?.activeWindowSeconds,
+            activeBytes: m?.activeBytes, activeWindowSeconds: m?.activeWindowSeconds, activeSampleOneIn: m?.activeSampleOneIn,
             activeStatus: m?.activeStatus ?? "unknown: this VMM does not report an estimate (an older version)",
             guestReported: status.guestReport, balloonBytes: m?.balloonBytes)
         let state: VMState = status.state == "paused" ? .paused : t.state

@@ -20,11 +20,12 @@ public struct VMMStatus: Decodable, Sendable {
         public var provisionedBytes: UInt64?
         public var activeBytes: UInt64?
         var activeWindowSeconds: Int?
+        var activeSampleOneIn: Int?
         public var activeStatus: String?
         var balloonBytes: UInt64?
         var guest: [String: UInt64]?
         enum CodingKeys: String, CodingKey {
-            case provisionedBytes = "provisioned_bytes", activeBytes = "active_bytes", activeWindowSeconds = "active_window_seconds"
+            case provisionedBytes = "provisioned_bytes", activeBytes = "active_bytes", activeWindowSeconds = "active_window_seconds", activeSampleOneIn = "active_sample_one_in"
             case activeStatus = "active_status", balloonBytes = "balloon_bytes", guest
         }
     }

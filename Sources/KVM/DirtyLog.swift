@@ -11,6 +11,12 @@ import VireoSupport
 /// so the next write to each one is recorded). Only stores are recorded: a page the guest only
 /// reads never appears.
 ///
+/// With manual protection (`manualProtect`, KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 enabled on the VM
+/// before the slots were mapped) `fetch()` only reads: a page stays dirty, and writable, until
+/// `rearm(_:)` (KVM_CLEAR_DIRTY_LOG) clears and write-protects exactly the pages given. That lets
+/// a consumer track a chosen subset of the pages (the sampled active-memory estimate) or clear in
+/// chunks as it copies them (pre-copy).
+///
 /// One consumer at a time owns the re-arming: the active-memory sampler today, live migration's
 /// pre-copy next (it must stop the sampler before it starts fetching, or each sees only the pages
 /// written since the other's fetch). Fetches are serialised by an internal lock and may run on any
@@ -30,6 +36,7 @@ public final class DirtyLog: Sendable {
     public struct SlotBitmap: Sendable, Equatable {
         public var slot: Slot
         public var words: [UInt64]
+        public init(slot: Slot, words: [UInt64]) { self.slot = slot; self.words = words }
         public var dirtyPages: Int { words.reduce(0) { $0 + $1.nonzeroBitCount } }
         public func isDirty(guestAddress: UInt64) -> Bool {
             guard guestAddress >= slot.guestBase, guestAddress - slot.guestBase < slot.size else { return false }
@@ -54,6 +61,7 @@ public final class DirtyLog: Sendable {
     /// What one fetch returns: every slot's bitmap.
     public struct Bitmap: Sendable, Equatable {
         public var slots: [SlotBitmap]
+        public init(slots: [SlotBitmap]) { self.slots = slots }
         public var dirtyPages: Int { slots.reduce(0) { $0 + $1.dirtyPages } }
         public var dirtyBytes: UInt64 { UInt64(dirtyPages) * DirtyLog.pageSize }
         public func isDirty(guestAddress: UInt64) -> Bool { slots.contains { $0.isDirty(guestAddress: guestAddress) } }
@@ -63,12 +71,43 @@ public final class DirtyLog: Sendable {
 
     public let vm: VirtualMachine
     public let slots: [Slot]
+    /// Fetches do not re-arm; `rearm(_:)` does (see the type's documentation).
+    public let manualProtect: Bool
     private let lock = Mutex<Void>(())
 
     /// `slots`: the memory slots mapped with dirty logging on (their number, base and size).
-    public init(vm: VirtualMachine, slots: [Slot]) {
+    /// `manualProtect`: `enableManualProtect(on:)` was called on `vm` before they were mapped.
+    public init(vm: VirtualMachine, slots: [Slot], manualProtect: Bool = false) {
         self.vm = vm
         self.slots = slots
+        self.manualProtect = manualProtect
+    }
+
+    /// KVM_ENABLE_CAP(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, MANUAL_PROTECT_ENABLE): from now on
+    /// KVM_GET_DIRTY_LOG does not write-protect; KVM_CLEAR_DIRTY_LOG does, page by page.
+    /// Call before mapping slots with dirty logging.
+    public static func enableManualProtect(on vm: VirtualMachine) throws {
+        guard vm.check(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2) != 0 else {
+            throw VireoError(.unsupported, "this KVM lacks KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 (manual dirty-log protection)")
+        }
+        try vm.enableCapability(UInt32(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2), args: [UInt64(KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE)])
+    }
+
+    /// KVM_CLEAR_DIRTY_LOG: for every page whose bit is set in `pages` (one bitmap per slot, as
+    /// `fetch()` returns them), clears its dirty bit and write-protects it, so its next write is
+    /// recorded. Pages not given keep their state. Only with `manualProtect`.
+    public func rearm(_ pages: Bitmap) throws {
+        guard manualProtect else { throw VireoError(.invalidArgument, "DirtyLog.rearm needs manual protection (fetch re-arms every page otherwise)") }
+        try lock.withLock { _ in
+            for b in pages.slots {
+                guard let s = slots.first(where: { $0.slot == b.slot.slot }), b.words.count == s.words else {
+                    throw VireoError(.invalidArgument, "DirtyLog.rearm: a bitmap for slot \(b.slot.slot) does not match the logged slots")
+                }
+                var words = b.words
+                // SAFETY: KVM reads ceil(pages / 64) words from the buffer: `words` holds exactly that many (checked above).
+                try words.withUnsafeMutableBytes { try vm.clearDirtyLog(slot: s.slot, firstPage: 0, pages: UInt32(s.size / Self.pageSize), bitmap: $0) }
+            }
+        }
     }
 
     /// KVM_GET_DIRTY_LOG on every slot: the pages written since the previous fetch; re-arms.
@@ -87,6 +126,37 @@ public final class DirtyLog: Sendable {
         }
     }
 
+    /// A random 1/`oneIn` (a power of two) of every slot's pages, as a bitmap for `rearm(_:)`:
+    /// each bit is the AND of log2(oneIn) random bits.
+    public func randomSample<R: RandomNumberGenerator>(oneIn: UInt32, using rng: inout R) -> Bitmap {
+        let rounds = max(1, oneIn).trailingZeroBitCount
+        return Bitmap(slots: slots.map { slot in
+            let pages = Int(slot.size / Self.pageSize)
+            var words = [UInt64](repeating: 0, count: slot.words)
+            for w in words.indices {
+                var bits = UInt64.max
+                for _ in 0..<rounds { bits &= rng.next() }
+                let valid = pages - w * 64
+                if valid < 64 { bits &= (UInt64(1) << UInt64(valid)) &- 1 }
+                words[w] = bits
+            }
+            return SlotBitmap(slot: slot, words: words)
+        })
+    }
+
     /// Number of pages written since the previous fetch (a fetch; re-arms).
     public func fetchDirtyPages() throws -> Int { try fetch().dirtyPages }
+}
+
+extension VirtualMachine {
+    /// KVM_CLEAR_DIRTY_LOG on `pages` pages of `slot` from `firstPage` (a multiple of 64; `pages`
+    /// a multiple of 64 or reaching the slot's end), for the pages whose bits are set in `bitmap`.
+    public func clearDirtyLog(slot: UInt32, firstPage: UInt64, pages: UInt32, bitmap: UnsafeMutableRawBufferPointer) throws {
+        var c = kvm_clear_dirty_log()
+        c.slot = slot
+        c.first_page = firstPage
+        c.num_pages = pages
+        c.dirty_bitmap = bitmap.baseAddress
+        try withUnsafeMutableBytes(of: &c) { try ioctl(VIREO_KVM_CLEAR_DIRTY_LOG, $0.baseAddress, "KVM_CLEAR_DIRTY_LOG failed for slot \(slot)") }
+    }
 }

@@ -22,6 +22,8 @@ public struct MachineMetrics: Sendable, Equatable {
         public var activeBytes: UInt64?
         /// The sampling window (0: the estimate is off).
         public var activeWindowSeconds: UInt32
+        /// 1: every page is tracked (exact); N: a random 1/N of the pages per window, scaled up.
+        public var activeSampleOneIn: UInt32
         /// "ok", "sampling" (the first window has not ended), "off", or "unavailable: WHY".
         public var activeStatus: String
         /// The guest's own figures from the balloon's statistics queue, by name (free_bytes,
@@ -60,7 +62,7 @@ extension Machine {
         }
         return MachineMetrics(
             memory: .init(provisionedBytes: memory.totalSize, activeBytes: active, activeWindowSeconds: config.activeMemoryWindowSeconds,
-                          activeStatus: status, guest: guest, balloonBytes: balloon.map { UInt64($0.actualPages) * 4096 }),
+                          activeSampleOneIn: activeMemory?.sampleOneIn ?? 1, activeStatus: status, guest: guest, balloonBytes: balloon.map { UInt64($0.actualPages) * 4096 }),
             disks: diskCounters.map { .init(name: $0.name, path: $0.path, counters: $0.counters.snapshot) },
             nics: netCounters.map { .init(name: $0.name, counters: $0.counters.snapshot) })
     }
@@ -69,7 +71,7 @@ extension Machine {
 extension MachineMetrics {
     /// The control socket's JSON fields for these metrics: `"memory":{...},"disks":[...],"nics":[...]`.
     var jsonFields: String {
-        var m = #""provisioned_bytes":\#(memory.provisionedBytes),"active_window_seconds":\#(memory.activeWindowSeconds),"active_status":\#(JSONText.string(memory.activeStatus))"#
+        var m = #""provisioned_bytes":\#(memory.provisionedBytes),"active_window_seconds":\#(memory.activeWindowSeconds),"active_sample_one_in":\#(memory.activeSampleOneIn),"active_status":\#(JSONText.string(memory.activeStatus))"#
         if let a = memory.activeBytes { m += #","active_bytes":\#(a)"# }
         if let b = memory.balloonBytes { m += #","balloon_bytes":\#(b)"# }
         if !memory.guest.isEmpty {

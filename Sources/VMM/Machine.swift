@@ -75,9 +75,11 @@ public final class Machine: @unchecked Sendable {
 
         memory = try GuestMemory(layout: Machine.ramLayout(memorySize: config.memorySize), options: config.memoryOptions)
         let wantLog = config.trackDirtyPages || config.activeMemoryWindowSeconds > 0
-        (dirtyLog, dirtyLogUnavailable) = try Machine.mapRAM(memory, into: vm, logDirtyPages: wantLog)
+        (dirtyLog, dirtyLogUnavailable) = try Machine.mapRAM(memory, into: vm, logDirtyPages: wantLog,
+                                                             manualProtect: config.activeMemorySampleOneIn > 1)
         activeMemory = dirtyLog.flatMap { log in
-            config.activeMemoryWindowSeconds > 0 ? ActiveMemorySampler(log: log, windowSeconds: config.activeMemoryWindowSeconds) : nil
+            config.activeMemoryWindowSeconds > 0
+                ? ActiveMemorySampler(log: log, windowSeconds: config.activeMemoryWindowSeconds, sampleOneIn: config.activeMemorySampleOneIn) : nil
         }
 
         if case .linux = config.boot {

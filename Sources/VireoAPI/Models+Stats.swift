@@ -30,6 +30,8 @@ public struct VMMemoryStats: Codable, Sendable, Equatable {
     public var activeBytes: UInt64?
     /// The sampling window in seconds (0: the estimate is off).
     public var activeWindowSeconds: Int?
+    /// 1: every page tracked (exact count); N: a random 1/N of the pages per window, scaled up.
+    public var activeSampleOneIn: Int?
     /// ok, sampling, off, unavailable: WHY, or unknown (a VMM too old to report it).
     public var activeStatus: String
     /// The guest's own view, from the balloon's statistics queue (absent without a balloon or
@@ -39,15 +41,16 @@ public struct VMMemoryStats: Codable, Sendable, Equatable {
     public var balloonBytes: UInt64?
 
     public init(provisionedBytes: UInt64, consumedBytes: UInt64?, activeBytes: UInt64?, activeWindowSeconds: Int?,
-                activeStatus: String, guestReported: GuestMemoryReport?, balloonBytes: UInt64?) {
+                activeSampleOneIn: Int? = nil, activeStatus: String, guestReported: GuestMemoryReport?, balloonBytes: UInt64?) {
         self.provisionedBytes = provisionedBytes; self.consumedBytes = consumedBytes; self.activeBytes = activeBytes
-        self.activeWindowSeconds = activeWindowSeconds; self.activeStatus = activeStatus; self.guestReported = guestReported
+        self.activeWindowSeconds = activeWindowSeconds; self.activeSampleOneIn = activeSampleOneIn
+        self.activeStatus = activeStatus; self.guestReported = guestReported
         self.balloonBytes = balloonBytes
     }
 
     enum CodingKeys: String, CodingKey {
         case provisionedBytes = "provisioned_bytes", consumedBytes = "consumed_bytes", activeBytes = "active_bytes"
-        case activeWindowSeconds = "active_window_seconds", activeStatus = "active_status", guestReported = "guest_reported"
+        case activeWindowSeconds = "active_window_seconds", activeSampleOneIn = "active_sample_one_in", activeStatus = "active_status", guestReported = "guest_reported"
         case balloonBytes = "balloon_bytes"
     }
 }

@@ -1730,6 +1730,11 @@ public enum OpenAPIDocument {
             "minimum": 0,
             "description": "the sampling window; 0 when the estimate is off"
           },
+          "active_sample_one_in": {
+            "type": "integer",
+            "minimum": 1,
+            "description": "1: every page tracked (exact count of pages written); N: a random 1/N of the pages per window, scaled to all of RAM"
+          },
           "active_status": {
             "type": "string",
             "description": "ok, sampling (first window not over), off, unavailable: WHY, or unknown (an older VMM)"

@@ -24,7 +24,10 @@ struct BenchDirtyLog: ParsableCommand {
     @Option(help: "Seconds of the sampler runs (the guest rewrites its RAM continuously; passes/s with the active-memory sampler off and on).") var seconds: UInt32 = 30
     @Option(help: "The sampler's window in those runs.") var window: UInt32 = 10
 
-    enum Mode: String, CaseIterable { case off, onUnfetched = "on-unfetched", onFetchedEachPass = "on-fetched-each-pass" }
+    enum Mode: String, CaseIterable {
+        case off, onUnfetched = "on-unfetched", onFetchedEachPass = "on-fetched-each-pass"
+        case sampledEachPass = "on-sampled-1/16-rearmed-each-pass"
+    }
 
     func run() throws {
         try reportingErrors {
@@ -56,15 +59,23 @@ struct BenchDirtyLog: ParsableCommand {
     func measurePasses(_ mode: Mode) throws -> (passNanos: UInt64, fetchNanos: UInt64?, fetchedPages: Int) {
         var config = MachineConfig(boot: .probe(.dirty(passes: passes)), cpus: 1, memorySize: memory << 20, serial: .none)
         config.trackDirtyPages = mode != .off
+        if mode == .sampledEachPass { config.activeMemorySampleOneIn = 16 }
         let logRef = Mutex<DirtyLog?>(nil)
         let samples = Mutex<(marks: [UInt64], fetches: [UInt64], fetched: [Int])>(([], [], []))
-        let fetchEach = mode == .onFetchedEachPass
+        let fetchEach = mode == .onFetchedEachPass || mode == .sampledEachPass
+        let sampled = mode == .sampledEachPass
         let machine = try Machine(config: config, onProbePass: { _ in
             let t0 = monotonicNanos()
             var fetchTime: UInt64?
             var fetched = 0
             if fetchEach, let log = logRef.withLock({ $0 }) {
                 fetched = (try? log.fetchDirtyPages()) ?? -1
+                if sampled {
+                    // Re-arm a fresh random 1/16 of the pages (what the sampled estimator does per window).
+                    var rng = SystemRandomNumberGenerator()
+                    let sample = log.randomSample(oneIn: 16, using: &rng)
+                    if (try? log.rearm(sample)) == nil { fetched = -1 }
+                }
                 fetchTime = monotonicNanos() - t0
             }
             let t1 = monotonicNanos()
@@ -77,6 +88,9 @@ struct BenchDirtyLog: ParsableCommand {
         if mode != .off {
             guard let log = machine.dirtyLog else {
                 throw VireoError(.unsupported, "KVM refused dirty logging: \(machine.dirtyLogUnavailable ?? "no reason given")")
+            }
+            if mode == .sampledEachPass, !log.manualProtect {
+                throw VireoError(.unsupported, "KVM refused manual dirty-log protection (KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2)")
             }
             logRef.withLock { $0 = log }
         }

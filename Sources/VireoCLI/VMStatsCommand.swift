@@ -47,7 +47,9 @@ struct VMStatsCommand: ParsableCommand {
         line("\(s.name): \(s.state.rawValue)")
         line("")
         var active = bytes(m.activeBytes)
-        if m.activeBytes != nil, let w = m.activeWindowSeconds { active += " (written in the last \(w) s)" }
+        if m.activeBytes != nil, let w = m.activeWindowSeconds {
+            active += " (written in the last \(w) s" + ((m.activeSampleOneIn ?? 1) > 1 ? ", sampled 1/\(m.activeSampleOneIn ?? 1) of pages)" : ")")
+        }
         if m.activeStatus != "ok" { active += m.activeBytes == nil ? " (\(m.activeStatus))" : " [\(m.activeStatus)]" }
         var rows = [["MEMORY", ""], ["provisioned", bytes(m.provisionedBytes)], ["consumed", bytes(m.consumedBytes)], ["active", active]]
         if let b = m.balloonBytes { rows.append(["ballooned", bytes(b)]) }
