@@ -13,7 +13,8 @@ import Glibc
 /// end (the active-memory sampler's steady state between its fetches); logging on and fetched
 /// after every pass (every store of the next pass write-faults once: pre-copy's worst case, and
 /// the sampler's cost in a window where the guest writes those pages). Then PIO exits/s with
-/// logging off and on, and the workload's passes/s over `seconds` with the sampler off and on.
+/// logging off and on, and the workload's passes/s over `seconds` with the sampler off, on, and
+/// on sampling 1/16 of the pages.
 struct BenchDirtyLog: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "dirty-log", abstract: "Cost of KVM dirty-page logging: page-writing passes and exit rates, off vs on.")
@@ -46,9 +47,9 @@ struct BenchDirtyLog: ParsableCommand {
             for log in [false, true] {
                 print("dirty_log=\(log ? "on" : "off") pio_exits_per_s=\(try measureExits(log: log))")
             }
-            for w in [0, window] {
-                let r = try measureSampler(window: w)
-                print("active_memory_window_s=\(w) passes_per_s=\(fmt(r.passesPerSecond)) estimate_bytes=\(r.estimate.map(String.init) ?? "-")")
+            for (w, n) in [(UInt32(0), UInt32(1)), (window, 1), (window, 16)] {
+                let r = try measureSampler(window: w, sample: n)
+                print("active_memory_window_s=\(w) sample=1/\(n) passes_per_s=\(fmt(r.passesPerSecond)) estimate_bytes=\(r.estimate.map(String.init) ?? "-")")
             }
         }
     }
@@ -108,9 +109,10 @@ struct BenchDirtyLog: ParsableCommand {
     }
 
     /// The dirty workload forever for `seconds`, with the sampler at `window` (0: off): passes/s.
-    func measureSampler(window: UInt32) throws -> (passesPerSecond: Double, estimate: UInt64?) {
+    func measureSampler(window: UInt32, sample: UInt32) throws -> (passesPerSecond: Double, estimate: UInt64?) {
         var config = MachineConfig(boot: .probe(.dirty(passes: 0)), cpus: 1, memorySize: memory << 20, serial: .none)
         config.activeMemoryWindowSeconds = window
+        config.activeMemorySampleOneIn = sample
         let marks = Mutex<(first: UInt64, last: UInt64, count: UInt64)>((0, 0, 0))
         let machine = try Machine(config: config, onProbePass: { _ in
             let now = monotonicNanos()
