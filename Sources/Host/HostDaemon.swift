@@ -17,6 +17,10 @@ public enum HostDaemon {
         public var tokenFile: String?
         /// The `vireo` binary that runs each VMM (`vireo run ...`).
         public var vmmBinary: String
+        /// Passed to every VMM as --active-memory-window (nil: the VMM's default, 10 s).
+        public var activeMemoryWindow: UInt32?
+        /// Passed to every VMM as --active-memory-sample (nil: the VMM's default, every page).
+        public var activeMemorySample: UInt32?
         public init(socketPath: String, dataDir: String, listen: String?, tokenFile: String?, vmmBinary: String) {
             self.socketPath = socketPath; self.dataDir = dataDir; self.listen = listen; self.tokenFile = tokenFile; self.vmmBinary = vmmBinary
         }
@@ -73,6 +77,7 @@ public enum HostDaemon {
         }
 
         let service = try HostService(dataDir: o.dataDir, vmmBinary: o.vmmBinary)
+        await service.configureActiveMemory(window: o.activeMemoryWindow, sample: o.activeMemorySample)
         await service.adoptAll()
 
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)

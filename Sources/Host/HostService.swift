@@ -22,6 +22,9 @@ actor HostService {
     /// Monotonic time of each VM's last start, and its count of quick failures (restart back-off).
     private var lastStart: [String: Double] = [:]
     private var quickFailures: [String: Int] = [:]
+    /// `vireo run --active-memory-window` / `--active-memory-sample` for every VMM started (nil: the VMM's default).
+    var activeMemoryWindow: UInt32?
+    var activeMemorySample: UInt32?
 
     /// Live event subscribers (GET /v1/events?follow=true).
     let eventHub = EventHub()
@@ -297,8 +300,10 @@ actor HostService {
         let name = r.name
         try Self.makeDirectory(vmDir(name))
         unlink(exitPath(name)); unlink(socketPath(name))
-        let argv = VMMCommand.arguments(vmmBinary: vmmBinary, definition: r.definition, console: consolePath(name),
+        var argv = VMMCommand.arguments(vmmBinary: vmmBinary, definition: r.definition, console: consolePath(name),
                                         apiSocket: socketPath(name), exitFile: exitPath(name), consoleSocket: consoleSocketPath(name))
+        if let w = activeMemoryWindow { argv += ["--active-memory-window", String(w)] }
+        if let n = activeMemorySample { argv += ["--active-memory-sample", String(n)] }
         let pid: pid_t
         do { pid = try VMMProcess.spawn(argv, logPath: vmmLogPath(name)) } catch {
             r.state = .failed; r.reason = "\(error)"; r.pid = nil

@@ -50,26 +50,19 @@ enum Metrics {
         for (v, ts) in times { for t in ts { out += "vireo_vm_vcpu_cpu_seconds_total{vm=\"\(v.name)\",vcpu=\"\(t.vcpu)\"} \(fmt(t.cpuSeconds))\n" } }
         family("vireo_vm_vcpu_ready_seconds_total", "counter", "Time each vCPU thread was runnable but waiting for a CPU (CPU ready; schedstat run-queue wait).")
         for (v, ts) in times { for t in ts { out += "vireo_vm_vcpu_ready_seconds_total{vm=\"\(v.name)\",vcpu=\"\(t.vcpu)\"} \(fmt(t.readySeconds))\n" } }
+        // One status request per live VM; its reply feeds every family below.
+        let statuses: [(VMSample, VMMStatus)] = vms.compactMap { v in
+            guard v.pid != nil, let s = VMMStatus.fetch(socket: v.socket, timeoutSeconds: 1) else { return nil }
+            return (v, s)
+        }
         family("vireo_vm_vcpu_exits_total", "counter", "VM exits handled in user space, per vCPU and kind (from the VMM's control socket).")
-        for v in vms where v.pid != nil {
-            guard let reply = VMMProcess.control(v.socket, "status", timeoutSeconds: 1) else { continue }
-            for (i, e) in parseExits(reply).enumerated() {
-                out += "vireo_vm_vcpu_exits_total{vm=\"\(v.name)\",vcpu=\"\(i)\",kind=\"pio\"} \(e.pio)\n"
-                out += "vireo_vm_vcpu_exits_total{vm=\"\(v.name)\",vcpu=\"\(i)\",kind=\"mmio\"} \(e.mmio)\n"
+        for (v, s) in statuses {
+            for c in s.vcpus ?? [] {
+                out += "vireo_vm_vcpu_exits_total{vm=\"\(v.name)\",vcpu=\"\(c.index)\",kind=\"pio\"} \(c.pioExits ?? 0)\n"
+                out += "vireo_vm_vcpu_exits_total{vm=\"\(v.name)\",vcpu=\"\(c.index)\",kind=\"mmio\"} \(c.mmioExits ?? 0)\n"
             }
         }
+        renderDevices(statuses, into: &out)
         return out
-    }
-
-    /// Pulls pio/mmio exit counts out of the VMM's status line (a fixed, flat JSON shape).
-    static func parseExits(_ reply: String) -> [(pio: UInt64, mmio: UInt64)] {
-        func number(after key: String, in s: Substring) -> UInt64? {
-            guard let r = s.firstRange(of: "\"\(key)\":") else { return nil }
-            return UInt64(s[r.upperBound...].prefix(while: { $0.isNumber }))
-        }
-        return reply.split(separator: "{").compactMap { part in
-            guard let p = number(after: "pio_exits", in: part), let m = number(after: "mmio_exits", in: part) else { return nil }
-            return (p, m)
-        }
     }
 }

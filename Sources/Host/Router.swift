@@ -47,7 +47,7 @@ public struct Router: Sendable {
         ("GET", "/v1/vms/{name}"), ("PATCH", "/v1/vms/{name}"), ("DELETE", "/v1/vms/{name}"),
         ("POST", "/v1/vms/{name}/start"), ("POST", "/v1/vms/{name}/stop"), ("POST", "/v1/vms/{name}/kill"),
         ("POST", "/v1/vms/{name}/pause"), ("POST", "/v1/vms/{name}/resume"), ("POST", "/v1/vms/{name}/reboot"),
-        ("GET", "/v1/vms/{name}/console"), ("GET", "/v1/vms/{name}/console/attach"),
+        ("GET", "/v1/vms/{name}/console"), ("GET", "/v1/vms/{name}/console/attach"), ("GET", "/v1/vms/{name}/stats"),
         ("GET", "/v1/templates"), ("POST", "/v1/templates"), ("GET", "/v1/templates/{name}"), ("DELETE", "/v1/templates/{name}"),
     ] + imageRoutes
 
@@ -130,6 +130,11 @@ public struct Router: Sendable {
                 let (bytes, next) = try await service.console(name, offset: offset, limit: limit)
                 return HTTPResponse(status: 200, contentType: "text/plain; charset=utf-8", body: bytes,
                                     headers: [("X-Vireo-Next-Offset", String(next))])
+            }
+            if parts[3] == "stats" {
+                try allow("GET")
+                let target = try await service.statsTarget(name)
+                return .json(200, try VMStatsCollector.collect(target))
             }
             try allow("POST")
             switch parts[3] {

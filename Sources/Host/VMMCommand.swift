@@ -14,10 +14,11 @@ public enum VMMCommand {
             if let initrd = d.initrd { argv += ["--initrd", initrd] }
             if let cmdline = d.cmdline { argv += ["--cmdline", cmdline] }
         }
-        // `vireo run`'s device specs: --disk path=FILE[,readonly=on], --net tap=NAME[,mac=MAC], --balloon size=MIB.
+        // `vireo run`'s device specs: --disk path=FILE[,readonly=on], --net tap=NAME[,mac=MAC], --balloon size=MIB,stats=on.
         for disk in d.disks { argv += ["--disk", "path=\(disk.path)" + (disk.readonly == true ? ",readonly=on" : "")] }
         for nic in d.nics { argv += ["--net", "tap=\(nic.tap)" + (nic.mac.map { ",mac=\($0)" } ?? "")] }
-        if let b = d.balloonMiB { argv += ["--balloon", "size=\(b)"] }
+        // stats=on: the guest's own free/available memory reaches `vireo vm stats` and /metrics.
+        if let b = d.balloonMiB { argv += ["--balloon", "size=\(b),stats=on"] }
         return argv
     }
 }

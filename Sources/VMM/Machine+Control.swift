@@ -98,7 +98,8 @@ public final class PauseGate: @unchecked Sendable {
 
 /// The VMM's own control socket (`vireo run --api-socket PATH`): one line in, one JSON line out.
 ///
-/// Commands: `status` (state, per-vCPU exit counts and thread ids), `pause`, `resume`,
+/// Commands: `status` (state, per-vCPU exit counts and thread ids, memory (provisioned, active
+/// estimate, guest-reported), per-disk and per-NIC counters), `pause`, `resume`,
 /// `shutdown` (press the ACPI power button; the guest powers itself off), `stop` (end now).
 /// One connection at a time, on its own host thread; the daemon is the only client.
 public final class ControlServer: @unchecked Sendable {
@@ -187,7 +188,7 @@ public final class ControlServer: @unchecked Sendable {
         let vcpus = machine.stats.enumerated().map { i, s in
             #"{"index":\#(i),"tid":\#(tids[i] ?? 0),"pio_exits":\#(s.pioExits.load(ordering: .relaxed)),"mmio_exits":\#(s.mmioExits.load(ordering: .relaxed)),"other_exits":\#(s.otherExits.load(ordering: .relaxed))}"#
         }
-        return #"{"ok":true,"state":"\#(state)","pid":\#(getpid()),"vcpus":[\#(vcpus.joined(separator: ","))]}"#
+        return #"{"ok":true,"state":"\#(state)","pid":\#(getpid()),"vcpus":[\#(vcpus.joined(separator: ","))],\#(machine.metrics().jsonFields)}"#
     }
 }
 

@@ -118,6 +118,7 @@ extension Machine {
             let block = VirtioBlock(backend: try openDisk(disk, index: i))
             block.limiter = Self.limiter(disk.rateLimit)
             _ = try wiring.attach(block, name: "virtio-blk \(disk.id ?? disk.path)", limiter: block.limiter)
+            diskCounters.append((disk.id ?? "disk\(i)", disk.path, block.counters))
         }
         if let console = v.console {
             let sink = try virtioConsoleSink(console)

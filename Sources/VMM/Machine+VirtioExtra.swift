@@ -17,6 +17,7 @@ extension Machine {
         let balloon = VirtioBalloon(targetPages: UInt32(config.targetMiB * 256), stats: config.stats,
                                     deflateOnOOM: config.deflateOnOOM, reporting: config.reporting)
         let slot = try wiring.attach(balloon, name: "virtio-balloon")
+        self.balloon = balloon
         let transport = slot.transport
         if config.stats {
             let bells = slot.doorbells
@@ -38,6 +39,7 @@ extension Machine {
         let net = VirtioNet(backend: tap, mac: mac)
         net.limiter = Machine.limiter(config.rateLimit)
         let slot = try wiring.attach(net, name: "virtio-net \(config.tap)", limiter: net.limiter)
+        netCounters.append((config.tap, net.counters))
         // Frames from the TAP: edge-triggered; the receive path drains until EAGAIN or until the
         // guest runs out of buffers (then the guest's next rx doorbell resumes it).
         let rx = slot.doorbells[0]

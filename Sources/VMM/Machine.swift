@@ -4,6 +4,7 @@ import GuestMemory
 import KVM
 import Synchronization
 import VireoSupport
+import Virtio
 import X86Boot
 #if canImport(Glibc)
 import Glibc
@@ -33,6 +34,17 @@ public final class Machine: @unchecked Sendable {
     var resources: [AnyObject] = []
     /// The virtio back ends' thread (nil without virtio devices); see Machine+Virtio.swift.
     var eventLoop: EventLoop?
+    /// Dirty-page logging over guest RAM, when asked for (`trackDirtyPages` or an active-memory
+    /// window) and KVM accepted it; see `dirtyLogUnavailable` otherwise.
+    public let dirtyLog: DirtyLog?
+    /// Why dirty logging was asked for but is off (what KVM refused), or nil.
+    public let dirtyLogUnavailable: String?
+    /// The active-memory sampler (nil when not asked for or when dirty logging is unavailable).
+    public let activeMemory: ActiveMemorySampler?
+    /// The virtio devices' counters, for `metrics()` (set up once in init).
+    var diskCounters: [(name: String, path: String, counters: BlockCounters)] = []
+    var netCounters: [(name: String, counters: NetCounters)] = []
+    var balloon: VirtioBalloon?
     /// How many unmapped accesses were printed (vCPU threads race on it; it only bounds the output).
     private let reportedUnmapped = Atomic<Int>(0)
 
@@ -65,8 +77,12 @@ public final class Machine: @unchecked Sendable {
         try vm.setIdentityMapAddress(Machine.identityMapAddress)
 
         memory = try GuestMemory(layout: Machine.ramLayout(memorySize: config.memorySize), options: config.memoryOptions)
-        for (slot, region) in memory.regions.enumerated() {
-            try vm.setMemoryRegion(slot: UInt32(slot), guestAddress: region.guestBase, size: region.size, host: region.host)
+        let wantLog = config.trackDirtyPages || config.activeMemoryWindowSeconds > 0
+        (dirtyLog, dirtyLogUnavailable) = try Machine.mapRAM(memory, into: vm, logDirtyPages: wantLog,
+                                                             manualProtect: config.activeMemorySampleOneIn > 1)
+        activeMemory = dirtyLog.flatMap { log in
+            config.activeMemoryWindowSeconds > 0
+                ? ActiveMemorySampler(log: log, windowSeconds: config.activeMemoryWindowSeconds, sampleOneIn: config.activeMemorySampleOneIn) : nil
         }
 
         if case .linux = config.boot {
@@ -174,6 +190,7 @@ public final class Machine: @unchecked Sendable {
         if let eventLoop {
             do { try eventLoop.start() } catch { stop.request(.failed("cannot start the device event loop: \(error)")) }
         }
+        let sampler = startActiveMemorySampler()
 
         supervise(signalFD: sfd)
         DebugLog.log("supervisor woke; stopping \(threads.count) vCPU threads")
@@ -190,6 +207,7 @@ public final class Machine: @unchecked Sendable {
             DebugLog.log("vCPU \(i) joined: pio=\(stats[i].pioExits.load(ordering: .relaxed)) mmio=\(stats[i].mmioExits.load(ordering: .relaxed)) unmapped=\(stats[i].unmappedAccesses.load(ordering: .relaxed))")
         }
         eventLoop?.join()
+        sampler?.join()
         if let platform = devices as? PlatformDevices {
             let p = platform.ports.statistics
             DebugLog.log("port bus: unhandled reads \(p.unhandledReads) writes \(p.unhandledWrites), last \(p.lastUnhandledAddress.map { hex($0) } ?? "-")")

@@ -27,6 +27,15 @@ public struct MachineConfig: Sendable {
     public var memoryOptions = GuestMemory.Options()
     /// virtio-pci devices (Linux boots only).
     public var virtio = VirtioConfig()
+    /// Map guest RAM with KVM dirty-page logging (`Machine.dirtyLog`), without sampling it.
+    public var trackDirtyPages = false
+    /// The active-memory estimate's sampling window in seconds (dirty logging on guest RAM,
+    /// read once per window on a low-priority thread); 0 turns it off. `vireo run` defaults to 10.
+    public var activeMemoryWindowSeconds: UInt32 = 0
+    /// 1: the estimate re-arms every page each window (exact count of the pages written). A power
+    /// of two N > 1: a random 1/N of the pages per window, scaled up (N times fewer write faults).
+    /// N > 1 also maps RAM with manual dirty-log protection (`DirtyLog.manualProtect`).
+    public var activeMemorySampleOneIn: UInt32 = 1
 
     public static let defaultCmdline = "console=ttyS0 reboot=k panic=-1"
 

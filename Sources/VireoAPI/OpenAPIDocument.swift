@@ -1074,6 +1074,75 @@ public enum OpenAPIDocument {
         }
       }
     },
+    "/v1/vms/{name}/stats": {
+      "get": {
+        "operationId": "getVMStats",
+        "summary": "A running VM's memory (provisioned, consumed, active, guest-reported), per-vCPU CPU and ready time, disk and NIC counters",
+        "parameters": [
+          {
+            "name": "name",
+            "in": "path",
+            "required": true,
+            "schema": {
+              "type": "string",
+              "pattern": "^[a-z0-9][a-z0-9-]{0,62}$"
+            }
+          }
+        ],
+        "responses": {
+          "200": {
+            "description": "the VM's figures",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/VMStats"
+                }
+              }
+            }
+          },
+          "404": {
+            "description": "no such VM",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "409": {
+            "description": "the VM has no VMM (stopped or failed)",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "500": {
+            "description": "the VMM did not answer",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "401": {
+            "description": "missing or wrong bearer token (TCP listener only)",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          }
+        }
+      }
+    },
     "/v1/templates": {
       "get": {
         "operationId": "listTemplates",
@@ -2064,6 +2133,238 @@ public enum OpenAPIDocument {
           },
           "data_dir": {
             "type": "string"
+          }
+        }
+      },
+      "VMStats": {
+        "type": "object",
+        "required": [
+          "name",
+          "state",
+          "memory",
+          "vcpus",
+          "disks",
+          "nics"
+        ],
+        "properties": {
+          "name": {
+            "type": "string"
+          },
+          "state": {
+            "$ref": "#/components/schemas/VMState"
+          },
+          "memory": {
+            "$ref": "#/components/schemas/VMMemoryStats"
+          },
+          "vcpus": {
+            "type": "array",
+            "items": {
+              "$ref": "#/components/schemas/VCPUStat"
+            }
+          },
+          "disks": {
+            "type": "array",
+            "items": {
+              "$ref": "#/components/schemas/DiskStat"
+            }
+          },
+          "nics": {
+            "type": "array",
+            "items": {
+              "$ref": "#/components/schemas/NICStat"
+            }
+          }
+        }
+      },
+      "VMMemoryStats": {
+        "type": "object",
+        "required": [
+          "provisioned_bytes",
+          "active_status"
+        ],
+        "properties": {
+          "provisioned_bytes": {
+            "type": "integer",
+            "minimum": 0,
+            "description": "guest RAM configured"
+          },
+          "consumed_bytes": {
+            "type": "integer",
+            "minimum": 0,
+            "description": "host memory resident for the VMM process (VmRSS)"
+          },
+          "active_bytes": {
+            "type": "integer",
+            "minimum": 0,
+            "description": "bytes of guest pages written in the last full sampling window (KVM dirty logging): the written working set, a lower bound of active memory"
+          },
+          "active_window_seconds": {
+            "type": "integer",
+            "minimum": 0,
+            "description": "the sampling window; 0 when the estimate is off"
+          },
+          "active_sample_one_in": {
+            "type": "integer",
+            "minimum": 1,
+            "description": "1: every page tracked (exact count of pages written); N: a random 1/N of the pages per window, scaled to all of RAM"
+          },
+          "active_status": {
+            "type": "string",
+            "description": "ok, sampling (first window not over), off, unavailable: WHY, or unknown (an older VMM)"
+          },
+          "guest_reported": {
+            "$ref": "#/components/schemas/GuestMemoryReport"
+          },
+          "balloon_bytes": {
+            "type": "integer",
+            "minimum": 0,
+            "description": "memory the guest gave back through the balloon"
+          }
+        }
+      },
+      "GuestMemoryReport": {
+        "type": "object",
+        "description": "the guest's own figures from the virtio-balloon statistics queue",
+        "properties": {
+          "total_bytes": {
+            "type": "integer",
+            "minimum": 0
+          },
+          "free_bytes": {
+            "type": "integer",
+            "minimum": 0
+          },
+          "available_bytes": {
+            "type": "integer",
+            "minimum": 0
+          },
+          "disk_caches_bytes": {
+            "type": "integer",
+            "minimum": 0
+          }
+        }
+      },
+      "VCPUStat": {
+        "type": "object",
+        "required": [
+          "index",
+          "cpu_seconds",
+          "ready_seconds"
+        ],
+        "properties": {
+          "index": {
+            "type": "integer",
+            "minimum": 0
+          },
+          "cpu_seconds": {
+            "type": "number",
+            "description": "CPU time of the vCPU thread"
+          },
+          "ready_seconds": {
+            "type": "number",
+            "description": "CPU ready: time runnable but waiting for a host CPU"
+          },
+          "pio_exits": {
+            "type": "integer",
+            "minimum": 0
+          },
+          "mmio_exits": {
+            "type": "integer",
+            "minimum": 0
+          }
+        }
+      },
+      "DiskStat": {
+        "type": "object",
+        "required": [
+          "name",
+          "path",
+          "read_requests",
+          "write_requests",
+          "flush_requests",
+          "other_requests",
+          "read_bytes",
+          "write_bytes",
+          "errors"
+        ],
+        "properties": {
+          "name": {
+            "type": "string"
+          },
+          "path": {
+            "type": "string"
+          },
+          "read_requests": {
+            "type": "integer",
+            "minimum": 0
+          },
+          "write_requests": {
+            "type": "integer",
+            "minimum": 0
+          },
+          "flush_requests": {
+            "type": "integer",
+            "minimum": 0
+          },
+          "other_requests": {
+            "type": "integer",
+            "minimum": 0,
+            "description": "discard, write-zeroes, get-id"
+          },
+          "read_bytes": {
+            "type": "integer",
+            "minimum": 0
+          },
+          "write_bytes": {
+            "type": "integer",
+            "minimum": 0
+          },
+          "errors": {
+            "type": "integer",
+            "minimum": 0,
+            "description": "requests answered with an error status"
+          }
+        }
+      },
+      "NICStat": {
+        "type": "object",
+        "required": [
+          "name",
+          "rx_frames",
+          "rx_bytes",
+          "rx_drops",
+          "tx_frames",
+          "tx_bytes",
+          "tx_drops"
+        ],
+        "properties": {
+          "name": {
+            "type": "string",
+            "description": "the TAP device"
+          },
+          "rx_frames": {
+            "type": "integer",
+            "minimum": 0
+          },
+          "rx_bytes": {
+            "type": "integer",
+            "minimum": 0
+          },
+          "rx_drops": {
+            "type": "integer",
+            "minimum": 0
+          },
+          "tx_frames": {
+            "type": "integer",
+            "minimum": 0
+          },
+          "tx_bytes": {
+            "type": "integer",
+            "minimum": 0
+          },
+          "tx_drops": {
+            "type": "integer",
+            "minimum": 0
           }
         }
       },

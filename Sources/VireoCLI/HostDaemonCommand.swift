@@ -31,11 +31,26 @@ struct HostServeCommand: ParsableCommand {
     @Option(help: ArgumentHelp("The vireo binary that runs each VMM.", visibility: .hidden))
     var vmmBinary: String?
 
+    @Option(name: .customLong("active-memory-window"), help: ArgumentHelp("Seconds per sample of each VM's active-memory estimate (given to every VMM; 0 turns it off; default 10).", valueName: "seconds"))
+    var activeMemoryWindow: UInt32?
+
+    @Option(name: .customLong("active-memory-sample"), help: ArgumentHelp("Each VM's estimate tracks a random 1/N of its pages per window (a power of two up to 1024; default 1, every page).", valueName: "N"))
+    var activeMemorySample: UInt32?
+
     func run() throws {
         try reportingErrors {
-            try HostDaemon.runBlocking(HostDaemon.Options(
+            guard (activeMemoryWindow ?? 0) <= 3600 else {
+                throw VireoError(.invalidArgument, "--active-memory-window \(activeMemoryWindow ?? 0) is more than an hour; give 1 to 3600 seconds, or 0 to turn the estimate off")
+            }
+            var options = HostDaemon.Options(
                 socketPath: socket, dataDir: dataDir, listen: listen, tokenFile: tokenFile,
-                vmmBinary: vmmBinary ?? ChildProcess.selfExecutable()))
+                vmmBinary: vmmBinary ?? ChildProcess.selfExecutable())
+            if let n = activeMemorySample, n == 0 || n > 1024 || n & (n - 1) != 0 {
+                throw VireoError(.invalidArgument, "--active-memory-sample \(n) is not a power of two from 1 to 1024 (1 tracks every page)")
+            }
+            options.activeMemoryWindow = activeMemoryWindow
+            options.activeMemorySample = activeMemorySample
+            try HostDaemon.runBlocking(options)
         }
     }
 }

@@ -66,6 +66,12 @@ struct RunCommand: ParsableCommand {
 
     @Option(name: .customLong("probe-image"), help: ArgumentHelp("Run a flat ring-3 probe binary (bench/probe-virtio) that may drive the --disk/--net devices.", visibility: .hidden))
     var probeImage: String?
+    @Option(name: .customLong("active-memory-window"), help: ArgumentHelp("Seconds per sample of the active-memory estimate (KVM dirty-page logging on guest RAM; the bytes the guest wrote in the last window). 0 turns it off.", valueName: "seconds"))
+    var activeMemoryWindow: UInt32 = 10
+
+    @Option(name: .customLong("active-memory-sample"), help: ArgumentHelp("Track a random 1/N of the guest pages per window for the active-memory estimate (N a power of two up to 1024; 1 = every page, exact). N times fewer write faults; see docs/PERFORMANCE.md.", valueName: "N"))
+    var activeMemorySample: UInt32 = 1
+
     @Option(help: "A unix socket for this VMM's control protocol: status, pause, resume, shutdown (ACPI power button), stop (used by `vireo host`).")
     var apiSocket: String?
 
@@ -90,6 +96,12 @@ struct RunCommand: ParsableCommand {
         config.serial = try parseSerial(serial)
         config.consoleSocket = consoleSocket
         config.virtio = try makeVirtioConfig()
+        guard activeMemoryWindow <= 3600 else { throw ValidationError("--active-memory-window \(activeMemoryWindow) is more than an hour; give 1 to 3600 seconds, or 0 to turn the estimate off") }
+        config.activeMemoryWindowSeconds = activeMemoryWindow
+        guard activeMemorySample >= 1, activeMemorySample <= 1024, activeMemorySample & (activeMemorySample - 1) == 0 else {
+            throw ValidationError("--active-memory-sample \(activeMemorySample) is not a power of two from 1 to 1024 (1 tracks every page)")
+        }
+        config.activeMemorySampleOneIn = activeMemorySample
         // The built-in probe has no drivers: it leaves disks alone (the host daemon's tests run
         // probe VMs on store images), and other devices make no sense with it.
         var devices = config.virtio

@@ -84,5 +84,5 @@ struct HostCLITests {
     #expect(argv == ["/bin/vireo", "run", "--cpus", "2", "--memory", "512M", "--serial", "file=/c.log", "--api-socket", "/a.sock",
                      "--exit-file", "/x", "--kernel", "/k", "--initrd", "/i", "--cmdline", "console=ttyS0",
                      "--disk", "path=/d.qcow2,readonly=on", "--disk", "path=/e.raw", "--net", "tap=tap0,mac=52:54:00:12:34:56",
-                     "--balloon", "size=128"])
+                     "--balloon", "size=128,stats=on"])
 }

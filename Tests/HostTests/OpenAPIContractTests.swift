@@ -52,6 +52,7 @@ struct OpenAPIContractTests {
             ("PATCH", "/v1/vms/c1", "/v1/vms/{name}", #"{"memory_mib":96}"#),
             ("GET", "/v1/vms/c1/console", "/v1/vms/{name}/console", nil),
             ("GET", "/v1/vms/c1/console/attach", "/v1/vms/{name}/console/attach", nil),   // stopped: 409
+            ("GET", "/v1/vms/c1/stats", "/v1/vms/{name}/stats", nil), ("GET", "/v1/vms/zz/stats", "/v1/vms/{name}/stats", nil),
             ("POST", "/v1/vms/c1/stop", "/v1/vms/{name}/stop", nil),
             ("POST", "/v1/templates", "/v1/templates", #"{"name":"tp","kernel":"/nonexistent"}"#),
             ("POST", "/v1/templates", "/v1/templates", #"{"name":"tp","kernel":"\#(kernel)","bogus":1}"#),
@@ -70,6 +71,7 @@ struct OpenAPIContractTests {
         ]
         if kvm {
             calls += [("POST", "/v1/vms/c1/start", "/v1/vms/{name}/start", nil), ("POST", "/v1/vms/c1/start", "/v1/vms/{name}/start", nil),
+                      ("GET", "/v1/vms/c1/stats", "/v1/vms/{name}/stats", nil),
                       ("PATCH", "/v1/vms/c1", "/v1/vms/{name}", #"{"vcpus":2}"#),
                       ("POST", "/v1/vms/c1/pause", "/v1/vms/{name}/pause", nil), ("POST", "/v1/vms/c1/resume", "/v1/vms/{name}/resume", nil),
                       ("POST", "/v1/vms/c1/reboot", "/v1/vms/{name}/reboot", nil), ("DELETE", "/v1/vms/c1", "/v1/vms/{name}", nil),

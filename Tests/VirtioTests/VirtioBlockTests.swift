@@ -12,6 +12,7 @@ import Virtio
         let t: VirtioPCIDevice
         let d: VirtioPCIDriver
         let disk: InMemoryBlockBackend
+        let block: VirtioBlock
         var ring: DriverRing
         let bell: UInt64
         var nextDesc: UInt16 = 0
@@ -19,7 +20,8 @@ import Virtio
         init(readOnly: Bool = false) throws {
             m = try Machine()
             disk = InMemoryBlockBackend(size: 1 << 20, readOnly: readOnly, identifier: "serial-123")
-            t = try VirtioPCIDevice(device: VirtioBlock(backend: disk, queueSize: 64), memory: m.memory, msi: m.msi)
+            block = VirtioBlock(backend: disk, queueSize: 64)
+            t = try VirtioPCIDevice(device: block, memory: m.memory, msi: m.msi)
             try m.pci.add(t)
             var drv = VirtioPCIDriver(m, slot: 1)
             try drv.probe()
@@ -71,6 +73,8 @@ import Virtio
         let rd = try r.submit(type: T.read, sector: 3, segments: [(0x60000, 511), (0x70000, 513)], dataWritable: true)
         #expect(rd == (VirtioBlock.Status.ok, 1025))
         #expect(try r.m.memory.readBytes(at: 0x60000, count: 511) + r.m.memory.readBytes(at: 0x70000, count: 513) == pattern)
+        let c = r.block.counters.snapshot
+        #expect(c == .init(readRequests: 1, writeRequests: 1, flushRequests: 0, otherRequests: 0, readBytes: 1024, writeBytes: 1024, errors: 0))
     }
 
     @Test func outOfRangeAndUnalignedRequestsGetIOError() throws {
@@ -82,6 +86,9 @@ import Virtio
         #expect(try r.submit(type: T.write, sector: 0, segments: [(0x60000, 100)], dataWritable: false).status == VirtioBlock.Status.ioError)
         #expect(try r.submit(type: T.write, sector: .max / 512, segments: [(0x60000, 512)], dataWritable: false).status == VirtioBlock.Status.ioError)
         #expect(r.d.status & VirtioStatus.needsReset == 0)
+        // Refused requests are counted as requests and errors, never as bytes moved.
+        let c = r.block.counters.snapshot
+        #expect(c.readRequests == 3 && c.writeRequests == 2 && c.errors == 4 && c.readBytes == 512 && c.writeBytes == 0)
     }
 
     @Test func readOnlyDiskRefusesWrites() throws {
@@ -98,6 +105,8 @@ import Virtio
         #expect(id == (VirtioBlock.Status.ok, 21))
         #expect(try r.m.memory.readBytes(at: 0x60000, count: 20) == Array("serial-123".utf8) + [UInt8](repeating: 0, count: 10))
         #expect(try r.submit(type: 99, sector: 0, segments: [], dataWritable: false).status == VirtioBlock.Status.unsupported)
+        let c = r.block.counters.snapshot
+        #expect(c.flushRequests == 1 && c.otherRequests == 2 && c.errors == 1 && c.readBytes == 0)
     }
 
     @Test func discardAndWriteZeroes() throws {

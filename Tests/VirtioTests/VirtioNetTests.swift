@@ -75,6 +75,9 @@ final class LoopbackNet: NetBackend {
         _ = try rig.net.processQueue(1)
         #expect(rig.backend.sent == [hdr + payload])
         #expect(try rig.tx.usedIdx() == 1)
+        // Counters: one frame of 100 Ethernet bytes (the virtio header is not counted).
+        let c = rig.net.counters.snapshot
+        #expect(c.txFrames == 1 && c.txBytes == 100 && c.txDrops == 0 && c.rxFrames == 0)
     }
 
     @Test func transmitWithWritableBufferIsAGuestFault() throws {
@@ -105,6 +108,7 @@ final class LoopbackNet: NetBackend {
         #expect(got[10] == 2 && got[11] == 0)     // num_buffers = 2
         #expect(Array(got[12...]) == Array(frame[12...]))
         #expect(rig.irq.queues.contains(0))
+        #expect(rig.net.counters.snapshot == .init(rxFrames: 1, rxBytes: 1500, rxDrops: 0, txFrames: 0, txBytes: 0, txDrops: 0))
     }
 
     @Test func nonMergeableDropsFramesThatDoNotFit() throws {
@@ -118,6 +122,8 @@ final class LoopbackNet: NetBackend {
         #expect(try rig.rx.usedElement(0).length == 0)        // too big: returned empty
         #expect(try rig.rx.usedElement(1).length == 100)
         #expect(rig.net.framesDropped == 1)
+        let c = rig.net.counters.snapshot
+        #expect(c.rxDrops == 1 && c.rxFrames == 1 && c.rxBytes == 100 - 12)
     }
 
     @Test func configHoldsTheMAC() {

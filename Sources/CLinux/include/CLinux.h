@@ -47,6 +47,7 @@ static const unsigned long VIREO_KVM_IOEVENTFD = KVM_IOEVENTFD;
 static const unsigned long VIREO_KVM_SET_GSI_ROUTING = KVM_SET_GSI_ROUTING;
 static const unsigned long VIREO_KVM_SIGNAL_MSI = KVM_SIGNAL_MSI;
 static const unsigned long VIREO_KVM_GET_DIRTY_LOG = KVM_GET_DIRTY_LOG;
+static const unsigned long VIREO_KVM_CLEAR_DIRTY_LOG = KVM_CLEAR_DIRTY_LOG;
 static const unsigned long VIREO_KVM_ENABLE_CAP = KVM_ENABLE_CAP;
 static const unsigned long VIREO_KVM_SET_CLOCK = KVM_SET_CLOCK;
 static const unsigned long VIREO_KVM_GET_CLOCK = KVM_GET_CLOCK;

@@ -42,6 +42,8 @@ public final class VirtioBlock: VirtioDevice {
     private var interrupt: (any VirtioInterrupt)?
     private var scratch = [UInt8](repeating: 0, count: 0)
     public private(set) var requestsCompleted: UInt64 = 0
+    /// Per-request I/O counters, readable from any thread.
+    public let counters = BlockCounters()
     /// Optional bytes/s + requests/s limits. When it refuses, processing stops with requests
     /// left on the ring; the VMM retries after `limiter.nanosUntilAvailable`.
     public var limiter: RateLimiter?
@@ -174,7 +176,25 @@ public final class VirtioBlock: VirtioDevice {
         // The status byte is the last writable byte, whatever was (or was not) transferred.
         try out.skip(dataIn &- out.position)
         try out.write(status)
+        count(type: type, status: status, dataBytes: type == RequestType.read ? dataIn : dataOut)
         return UInt32(truncatingIfNeeded: written &+ 1)
+    }
+
+    /// One relaxed add per counter: the request by type, and its data bytes when it succeeded.
+    private func count(type: UInt32, status: UInt8, dataBytes: UInt64) {
+        switch type {
+        case RequestType.read:
+            counters.readRequests.add(1, ordering: .relaxed)
+            if status == Status.ok { counters.readBytes.add(dataBytes, ordering: .relaxed) }
+        case RequestType.write:
+            counters.writeRequests.add(1, ordering: .relaxed)
+            if status == Status.ok { counters.writeBytes.add(dataBytes, ordering: .relaxed) }
+        case RequestType.flush:
+            counters.flushRequests.add(1, ordering: .relaxed)
+        default:
+            counters.otherRequests.add(1, ordering: .relaxed)
+        }
+        if status != Status.ok { counters.errors.add(1, ordering: .relaxed) }
     }
 
     /// The byte offset of `sector` when `[sector, sector + bytes/512)` is a whole-sector range on the disk.

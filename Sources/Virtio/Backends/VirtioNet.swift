@@ -69,6 +69,8 @@ public final class VirtioNet: VirtioDevice {
     public private(set) var framesReceived: UInt64 = 0
     public private(set) var framesSent: UInt64 = 0
     public private(set) var framesDropped: UInt64 = 0
+    /// rx/tx frame, byte and drop counters, readable from any thread.
+    public let counters = NetCounters()
 
     public init(backend: any NetBackend, mac: [UInt8], queueSize: UInt16 = 256) {
         self.backend = backend
@@ -128,7 +130,7 @@ public final class VirtioNet: VirtioDevice {
                 if let limiter, !limiter.admit() { return false }     // the VMM re-kicks after the delay
                 let n = try rxFrame.withUnsafeMutableBytes { try backend.receive(into: $0) }
                 guard let n else { return false }
-                guard n > Self.headerSize else { framesDropped &+= 1; continue }
+                guard n > Self.headerSize else { framesDropped &+= 1; counters.rxDrops.add(1, ordering: .relaxed); continue }
                 rxPendingLength = n
                 limiter?.consume(bytes: UInt64(n))
             }
@@ -151,6 +153,7 @@ public final class VirtioNet: VirtioDevice {
                 for c in heldChains { queue.addUsed(head: c.head, length: 0) }
                 heldChains = []
                 framesDropped &+= 1
+                counters.rxDrops.add(1, ordering: .relaxed)
                 used = true
                 continue
             }
@@ -170,6 +173,8 @@ public final class VirtioNet: VirtioDevice {
             }
             heldChains.removeFirst(needed)
             framesReceived &+= 1
+            counters.rxFrames.add(1, ordering: .relaxed)
+            counters.rxBytes.add(UInt64(length - Self.headerSize), ordering: .relaxed)
             used = true
             budget -= 1
         }
@@ -193,9 +198,17 @@ public final class VirtioNet: VirtioDevice {
                     try txFrame.withUnsafeMutableBytes { try cursor.read(into: UnsafeMutableRawBufferPointer(rebasing: $0[0..<Int(total)])) }
                     limiter?.consume(bytes: total)
                     let sent = try txFrame.withUnsafeBytes { try backend.send(UnsafeRawBufferPointer(rebasing: $0[0..<Int(total)])) }
-                    if sent { framesSent &+= 1 } else { framesDropped &+= 1 }
+                    if sent {
+                        framesSent &+= 1
+                        counters.txFrames.add(1, ordering: .relaxed)
+                        counters.txBytes.add(total - UInt64(Self.headerSize), ordering: .relaxed)
+                    } else {
+                        framesDropped &+= 1
+                        counters.txDrops.add(1, ordering: .relaxed)
+                    }
                 } else {
                     framesDropped &+= 1
+                    counters.txDrops.add(1, ordering: .relaxed)
                 }
                 queue.addUsed(head: chain.head, length: 0)
                 used = true
