@@ -19,7 +19,7 @@ public enum HostDaemon {
         public var vmmBinary: String
         /// Passed to every VMM as --active-memory-window (nil: the VMM's default, 10 s).
         public var activeMemoryWindow: UInt32?
-        /// Passed to every VMM as --active-memory-sample (nil: the VMM's default, every page).
+        /// Passed to every VMM as --active-memory-sample (nil: the VMM's default, 1/16).
         public var activeMemorySample: UInt32?
         public init(socketPath: String, dataDir: String, listen: String?, tokenFile: String?, vmmBinary: String) {
             self.socketPath = socketPath; self.dataDir = dataDir; self.listen = listen; self.tokenFile = tokenFile; self.vmmBinary = vmmBinary

@@ -34,7 +34,7 @@ struct HostServeCommand: ParsableCommand {
     @Option(name: .customLong("active-memory-window"), help: ArgumentHelp("Seconds per sample of each VM's active-memory estimate (given to every VMM; 0 turns it off; default 10).", valueName: "seconds"))
     var activeMemoryWindow: UInt32?
 
-    @Option(name: .customLong("active-memory-sample"), help: ArgumentHelp("Each VM's estimate tracks a random 1/N of its pages per window (a power of two up to 1024; default 1, every page).", valueName: "N"))
+    @Option(name: .customLong("active-memory-sample"), help: ArgumentHelp("Each VM's estimate tracks a random 1/N of its pages per window (a power of two up to 1024; default 16; 1 = every page, exact but dearer).", valueName: "N"))
     var activeMemorySample: UInt32?
 
     func run() throws {

@@ -69,8 +69,8 @@ struct RunCommand: ParsableCommand {
     @Option(name: .customLong("active-memory-window"), help: ArgumentHelp("Seconds per sample of the active-memory estimate (KVM dirty-page logging on guest RAM; the bytes the guest wrote in the last window). 0 turns it off.", valueName: "seconds"))
     var activeMemoryWindow: UInt32 = 10
 
-    @Option(name: .customLong("active-memory-sample"), help: ArgumentHelp("Track a random 1/N of the guest pages per window for the active-memory estimate (N a power of two up to 1024; 1 = every page, exact). N times fewer write faults; see docs/PERFORMANCE.md.", valueName: "N"))
-    var activeMemorySample: UInt32 = 1
+    @Option(name: .customLong("active-memory-sample"), help: ArgumentHelp("Track a random 1/N of the guest pages per window for the active-memory estimate (N a power of two up to 1024; default 16; 1 = every page, exact but dearer). N times fewer write faults; see docs/PERFORMANCE.md.", valueName: "N"))
+    var activeMemorySample: UInt32 = 16
 
     @Option(help: "A unix socket for this VMM's control protocol: status, pause, resume, shutdown (ACPI power button), stop (used by `vireo host`).")
     var apiSocket: String?

@@ -16,7 +16,7 @@ struct HostStatsTests {
     static let slack: UInt64 = 8 * 4096
 
     @Test func runningProbeVMHasStatsAndMetricsStoppedAndUnknownAreErrors() throws {
-        let d = try TestDaemon(extra: ["--active-memory-window", "1"])
+        let d = try TestDaemon(extra: ["--active-memory-window", "1", "--active-memory-sample", "1"])   // exact count
         defer { d.shutdown() }
         _ = try d.createProbe("st-1", workload: "dirty", memory: 64)
 

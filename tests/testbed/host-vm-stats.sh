@@ -10,7 +10,7 @@ IMG=/tmp/vs-disk.img
 rm -rf /tmp/vs-data $IMG
 ip link del svtap0 2>/dev/null
 dd if=/dev/zero of=$IMG bs=1M count=64 2>/dev/null
-vireo host --socket $VIREO_SOCKET --data-dir /tmp/vs-data --active-memory-window 2 > /tmp/vs-daemon.log 2>&1 &
+vireo host --socket $VIREO_SOCKET --data-dir /tmp/vs-data --active-memory-window 2 --active-memory-sample 1 > /tmp/vs-daemon.log 2>&1 &
 daemon=$!
 trap 'vireo vm kill svm >/dev/null 2>&1; kill $daemon 2>/dev/null; ip link del svtap0 2>/dev/null' EXIT
 n=0; until [ -S $VIREO_SOCKET ]; do n=$((n + 1)); [ $n -lt 50 ] || fail "daemon did not start: $(tail -5 /tmp/vs-daemon.log)"; sleep 0.2; done
