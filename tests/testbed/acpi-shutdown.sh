@@ -15,12 +15,7 @@ expect_line /tmp/acpi-run.log 'about-to-power-off'
 grep -q 'VIREO-GUEST-SCRIPT-EXIT' /tmp/acpi-run.log && fail "the script went on after poweroff -f"
 pass "guest poweroff (ACPI S5) ends vireo run with status 0"
 
-export VIREO_SOCKET=/tmp/acpi.sock
-rm -rf /tmp/acpi-data
-vireo host --socket $VIREO_SOCKET --data-dir /tmp/acpi-data > /tmp/acpi-daemon.log 2>&1 &
-daemon=$!
-trap 'kill $daemon 2>/dev/null' EXIT
-n=0; until [ -S $VIREO_SOCKET ]; do n=$((n + 1)); [ $n -lt 50 ] || fail "daemon did not start: $(tail -5 /tmp/acpi-daemon.log)"; sleep 0.2; done
+start_daemon acpi
 
 wait_ready() { # wait_ready VM
 	n=0

@@ -3,12 +3,7 @@
 # (vireo.shell=1); `vireo vm console NAME --attach` with piped stdin types a command into it
 # (websocket -> daemon -> VMM console socket -> UART) and prints the shell's answer.
 . /root/tests/lib.sh
-export VIREO_SOCKET=/tmp/vc.sock
-rm -rf /tmp/vc-data
-vireo host --socket $VIREO_SOCKET --data-dir /tmp/vc-data > /tmp/vc-daemon.log 2>&1 &
-daemon=$!
-trap 'kill $daemon 2>/dev/null' EXIT
-n=0; until [ -S $VIREO_SOCKET ]; do n=$((n + 1)); [ $n -lt 50 ] || fail "daemon did not start: $(tail -5 /tmp/vc-daemon.log)"; sleep 0.2; done
+start_daemon vc
 vireo vm create shell --kernel $KERNEL_BZ --initrd $INITRD --cpus 1 --memory 256M \
 	--cmdline "$BASE_CMDLINE vireo.shell=1" > /tmp/vc-create.log 2>&1 || { cat /tmp/vc-create.log; fail "vm create"; }
 vireo vm start shell > /tmp/vc-start.log 2>&1 || { cat /tmp/vc-start.log; fail "vm start"; }

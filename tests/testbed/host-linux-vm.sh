@@ -3,12 +3,7 @@
 # started (its own VMM process), its console log shows the guest reaching user space with
 # 2 CPUs, then it is stopped and deleted through the API.
 . /root/tests/lib.sh
-export VIREO_SOCKET=/tmp/vh.sock
-rm -rf /tmp/vh-data
-vireo host --socket $VIREO_SOCKET --data-dir /tmp/vh-data > /tmp/vh-daemon.log 2>&1 &
-daemon=$!
-trap 'kill $daemon 2>/dev/null' EXIT
-n=0; until [ -S $VIREO_SOCKET ]; do n=$((n + 1)); [ $n -lt 50 ] || fail "daemon did not start: $(tail -5 /tmp/vh-daemon.log)"; sleep 0.2; done
+start_daemon vh
 vireo vm create web --kernel $KERNEL_BZ --initrd $INITRD --cpus 2 --memory 256M \
 	--cmdline "$BASE_CMDLINE vireo.hold=1" > /tmp/vh-create.log 2>&1 || { cat /tmp/vh-create.log; fail "vm create"; }
 vireo vm start web > /tmp/vh-start.log 2>&1 || { cat /tmp/vh-start.log; fail "vm start"; }

@@ -4,12 +4,8 @@
 # 1 s window); the guest rewrites a 48 MiB tmpfs file in a loop, so the estimate must be at
 # least 30 MB (48 MiB = 50.3 MB, minus sampling error) and at most the guest's RAM.
 . /root/tests/lib.sh
-export VIREO_SOCKET=/tmp/vt.sock
-rm -rf /tmp/vt-data
-vireo host --socket $VIREO_SOCKET --data-dir /tmp/vt-data --active-memory-window 1 --active-memory-sample 4 > /tmp/vt-daemon.log 2>&1 &
-daemon=$!
-trap 'vireo vm kill tvm >/dev/null 2>&1; kill $daemon 2>/dev/null' EXIT
-n=0; until [ -S $VIREO_SOCKET ]; do n=$((n + 1)); [ $n -lt 50 ] || fail "daemon did not start"; sleep 0.2; done
+start_daemon vt --active-memory-window 1 --active-memory-sample 4
+trap 'vireo vm kill tvm >/dev/null 2>&1; kill $DAEMON_PID 2>/dev/null' EXIT
 SCRIPT='mkdir -p /mnt/t; mount -t tmpfs -o size=100m tmpfs /mnt/t; echo WRITING; while :; do dd if=/dev/zero of=/mnt/t/f bs=1M count=48 conv=notrunc 2>/dev/null; done'
 vireo vm create tvm --kernel $KERNEL_BZ --initrd $INITRD --cpus 1 --memory 256M \
 	--cmdline "$BASE_CMDLINE vireo.hold=1 vireo.script=b64:$(b64 "$SCRIPT")" >/dev/null 2>&1 || fail "create"

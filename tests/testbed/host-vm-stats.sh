@@ -5,15 +5,12 @@
 # disk and those frames and bytes on the NIC, the active-memory estimate (2 s window) with status
 # ok, and, with the statistics balloon, the guest's own free/available memory.
 . /root/tests/lib.sh
-export VIREO_SOCKET=/tmp/vs.sock
 IMG=/tmp/vs-disk.img
-rm -rf /tmp/vs-data $IMG
+rm -f $IMG
 ip link del svtap0 2>/dev/null
 dd if=/dev/zero of=$IMG bs=1M count=64 2>/dev/null
-vireo host --socket $VIREO_SOCKET --data-dir /tmp/vs-data --active-memory-window 2 --active-memory-sample 1 > /tmp/vs-daemon.log 2>&1 &
-daemon=$!
-trap 'vireo vm kill svm >/dev/null 2>&1; kill $daemon 2>/dev/null; ip link del svtap0 2>/dev/null' EXIT
-n=0; until [ -S $VIREO_SOCKET ]; do n=$((n + 1)); [ $n -lt 50 ] || fail "daemon did not start: $(tail -5 /tmp/vs-daemon.log)"; sleep 0.2; done
+start_daemon vs --active-memory-window 2 --active-memory-sample 1
+trap 'vireo vm kill svm >/dev/null 2>&1; kill $DAEMON_PID 2>/dev/null; ip link del svtap0 2>/dev/null' EXIT
 
 SCRIPT='dd if=/dev/urandom of=/tmp/r bs=1M count=8 2>/dev/null; dd if=/tmp/r of=/dev/vda bs=1M conv=fsync 2>/dev/null; echo WROTE $?; dd if=/dev/vda of=/dev/null bs=1M skip=32 count=16 2>/dev/null; echo READ $?; ip link set eth0 up; ip addr add 10.0.3.2/24 dev eth0; i=0; while [ $i -lt 30 ] && ! ping -c 1 -W 1 10.0.3.1 >/dev/null 2>&1; do i=$((i+1)); done; ping -c 5 -s 1000 10.0.3.1 | grep -E "transmitted"; echo VIREO-STATS-IO-DONE'
 vireo vm create svm --kernel $KERNEL_BZ --initrd $INITRD --cpus 1 --memory 256M --disk $IMG --net tap=svtap0 --balloon 1M \
