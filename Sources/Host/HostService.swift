@@ -62,12 +62,15 @@ actor HostService {
     func consolePath(_ name: String) -> String { vmDir(name) + "/console.log" }
     func socketPath(_ name: String) -> String { vmDir(name) + "/api.sock" }
     func exitPath(_ name: String) -> String { vmDir(name) + "/exit" }
+    /// The host end of the VM's vsock: connect and send `CONNECT PORT`; guest connections to
+    /// PORT arrive on `vsock.sock_PORT` (Firecracker's convention).
+    func vsockSocketPath(_ name: String) -> String { vmDir(name) + "/vsock.sock" }
     func vmmLogPath(_ name: String) -> String { vmDir(name) + "/vmm.log" }
 
     func view(_ r: VMRecord) -> VM {
         VM(definition: r.definition, state: r.state, reason: r.reason, pid: r.state.hasProcess ? r.pid.map(Int.init) : nil,
            exitStatus: r.exitStatus, restartCount: r.restartCount, consoleLog: consolePath(r.name),
-           apiSocket: socketPath(r.name), createdAt: r.createdAt)
+           apiSocket: socketPath(r.name), createdAt: r.createdAt, vsockSocket: vsockSocketPath(r.name))
     }
 
     // MARK: Per-VM lock
@@ -145,7 +148,7 @@ actor HostService {
             def = VMDefinition(name: c.name, vcpus: c.vcpus ?? VMLimits.defaultVCPUs, memoryMiB: c.memoryMiB ?? VMLimits.defaultMemoryMiB,
                                kernel: c.kernel, initrd: c.initrd, cmdline: c.cmdline, probe: c.probe,
                                disks: c.disks ?? [], nics: c.nics ?? [], balloonMiB: c.balloonMiB,
-                               restartPolicy: c.restartPolicy ?? .never)
+                               restartPolicy: c.restartPolicy ?? .never, rng: c.rng, vsockCID: c.vsockCID)
             try Validation.check(def, socketPath: consoleSocketPath(def.name))
         }
         let r = VMRecord(definition: def, state: .stopped, reason: nil, pid: nil, pidStartTime: nil, exitStatus: nil,
@@ -182,7 +185,7 @@ actor HostService {
                 throw HTTPError.conflict("VM '\(name)' is \(r.state.rawValue); stop it (`vireo vm stop \(name)`) before deleting it")
             }
             try inventory.delete(name)
-            for f in [consolePath(name), socketPath(name), consoleSocketPath(name), exitPath(name), vmmLogPath(name), linkedClonePath(name)] { unlink(f) }
+            for f in [consolePath(name), socketPath(name), consoleSocketPath(name), vsockSocketPath(name), exitPath(name), vmmLogPath(name), linkedClonePath(name)] { unlink(f) }
             rmdir(vmDir(name))
             lastStart[name] = nil; quickFailures[name] = nil
             event(name, "deleted", "")
@@ -301,7 +304,8 @@ actor HostService {
         try Self.makeDirectory(vmDir(name))
         unlink(exitPath(name)); unlink(socketPath(name))
         var argv = VMMCommand.arguments(vmmBinary: vmmBinary, definition: r.definition, console: consolePath(name),
-                                        apiSocket: socketPath(name), exitFile: exitPath(name), consoleSocket: consoleSocketPath(name))
+                                        apiSocket: socketPath(name), exitFile: exitPath(name), consoleSocket: consoleSocketPath(name),
+                                        vsockSocket: vsockSocketPath(name))
         if let w = activeMemoryWindow { argv += ["--active-memory-window", String(w)] }
         if let n = activeMemorySample { argv += ["--active-memory-sample", String(n)] }
         let pid: pid_t

@@ -68,7 +68,7 @@ extension HostService {
         }
         return VMDefinition(name: c.name, vcpus: c.vcpus ?? t.vcpus, memoryMiB: c.memoryMiB ?? t.memoryMiB, kernel: t.kernel,
                             initrd: t.initrd, cmdline: c.cmdline ?? t.cmdline, template: name, disks: disks, nics: c.nics ?? [],
-                            balloonMiB: c.balloonMiB, restartPolicy: c.restartPolicy ?? .never)
+                            balloonMiB: c.balloonMiB, restartPolicy: c.restartPolicy ?? .never, rng: c.rng, vsockCID: c.vsockCID)
     }
 
     func linkedClonePath(_ vm: String) -> String { vmDir(vm) + "/disk.qcow2" }

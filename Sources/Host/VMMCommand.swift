@@ -3,7 +3,8 @@ import VireoAPI
 /// The `vireo run` command line that runs one VM's VMM.
 public enum VMMCommand {
     public static func arguments(vmmBinary: String, definition d: VMDefinition, console: String,
-                                 apiSocket: String, exitFile: String, consoleSocket: String? = nil) -> [String] {
+                                 apiSocket: String, exitFile: String, consoleSocket: String? = nil,
+                                 vsockSocket: String? = nil) -> [String] {
         var argv = [vmmBinary, "run", "--cpus", String(d.vcpus), "--memory", "\(d.memoryMiB)M",
                     "--serial", "file=\(console)", "--api-socket", apiSocket, "--exit-file", exitFile]
         if let consoleSocket { argv += ["--console-socket", consoleSocket] }
@@ -19,6 +20,8 @@ public enum VMMCommand {
         for nic in d.nics { argv += ["--net", "tap=\(nic.tap)" + (nic.mac.map { ",mac=\($0)" } ?? "")] }
         // stats=on: the guest's own free/available memory reaches `vireo vm stats` and /metrics.
         if let b = d.balloonMiB { argv += ["--balloon", "size=\(b),stats=on"] }
+        if d.rng == true { argv.append("--rng") }
+        if let cid = d.vsockCID, let vsockSocket { argv += ["--vsock", "cid=\(cid),socket=\(vsockSocket)"] }
         return argv
     }
 }

@@ -30,11 +30,14 @@ enum Validation {
                 throw HTTPError.invalid("conflicting-boot", "initrd and cmdline go with a kernel, not a probe workload")
             }
             // Disks are attached but left alone by the probe guest (it has no drivers).
-            if !d.nics.isEmpty || d.balloonMiB != nil {
-                throw HTTPError.invalid("conflicting-boot", "nics and balloon_mib need a kernel with virtio drivers; the probe guest has none")
+            if !d.nics.isEmpty || d.balloonMiB != nil || d.rng == true || d.vsockCID != nil {
+                throw HTTPError.invalid("conflicting-boot", "nics, balloon_mib, rng and vsock_cid need a kernel with virtio drivers; the probe guest has none")
             }
         case (.some, nil):
             break
+        }
+        if let cid = d.vsockCID, !(VMLimits.minVsockCID...VMLimits.maxVsockCID).contains(cid) {
+            throw HTTPError.invalid("out-of-range", "vsock_cid \(cid) is out of range: give \(VMLimits.minVsockCID) to \(VMLimits.maxVsockCID) (0-2 are reserved for the hypervisor and host)")
         }
         if let c = d.cmdline, c.utf8.count > VMLimits.maxCmdlineBytes || c.contains("\n") || c.contains("\0") {
             throw HTTPError.invalid("invalid-cmdline", "cmdline must be one line of at most \(VMLimits.maxCmdlineBytes) bytes")
@@ -51,8 +54,12 @@ enum Validation {
             }
             guard ok else { throw HTTPError.invalid("invalid-nic", "tap '\(nic.tap.prefix(40))' is not a valid interface name (1-15 of A-Z a-z 0-9 - _ .)") }
         }
-        guard socketPath.utf8.count < 108 else {   // (templates pass "": no socket)
-            throw HTTPError.invalid("name-too-long", "the VM's console socket path \(socketPath) would exceed 107 bytes; use a shorter name (or a shorter --data-dir)")
+        // The longest unix socket path a VM has: its console socket, or with vsock the socket a
+        // guest connection to port 4294967295 arrives on.
+        let longest = d.vsockCID == nil || socketPath.isEmpty ? socketPath
+            : String(socketPath.dropLast("console.sock".utf8.count)) + "vsock.sock_4294967295"
+        guard longest.utf8.count < 108 else {   // (templates pass "": no socket)
+            throw HTTPError.invalid("name-too-long", "the VM's socket path \(longest) would exceed 107 bytes; use a shorter name (or a shorter --data-dir)")
         }
         try checkFiles(d)
     }

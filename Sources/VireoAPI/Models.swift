@@ -60,18 +60,23 @@ public struct VMCreate: Codable, Sendable, Equatable {
     public var nics: [NICSpec]?
     public var balloonMiB: Int?
     public var restartPolicy: RestartPolicy?
+    /// virtio-rng: guest entropy from the host's getrandom.
+    public var rng: Bool?
+    /// virtio-vsock with this guest CID (3 and up); the host end is the VM's vsock.sock.
+    public var vsockCID: Int?
 
     public init(name: String, vcpus: Int? = nil, memoryMiB: Int? = nil, kernel: String? = nil, initrd: String? = nil,
                 cmdline: String? = nil, probe: String? = nil, template: String? = nil, disks: [DiskSpec]? = nil,
-                nics: [NICSpec]? = nil, balloonMiB: Int? = nil, restartPolicy: RestartPolicy? = nil) {
+                nics: [NICSpec]? = nil, balloonMiB: Int? = nil, restartPolicy: RestartPolicy? = nil,
+                rng: Bool? = nil, vsockCID: Int? = nil) {
         self.name = name; self.vcpus = vcpus; self.memoryMiB = memoryMiB; self.kernel = kernel; self.initrd = initrd
         self.cmdline = cmdline; self.probe = probe; self.template = template; self.disks = disks; self.nics = nics
-        self.balloonMiB = balloonMiB; self.restartPolicy = restartPolicy
+        self.balloonMiB = balloonMiB; self.restartPolicy = restartPolicy; self.rng = rng; self.vsockCID = vsockCID
     }
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case name, vcpus, memoryMiB = "memory_mib", kernel, initrd, cmdline, probe, template, disks, nics
-        case balloonMiB = "balloon_mib", restartPolicy = "restart_policy"
+        case balloonMiB = "balloon_mib", restartPolicy = "restart_policy", rng, vsockCID = "vsock_cid"
     }
     public static let fields = Set(CodingKeys.allCases.map(\.rawValue))
 }
@@ -108,18 +113,20 @@ public struct VMDefinition: Codable, Sendable, Equatable {
     public var nics: [NICSpec]
     public var balloonMiB: Int?
     public var restartPolicy: RestartPolicy
+    public var rng: Bool?
+    public var vsockCID: Int?
 
     public init(name: String, vcpus: Int, memoryMiB: Int, kernel: String? = nil, initrd: String? = nil, cmdline: String? = nil,
                 probe: String? = nil, template: String? = nil, disks: [DiskSpec] = [], nics: [NICSpec] = [],
-                balloonMiB: Int? = nil, restartPolicy: RestartPolicy = .never) {
+                balloonMiB: Int? = nil, restartPolicy: RestartPolicy = .never, rng: Bool? = nil, vsockCID: Int? = nil) {
         self.name = name; self.vcpus = vcpus; self.memoryMiB = memoryMiB; self.kernel = kernel; self.initrd = initrd
         self.cmdline = cmdline; self.probe = probe; self.template = template; self.disks = disks; self.nics = nics
-        self.balloonMiB = balloonMiB; self.restartPolicy = restartPolicy
+        self.balloonMiB = balloonMiB; self.restartPolicy = restartPolicy; self.rng = rng; self.vsockCID = vsockCID
     }
 
     enum CodingKeys: String, CodingKey {
         case name, vcpus, memoryMiB = "memory_mib", kernel, initrd, cmdline, probe, template, disks, nics
-        case balloonMiB = "balloon_mib", restartPolicy = "restart_policy"
+        case balloonMiB = "balloon_mib", restartPolicy = "restart_policy", rng, vsockCID = "vsock_cid"
     }
 }
 
@@ -137,6 +144,10 @@ public struct VM: Codable, Sendable, Equatable {
     public var nics: [NICSpec]
     public var balloonMiB: Int?
     public var restartPolicy: RestartPolicy
+    public var rng: Bool?
+    public var vsockCID: Int?
+    /// The host end of the VM's vsock (Firecracker-style unix socket), when it has one.
+    public var vsockSocket: String?
     public var state: VMState
     /// Why the VM is failed or last stopped (one line), when known.
     public var reason: String?
@@ -148,10 +159,10 @@ public struct VM: Codable, Sendable, Equatable {
     public var createdAt: String
 
     public init(definition d: VMDefinition, state: VMState, reason: String?, pid: Int?, exitStatus: Int?,
-                restartCount: Int, consoleLog: String, apiSocket: String, createdAt: String) {
+                restartCount: Int, consoleLog: String, apiSocket: String, createdAt: String, vsockSocket: String? = nil) {
         name = d.name; vcpus = d.vcpus; memoryMiB = d.memoryMiB; kernel = d.kernel; initrd = d.initrd; cmdline = d.cmdline
         probe = d.probe; template = d.template; disks = d.disks; nics = d.nics; balloonMiB = d.balloonMiB
-        restartPolicy = d.restartPolicy
+        restartPolicy = d.restartPolicy; rng = d.rng; vsockCID = d.vsockCID; self.vsockSocket = d.vsockCID == nil ? nil : vsockSocket
         self.state = state; self.reason = reason; self.pid = pid; self.exitStatus = exitStatus
         self.restartCount = restartCount; self.consoleLog = consoleLog; self.apiSocket = apiSocket; self.createdAt = createdAt
     }
@@ -160,7 +171,7 @@ public struct VM: Codable, Sendable, Equatable {
         case name, vcpus, memoryMiB = "memory_mib", kernel, initrd, cmdline, probe, template, disks, nics
         case balloonMiB = "balloon_mib", restartPolicy = "restart_policy", state, reason, pid
         case exitStatus = "exit_status", restartCount = "restart_count", consoleLog = "console_log"
-        case apiSocket = "api_socket", createdAt = "created_at"
+        case apiSocket = "api_socket", createdAt = "created_at", rng, vsockCID = "vsock_cid", vsockSocket = "vsock_socket"
     }
 }
 

@@ -1953,6 +1953,16 @@ public enum OpenAPIDocument {
           },
           "restart_policy": {
             "$ref": "#/components/schemas/RestartPolicy"
+          },
+          "rng": {
+            "type": "boolean",
+            "description": "virtio-rng (guest entropy from the host's getrandom); kernel VMs only"
+          },
+          "vsock_cid": {
+            "type": "integer",
+            "minimum": 3,
+            "maximum": 4294967294,
+            "description": "virtio-vsock with this guest CID; the host end is the VM's vsock_socket (Firecracker's convention); kernel VMs only"
           }
         }
       },
@@ -2044,6 +2054,16 @@ public enum OpenAPIDocument {
           },
           "state": {
             "$ref": "#/components/schemas/VMState"
+          },
+          "rng": {
+            "type": "boolean"
+          },
+          "vsock_cid": {
+            "type": "integer"
+          },
+          "vsock_socket": {
+            "type": "string",
+            "description": "host end of the VM's vsock: connect and send `CONNECT PORT\\n`; guest connections to PORT arrive on vsock_socket + `_PORT`"
           },
           "reason": {
             "type": "string",

@@ -8,6 +8,9 @@ public enum VMLimits {
     public static let defaultMemoryMiB = 512
     public static let maxCmdlineBytes = 2048
     public static let maxPathBytes = 4095
+    /// Guest vsock CIDs: 0-2 are the hypervisor, local and host; u32 max is "any".
+    public static let minVsockCID = 3
+    public static let maxVsockCID = 0xFFFF_FFFE
 
     /// `[a-z0-9][a-z0-9-]{0,62}`
     public static func isValidName(_ name: String) -> Bool {

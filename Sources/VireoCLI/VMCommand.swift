@@ -36,6 +36,8 @@ struct VMCreateCommand: ParsableCommand {
     @Option(help: "A disk (repeatable): PATH[,readonly], path=PATH[,readonly=on], or image=NAME (a store image, `vireo image list`).") var disk: [String] = []
     @Option(help: "A network interface (repeatable): tap=NAME[,mac=MAC].") var net: [String] = []
     @Option(help: "Balloon target size, like 256M.") var balloon: String?
+    @Flag(help: "virtio-rng: guest entropy from the host's getrandom.") var rng = false
+    @Option(help: ArgumentHelp("virtio-vsock with this guest CID (3 and up); the host end is the VM's vsock socket (`vireo vm show`).", valueName: "cid")) var vsock: Int?
     @Option(help: "never, on-failure or always.") var restart: String?
     @Option(help: "Create from a template.") var fromTemplate: String?
     @Option(help: ArgumentHelp("Run the built-in probe guest: pio:N, mmio:N, dirty[:PASSES], compute:N.", visibility: .hidden)) var probe: String?
@@ -46,6 +48,8 @@ struct VMCreateCommand: ParsableCommand {
                              cmdline: cmdline, probe: probe, template: fromTemplate)
             if let memory { c.memoryMiB = Int(try parseSize(memory, option: "--memory") >> 20) }
             if let balloon { c.balloonMiB = Int(try parseSize(balloon, option: "--balloon") >> 20) }
+            if rng { c.rng = true }
+            c.vsockCID = vsock
             if let restart {
                 guard let p = RestartPolicy(rawValue: restart) else { throw VireoError(.invalidArgument, "--restart '\(restart)' is not one of never, on-failure, always") }
                 c.restartPolicy = p
@@ -118,6 +122,8 @@ struct VMShowCommand: ParsableCommand {
             for d in v.disks { rows.append(("disk", d.path + (d.readonly == true ? " (read-only)" : ""))) }
             for n in v.nics { rows.append(("nic", "tap=\(n.tap)" + (n.mac.map { " mac=\($0)" } ?? ""))) }
             if let b = v.balloonMiB { rows.append(("balloon", "\(b) MiB")) }
+            if v.rng == true { rows.append(("rng", "virtio-rng")) }
+            if let cid = v.vsockCID { rows.append(("vsock", "cid \(cid), host socket \(v.vsockSocket ?? "?")")) }
             rows += [("restart policy", v.restartPolicy.rawValue), ("restarts", String(v.restartCount)),
                      ("console log", v.consoleLog), ("api socket", v.apiSocket), ("created", v.createdAt)]
             if let e = v.exitStatus { rows.append(("last exit status", String(e))) }

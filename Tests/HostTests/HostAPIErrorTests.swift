@@ -83,6 +83,11 @@ struct HostAPIErrorTests {
             ("POST", "/v1/vms", #"{"name":"x","probe":"dirty","disks":[{"path":"/dev/null","readonly":null}]}"#, 400, "invalid-field"),
             ("POST", "/v1/vms", #"{"name":"x","kernel":"\#(Self.kernel)","nics":[{"tap":"\u00b1\u0007"}],"disks":[{"path":""}]}"#, 422, "invalid-nic"),
             ("GET", "/v1/vms/keep/console?offset=-1", "", 400, "invalid-query"),
+            ("POST", "/v1/vms", #"{"name":"x","probe":"dirty","rng":true}"#, 422, "conflicting-boot"),
+            ("POST", "/v1/vms", #"{"name":"x","probe":"dirty","vsock_cid":3}"#, 422, "conflicting-boot"),
+            ("POST", "/v1/vms", #"{"name":"x","kernel":"\#(Self.kernel)","vsock_cid":2}"#, 422, "out-of-range"),
+            ("POST", "/v1/vms", #"{"name":"x","kernel":"\#(Self.kernel)","vsock_cid":4294967295}"#, 422, "out-of-range"),
+            ("POST", "/v1/vms", #"{"name":"x","kernel":"\#(Self.kernel)","rng":"yes"}"#, 400, "invalid-field"),
             // Found by schemathesis on the image store's fields (the schema now says "not both").
             ("POST", "/v1/vms", #"{"name":"x","kernel":"/","disks":[{"image":"0","path":"/","readonly":true}]}"#, 422, "conflicting-disk"),
             ("POST", "/v1/templates", #"{"name":"x","kernel":"/","base_disk":"/","base_image":"0"}"#, 422, "conflicting-disk"),
@@ -116,13 +121,14 @@ struct HostAPIErrorTests {
     @Test func definitionsSurviveADaemonRestart() throws {
         let d = try TestDaemon()
         defer { d.shutdown() }
-        let created = try d.req("POST", "/v1/vms", json: #"{"name":"linux-1","kernel":"\#(Self.kernel)","cmdline":"console=ttyS0 quiet","vcpus":2,"memory_mib":256,"restart_policy":"on-failure"}"#)
+        let created = try d.req("POST", "/v1/vms", json: #"{"name":"linux-1","kernel":"\#(Self.kernel)","cmdline":"console=ttyS0 quiet","vcpus":2,"memory_mib":256,"restart_policy":"on-failure","rng":true,"vsock_cid":7}"#)
         #expect(created.status == 201, "\(created.text)")
         d.kill9()
         try d.start()
         let vm = try d.vm("linux-1")
         #expect(vm.kernel == Self.kernel && vm.cmdline == "console=ttyS0 quiet" && vm.vcpus == 2 && vm.memoryMiB == 256)
         #expect(vm.restartPolicy == .onFailure && vm.state == .stopped)
+        #expect(vm.rng == true && vm.vsockCID == 7 && vm.vsockSocket == d.dataDir + "/vms/linux-1/vsock.sock")
     }
 
     @Test func tcpListenerRequiresTheBearerToken() throws {

@@ -79,10 +79,11 @@ struct HostCLITests {
 @Test func vmmCommandLineCarriesTheDefinition() {
     let def = VMDefinition(name: "web", vcpus: 2, memoryMiB: 512, kernel: "/k", initrd: "/i", cmdline: "console=ttyS0",
                            disks: [DiskSpec(path: "/d.qcow2", readonly: true), DiskSpec(path: "/e.raw")],
-                           nics: [NICSpec(tap: "tap0", mac: "52:54:00:12:34:56")], balloonMiB: 128)
-    let argv = VMMCommand.arguments(vmmBinary: "/bin/vireo", definition: def, console: "/c.log", apiSocket: "/a.sock", exitFile: "/x")
+                           nics: [NICSpec(tap: "tap0", mac: "52:54:00:12:34:56")], balloonMiB: 128, rng: true, vsockCID: 42)
+    let argv = VMMCommand.arguments(vmmBinary: "/bin/vireo", definition: def, console: "/c.log", apiSocket: "/a.sock", exitFile: "/x",
+                                    vsockSocket: "/v.sock")
     #expect(argv == ["/bin/vireo", "run", "--cpus", "2", "--memory", "512M", "--serial", "file=/c.log", "--api-socket", "/a.sock",
                      "--exit-file", "/x", "--kernel", "/k", "--initrd", "/i", "--cmdline", "console=ttyS0",
                      "--disk", "path=/d.qcow2,readonly=on", "--disk", "path=/e.raw", "--net", "tap=tap0,mac=52:54:00:12:34:56",
-                     "--balloon", "size=128,stats=on"])
+                     "--balloon", "size=128,stats=on", "--rng", "--vsock", "cid=42,socket=/v.sock"])
 }
