@@ -52,12 +52,15 @@ let package = Package(
         ]),
         .executableTarget(name: "vireo", dependencies: ["VireoCLI"]),
 
+        // What the test targets share: finding the built `vireo` binary.
+        .target(name: "VireoTestSupport", dependencies: ["VireoSupport"]),
+
         .testTarget(name: "X86BootTests", dependencies: ["X86Boot", "VireoSupport"]),
         .testTarget(name: "DevicesTests", dependencies: ["Devices", "VireoSupport"]),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "Devices", "GuestMemory", "VireoSupport"], exclude: ["Corpus"]),
         .testTarget(name: "DiskImageTests", dependencies: ["DiskImage", "VireoSupport"]),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "GuestMemory", "VMM", "VireoSupport", "CProbeGuest"]),
-        .testTarget(name: "HostTests", dependencies: ["Host", "VireoAPI", "VireoSupport", "DiskImage"]),
-        .testTarget(name: "VMMTests", dependencies: ["VMM", "X86Boot", "VireoSupport"]),
+        .testTarget(name: "HostTests", dependencies: ["Host", "VireoAPI", "VireoSupport", "DiskImage", "VireoTestSupport"]),
+        .testTarget(name: "VMMTests", dependencies: ["VMM", "X86Boot", "VireoSupport", "VireoTestSupport"]),
     ]
 )

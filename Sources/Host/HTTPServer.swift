@@ -80,6 +80,7 @@ enum HTTPServer {
                     }
                     if let stream = response.stream {
                         try await writeStream(response, stream, version: h.version, channel: connection.channel, outbound)
+                        await flushThenClose(connection.channel)
                         return
                     }
                     let keepAlive = h.isKeepAlive && !tooLarge
@@ -91,10 +92,20 @@ enum HTTPServer {
                     try await outbound.write(.head(HTTPResponseHead(version: h.version, status: HTTPResponseStatus(statusCode: response.status), headers: headers)))
                     if !response.body.isEmpty { try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: response.body)))) }
                     try await outbound.write(.end(nil))
-                    if !keepAlive { return }
+                    if !keepAlive { await flushThenClose(connection.channel); return }
                 }
             }
+            await flushThenClose(connection.channel)   // the client closed its side: finish ours
         }
+    }
+
+    /// Ends a connection's output only once everything written on it has reached the socket
+    /// (a full close would drop what a slow reader has not taken yet, e.g. the end of an event
+    /// stream or of a big console log), waiting at most `limit` for a client that stopped reading.
+    static func flushThenClose(_ channel: Channel, limit: TimeAmount = .seconds(30)) async {
+        let deadline = channel.eventLoop.scheduleTask(in: limit) { channel.close(promise: nil) }
+        defer { deadline.cancel() }
+        try? await channel.close(mode: .output).get()
     }
 
     /// A streamed response: chunked, its prefix, then each chunk as it comes, until the stream

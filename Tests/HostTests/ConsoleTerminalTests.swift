@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import VireoTestSupport
 import VireoAPI
 #if canImport(Glibc)
 import Glibc

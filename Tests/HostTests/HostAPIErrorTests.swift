@@ -164,6 +164,7 @@ struct HostAPIErrorTests {
 }
 
 import VireoSupport
+import VireoTestSupport
 enum ChildProcessRunner {
     static func run(_ argv: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
         let child = try ChildProcess(argv)

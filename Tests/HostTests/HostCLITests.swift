@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import VireoTestSupport
 import Host
 import VireoAPI
 #if canImport(Glibc)

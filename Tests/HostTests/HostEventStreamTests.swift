@@ -1,6 +1,7 @@
 import Foundation
 import Synchronization
 import Testing
+import VireoTestSupport
 import VireoAPI
 #if canImport(Glibc)
 import Glibc
@@ -160,21 +161,6 @@ struct HostEventStreamTests {
 
     /// A raw follow request on a socket that is then not read.
     func rawFollow(_ d: TestDaemon, receiveBuffer: Int32? = nil) throws -> Int32 {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        if var size = receiveBuffer { setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size)) }
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(d.socket.utf8)
-        // SAFETY: sun_path is a zeroed fixed array longer than the test's short socket path.
-        withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in bytes.enumerated() { p[i] = b } }
-        // SAFETY: addr is a complete sockaddr_un; connect reads that many bytes of it.
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard rc == 0 else { close(fd); throw APIErrorBody(code: "connect", message: "cannot connect to \(d.socket)") }
-        let req = Array("GET /v1/events?follow=true&since=\(Int32.max) HTTP/1.1\r\nHost: x\r\n\r\n".utf8)
-        // SAFETY: write reads exactly req.count bytes of req's storage.
-        _ = req.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-        return fd
+        try d.rawConnect(sending: "GET /v1/events?follow=true&since=\(Int32.max) HTTP/1.1\r\nHost: x\r\n\r\n", receiveBuffer: receiveBuffer)
     }
 }

@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import VireoAPI
 import VireoSupport
+import VireoTestSupport
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -1,6 +1,7 @@
 import Foundation
 import Host
 import Testing
+import VireoTestSupport
 import VireoAPI
 #if canImport(Glibc)
 import Glibc

@@ -1,6 +1,7 @@
 import DiskImage
 import Foundation
 import Testing
+import VireoTestSupport
 import VireoAPI
 #if canImport(Glibc)
 import Glibc

@@ -1,6 +1,7 @@
 import Foundation
 import Host
 import Testing
+import VireoTestSupport
 import VireoAPI
 
 /// openapi/vireo.json is the contract: the server serves exactly it, every route the router

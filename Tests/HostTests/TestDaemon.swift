@@ -2,36 +2,10 @@ import Foundation
 import Testing
 import VireoAPI
 import VireoSupport
+import VireoTestSupport
 #if canImport(Glibc)
 import Glibc
 #endif
-
-/// The real `vireo` binary (built by `swift build`), as the VMM tests find it.
-enum VireoBinary {
-    static let packageRoot: String = {
-        var parts = #filePath.split(separator: "/").map(String.init)
-        parts.removeLast(3)   // Tests/HostTests/TestDaemon.swift
-        return "/" + parts.joined(separator: "/")
-    }()
-
-    static let path: String? = {
-        if let env = getenv("VIREO_BIN") { return String(cString: env) }
-        var best: (path: String, mtime: Int)?
-        for config in ["release", "debug"] {
-            let p = "\(packageRoot)/.build/\(config)/vireo"
-            var st = stat()
-            if stat(p, &st) == 0, best == nil || st.st_mtim.tv_sec > best?.mtime ?? 0 { best = (p, st.st_mtim.tv_sec) }
-        }
-        if best == nil { print("SKIPPED (host daemon tests): no built vireo binary under .build/ and VIREO_BIN unset") }
-        return best?.path
-    }()
-
-    static let hasKVM: Bool = {
-        let ok = access("/dev/kvm", R_OK | W_OK) == 0
-        if !ok { print("SKIPPED (host daemon VM tests): /dev/kvm is not usable here; probe-guest VMs need it") }
-        return ok
-    }()
-}
 
 /// A real `vireo host` process on a temporary socket and data directory.
 final class TestDaemon: @unchecked Sendable {
@@ -102,6 +76,42 @@ final class TestDaemon: @unchecked Sendable {
     @discardableResult
     func req(_ method: String, _ path: String, json: String? = nil) throws -> APIClient.Response {
         try client.request(method, path, body: json.map { Array($0.utf8) })
+    }
+
+    /// A raw connection to the daemon's socket that has sent `request` (with an optional small
+    /// receive buffer, to play a slow client); the caller reads and closes it.
+    func rawConnect(sending request: String, receiveBuffer: Int32? = nil) throws -> Int32 {
+        let fd = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        if var size = receiveBuffer { setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size)) }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(socket.utf8)
+        // SAFETY: sun_path is a zeroed fixed array longer than the test's short socket path.
+        withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in bytes.enumerated() { p[i] = b } }
+        // SAFETY: addr is a complete sockaddr_un; connect reads that many bytes of it.
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard rc == 0 else { close(fd); throw APIErrorBody(code: "connect", message: "cannot connect to \(socket)") }
+        let req = Array(request.utf8)
+        // SAFETY: write reads exactly req.count bytes of req's storage.
+        _ = req.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        return fd
+    }
+
+    /// Everything `fd` delivers until EOF (or `timeout` seconds of silence).
+    static func readAll(_ fd: Int32, timeout: Int = 5) -> [UInt8] {
+        var tv = timeval(tv_sec: timeout, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        var raw: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while true {
+            // SAFETY: read writes at most buf.count bytes into buf's own storage.
+            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n <= 0 { break }
+            raw += buf[0..<n]
+        }
+        return raw
     }
 
     func vm(_ name: String) throws -> VM { try client.call("GET", "/v1/vms/\(name)", as: VM.self) }

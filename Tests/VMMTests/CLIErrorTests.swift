@@ -1,43 +1,12 @@
 import Testing
 import VireoSupport
+import VireoTestSupport
 #if canImport(Glibc)
 import Glibc
 #endif
 
 /// Bad input to `vireo run` gets one line naming the problem and the fix, a non-zero status,
 /// and never a Swift runtime trap or stack dump. These run the real binary.
-enum VireoBinary {
-    static let packageRoot: String = {
-        var parts = #filePath.split(separator: "/").map(String.init)
-        parts.removeLast(3)   // Tests/VMMTests/CLIErrorTests.swift
-        return "/" + parts.joined(separator: "/")
-    }()
-
-    static let path: String? = {
-        if let env = getenv("VIREO_BIN") { return String(cString: env) }
-        // The most recently built of the release and debug binaries.
-        var best: (path: String, mtime: Int)?
-        for config in ["release", "debug"] {
-            let p = "\(packageRoot)/.build/\(config)/vireo"
-            var st = stat()
-            if stat(p, &st) == 0, best == nil || st.st_mtim.tv_sec > best?.mtime ?? 0 { best = (p, st.st_mtim.tv_sec) }
-        }
-        if let best { return best.path }
-        print("SKIPPED (CLI tests): no built vireo binary under .build/ and VIREO_BIN unset")
-        return nil
-    }()
-
-    /// Runs vireo with `args`; returns (status, stdout, stderr).
-    static func run(_ args: [String]) throws -> (Int32, String, String) {
-        guard let path else { throw VireoError(.notFound, "vireo binary not built") }
-        let child = try ChildProcess([path] + args)
-        var out = "", err = ""
-        while let l = ChildProcess.readLine(child.stdout) { out += l + "\n" }
-        while let l = ChildProcess.readLine(child.stderr) { err += l + "\n" }
-        return (child.wait(), out, err)
-    }
-}
-
 @Suite(.enabled(if: VireoBinary.path != nil))
 struct CLIErrorTests {
     static let garbage: String = {

@@ -1,6 +1,7 @@
 import Testing
 import VMM
 import VireoSupport
+import VireoTestSupport
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -1,5 +1,6 @@
 import Testing
 import VireoSupport
+import VireoTestSupport
 #if canImport(Glibc)
 import Glibc
 #endif
