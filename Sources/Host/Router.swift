@@ -48,6 +48,7 @@ public struct Router: Sendable {
         ("POST", "/v1/vms/{name}/start"), ("POST", "/v1/vms/{name}/stop"), ("POST", "/v1/vms/{name}/kill"),
         ("POST", "/v1/vms/{name}/pause"), ("POST", "/v1/vms/{name}/resume"), ("POST", "/v1/vms/{name}/reboot"),
         ("GET", "/v1/vms/{name}/console"), ("GET", "/v1/vms/{name}/console/attach"), ("GET", "/v1/vms/{name}/stats"),
+        ("GET", "/v1/vms/{name}/balloon"), ("POST", "/v1/vms/{name}/balloon"),
         ("GET", "/v1/templates"), ("POST", "/v1/templates"), ("GET", "/v1/templates/{name}"), ("DELETE", "/v1/templates/{name}"),
     ] + imageRoutes
 
@@ -130,6 +131,13 @@ public struct Router: Sendable {
                 let (bytes, next) = try await service.console(name, offset: offset, limit: limit)
                 return HTTPResponse(status: 200, contentType: "text/plain; charset=utf-8", body: bytes,
                                     headers: [("X-Vireo-Next-Offset", String(next))])
+            }
+            if parts[3] == "balloon" {
+                try allow("GET", "POST")
+                let mib = m == "POST"
+                    ? try APIJSON.decodeStrict(BalloonRequest.self, from: req.body, allowed: BalloonRequest.fields).targetMiB : nil
+                let target = try await service.balloonTarget(name)
+                return .json(200, try BalloonControl.apply(target, targetMiB: mib))
             }
             if parts[3] == "stats" {
                 try allow("GET")

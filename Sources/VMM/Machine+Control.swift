@@ -100,7 +100,8 @@ public final class PauseGate: @unchecked Sendable {
 ///
 /// Commands: `status` (state, per-vCPU exit counts and thread ids, memory (provisioned, active
 /// estimate, guest-reported), per-disk and per-NIC counters), `pause`, `resume`,
-/// `shutdown` (press the ACPI power button; the guest powers itself off), `stop` (end now).
+/// `shutdown` (press the ACPI power button; the guest powers itself off), `stop` (end now),
+/// `balloon [MIB]` (the balloon's target and actual size; with MIB, a new target).
 /// One connection at a time, on its own host thread; the daemon is the only client.
 public final class ControlServer: @unchecked Sendable {
     public let path: String
@@ -154,6 +155,8 @@ public final class ControlServer: @unchecked Sendable {
     }
 
     static func handle(_ command: String, machine: Machine) -> String {
+        let words = command.split(separator: " ")
+        if words.first == "balloon" { return balloon(words.dropFirst().map(String.init), machine: machine) }
         switch command {
         case "status", "metrics":
             return status(machine)
@@ -178,8 +181,24 @@ public final class ControlServer: @unchecked Sendable {
             machine.pauseGate.resume()
             return #"{"ok":true,"state":"stopping"}"#
         default:
-            return #"{"ok":false,"error":"unknown command; one of status, pause, resume, shutdown, stop"}"#
+            return #"{"ok":false,"error":"unknown command; one of status, pause, resume, shutdown, stop, balloon [MIB]"}"#
         }
+    }
+
+    /// `balloon` reports the balloon's target and actual size; `balloon MIB` sets a new target
+    /// (the guest driver inflates or deflates towards it on its own time).
+    static func balloon(_ args: [String], machine: Machine) -> String {
+        guard let balloon = machine.balloon else {
+            return #"{"ok":false,"error":"this VM has no balloon device; define it with a balloon (vireo run --balloon size=MIB)"}"#
+        }
+        let guestMiB = machine.memory.totalSize >> 20
+        if let arg = args.first {
+            guard args.count == 1, let mib = UInt64(arg), mib <= guestMiB else {
+                return #"{"ok":false,"error":"balloon takes one size in MiB from 0 to \#(guestMiB) (the guest's memory)"}"#
+            }
+            balloon.setTarget(pages: UInt32(mib * 256))
+        }
+        return #"{"ok":true,"target_mib":\#(balloon.targetPages / 256),"actual_mib":\#(balloon.actualPages / 256)}"#
     }
 
     static func status(_ machine: Machine) -> String {

@@ -1074,6 +1074,173 @@ public enum OpenAPIDocument {
         }
       }
     },
+    "/v1/vms/{name}/balloon": {
+      "get": {
+        "operationId": "getVMBalloon",
+        "summary": "A running VM's balloon: the target and what the guest holds now",
+        "parameters": [
+          {
+            "name": "name",
+            "in": "path",
+            "required": true,
+            "schema": {
+              "type": "string",
+              "pattern": "^[a-z0-9][a-z0-9-]{0,62}$"
+            }
+          }
+        ],
+        "responses": {
+          "200": {
+            "description": "the balloon",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/BalloonState"
+                }
+              }
+            }
+          },
+          "404": {
+            "description": "no such VM",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "409": {
+            "description": "the VM has no VMM, or no balloon device",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "500": {
+            "description": "the VMM did not answer",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "401": {
+            "description": "missing or wrong bearer token (TCP listener only)",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          }
+        }
+      },
+      "post": {
+        "operationId": "setVMBalloon",
+        "summary": "Set a running VM's balloon target (ballooning: memory the guest gives back to the host)",
+        "description": "The guest driver inflates or deflates towards the target on its own time; GET shows its progress. The definition's balloon_mib (the size the VM starts with) is not changed.",
+        "parameters": [
+          {
+            "name": "name",
+            "in": "path",
+            "required": true,
+            "schema": {
+              "type": "string",
+              "pattern": "^[a-z0-9][a-z0-9-]{0,62}$"
+            }
+          }
+        ],
+        "requestBody": {
+          "required": true,
+          "content": {
+            "application/json": {
+              "schema": {
+                "$ref": "#/components/schemas/BalloonRequest"
+              }
+            }
+          }
+        },
+        "responses": {
+          "200": {
+            "description": "the balloon after the request",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/BalloonState"
+                }
+              }
+            }
+          },
+          "400": {
+            "description": "malformed body",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "404": {
+            "description": "no such VM",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "409": {
+            "description": "the VM has no VMM, or no balloon device",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "422": {
+            "description": "target_mib is out of range",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "500": {
+            "description": "the VMM did not answer",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "401": {
+            "description": "missing or wrong bearer token (TCP listener only)",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          }
+        }
+      }
+    },
     "/v1/vms/{name}/stats": {
       "get": {
         "operationId": "getVMStats",
@@ -2088,6 +2255,37 @@ public enum OpenAPIDocument {
           "created_at": {
             "type": "string",
             "format": "date-time"
+          }
+        }
+      },
+      "BalloonRequest": {
+        "type": "object",
+        "additionalProperties": false,
+        "required": [
+          "target_mib"
+        ],
+        "properties": {
+          "target_mib": {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": 67108864,
+            "description": "MiB the guest should give back (at most its memory)"
+          }
+        }
+      },
+      "BalloonState": {
+        "type": "object",
+        "required": [
+          "target_mib",
+          "actual_mib"
+        ],
+        "properties": {
+          "target_mib": {
+            "type": "integer"
+          },
+          "actual_mib": {
+            "type": "integer",
+            "description": "MiB the guest driver holds in the balloon now"
           }
         }
       },

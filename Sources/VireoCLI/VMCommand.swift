@@ -18,7 +18,7 @@ struct VMCommand: ParsableCommand {
         subcommands: [VMCreateCommand.self, VMListCommand.self, VMShowCommand.self,
                       VMActionCommand<Start>.self, VMStopCommand.self, VMActionCommand<Kill>.self,
                       VMActionCommand<Pause>.self, VMActionCommand<Resume>.self, VMActionCommand<Reboot>.self,
-                      VMDeleteCommand.self, VMConsoleCommand.self, VMLogsCommand.self,
+                      VMBalloonCommand.self, VMDeleteCommand.self, VMConsoleCommand.self, VMLogsCommand.self,
                       VMStatsCommand.self])
 }
 

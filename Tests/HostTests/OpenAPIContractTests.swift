@@ -54,6 +54,9 @@ struct OpenAPIContractTests {
             ("GET", "/v1/vms/c1/console", "/v1/vms/{name}/console", nil),
             ("GET", "/v1/vms/c1/console/attach", "/v1/vms/{name}/console/attach", nil),   // stopped: 409
             ("GET", "/v1/vms/c1/stats", "/v1/vms/{name}/stats", nil), ("GET", "/v1/vms/zz/stats", "/v1/vms/{name}/stats", nil),
+            ("GET", "/v1/vms/c1/balloon", "/v1/vms/{name}/balloon", nil),                       // stopped: 409
+            ("POST", "/v1/vms/c1/balloon", "/v1/vms/{name}/balloon", #"{"target_mib":8}"#),
+            ("POST", "/v1/vms/c1/balloon", "/v1/vms/{name}/balloon", #"{"target":8}"#),       // 400
             ("POST", "/v1/vms/c1/stop", "/v1/vms/{name}/stop", nil),
             ("POST", "/v1/templates", "/v1/templates", #"{"name":"tp","kernel":"/nonexistent"}"#),
             ("POST", "/v1/templates", "/v1/templates", #"{"name":"tp","kernel":"\#(kernel)","bogus":1}"#),

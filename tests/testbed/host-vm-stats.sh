@@ -59,6 +59,17 @@ act=$(num active_bytes /tmp/vs-stats.json); prov=$(num provisioned_bytes /tmp/vs
 free=$(num free_bytes /tmp/vs-stats.json); total=$(num total_bytes /tmp/vs-stats.json)
 [ -n "$free" ] && [ "$free" -gt 0 ] && [ "$free" -le "$prov" ] || fail "guest free_bytes $free not in (0, $prov]"
 pass "memory: provisioned $prov, consumed $cons, active $act (2 s window), guest-reported free $free of $total"
+# Ballooning on demand: the guest gives 64 MiB back; the daemon reports the driver's progress.
+vireo vm balloon svm 64M > /tmp/vs-balloon.out 2>&1 || { cat /tmp/vs-balloon.out; fail "vm balloon svm 64M"; }
+grep -q 'balloon target 64 MiB' /tmp/vs-balloon.out || { cat /tmp/vs-balloon.out; fail "the new target is not reported"; }
+n=0
+until vireo vm balloon svm 2>/dev/null | grep -q 'the guest holds 64 MiB'; do
+	n=$((n + 1)); [ $n -lt 60 ] || { vireo vm balloon svm; fail "the guest did not inflate its balloon to 64 MiB within 60 s"; }
+	sleep 1
+done
+vireo vm balloon svm 100000M > /tmp/vs-balloon-big.out 2>&1 && fail "a balloon target beyond the VM's memory was accepted"
+grep -q 'out of range' /tmp/vs-balloon-big.out || { cat /tmp/vs-balloon-big.out; fail "no clear error for a too-big balloon target"; }
+pass "vm balloon: the guest inflated its balloon to the new 64 MiB target; a target past its memory is refused"
 vireo vm stop svm > /dev/null 2>&1 || fail "vm stop"
 vireo vm stats svm > /tmp/vs-stopped.out 2>&1 && fail "vm stats of a stopped VM succeeded"
 grep -q 'stats exist only while its VMM runs' /tmp/vs-stopped.out || { cat /tmp/vs-stopped.out; fail "no clear error for a stopped VM"; }
