@@ -26,6 +26,9 @@ public final class ActiveMemorySampler: Sendable {
     /// 1: every page (exact); N (a power of two): a random 1/N of the pages per window.
     public let sampleOneIn: UInt32
     let log: DirtyLog
+    /// Seconds to wait before turning logging on with `enableLogging` (0: it is on already).
+    let startDelaySeconds: UInt32
+    let enableLogging: @Sendable () throws -> Void
     private let state = Mutex(Snapshot())
 
     public struct Snapshot: Sendable, Equatable {
@@ -38,10 +41,27 @@ public final class ActiveMemorySampler: Sendable {
         public var failure: String?
     }
 
-    init(log: DirtyLog, windowSeconds: UInt32, sampleOneIn: UInt32 = 1) {
+    init(log: DirtyLog, windowSeconds: UInt32, sampleOneIn: UInt32 = 1, startDelaySeconds: UInt32 = 0,
+         enableLogging: @escaping @Sendable () throws -> Void = {}) {
         self.log = log
+        self.startDelaySeconds = startDelaySeconds
+        self.enableLogging = enableLogging
         self.windowSeconds = max(1, windowSeconds)
         self.sampleOneIn = log.manualProtect ? max(1, sampleOneIn) : 1
+    }
+
+    /// Sleeps until `seconds` passed (true) or a stop was requested (false).
+    static func sleep(seconds: UInt32, stop: StopSignal) -> Bool { sleepNanos(UInt64(seconds) * 1_000_000_000, stop: stop) }
+
+    static func sleepNanos(_ nanos: UInt64, stop: StopSignal) -> Bool {
+        let deadline = monotonicNanos() + nanos
+        var now = monotonicNanos()
+        while now < deadline && !stop.isStopping {
+            var fd = pollfd(fd: stop.eventFD, events: Int16(POLLIN), revents: 0)
+            _ = poll(&fd, 1, Int32(min(UInt64(Int32.max), (deadline - now) / 1_000_000 + 1)))
+            now = monotonicNanos()
+        }
+        return !stop.isStopping
     }
 
     /// Pages set in both bitmaps.
@@ -61,7 +81,11 @@ public final class ActiveMemorySampler: Sendable {
         var rng = SystemRandomNumberGenerator()
         let totalPages = log.slots.reduce(UInt64(0)) { $0 + $1.size / DirtyLog.pageSize }
         var sample: DirtyLog.Bitmap?
+        if startDelaySeconds > 0 {
+            guard Self.sleep(seconds: startDelaySeconds, stop: stop) else { return }
+        }
         do {
+            if startDelaySeconds > 0 { try enableLogging() }
             _ = try log.fetch()
             if sampleOneIn > 1 {
                 let s = log.randomSample(oneIn: sampleOneIn, using: &rng)
@@ -74,14 +98,11 @@ public final class ActiveMemorySampler: Sendable {
         }
         var start = monotonicNanos()
         while !stop.isStopping {
-            let deadline = start + UInt64(windowSeconds) * 1_000_000_000
-            var now = monotonicNanos()
-            while now < deadline && !stop.isStopping {
-                var fd = pollfd(fd: stop.eventFD, events: Int16(POLLIN), revents: 0)
-                _ = poll(&fd, 1, Int32(min(UInt64(Int32.max), (deadline - now) / 1_000_000 + 1)))
-                now = monotonicNanos()
+            let elapsed = monotonicNanos() - start
+            let window = UInt64(windowSeconds) * 1_000_000_000
+            if elapsed < window {
+                guard Self.sleepNanos(window - elapsed, stop: stop) else { return }
             }
-            if stop.isStopping { return }
             var pages: Int
             do {
                 let dirty = try log.fetch()
@@ -111,6 +132,14 @@ public final class ActiveMemorySampler: Sendable {
 }
 
 extension Machine {
+    /// Turns KVM dirty logging on or off for every guest-RAM slot (same slots, same mappings: a
+    /// flags-only change, allowed while vCPUs run).
+    static func setDirtyLogging(_ memory: GuestMemory, in vm: VirtualMachine, _ on: Bool) throws {
+        for (i, region) in memory.regions.enumerated() {
+            try vm.setMemoryRegion(slot: UInt32(i), guestAddress: region.guestBase, size: region.size, host: region.host, logDirtyPages: on)
+        }
+    }
+
     /// Maps every guest-RAM region as a KVM memory slot, with dirty logging when `logDirtyPages`.
     /// If KVM refuses dirty logging (the flag on a slot, or the first KVM_GET_DIRTY_LOG), the RAM
     /// is mapped without it and the second value says exactly what failed; the VM still runs.

@@ -80,9 +80,16 @@ public final class Machine: @unchecked Sendable {
         let wantLog = config.trackDirtyPages || config.activeMemoryWindowSeconds > 0
         (dirtyLog, dirtyLogUnavailable) = try Machine.mapRAM(memory, into: vm, logDirtyPages: wantLog,
                                                              manualProtect: config.activeMemorySampleOneIn > 1)
-        activeMemory = dirtyLog.flatMap { log in
+        // A sampler that starts late maps RAM without logging until then (KVM checked it works).
+        let deferred = dirtyLog != nil && !config.trackDirtyPages && config.activeMemoryWindowSeconds > 0
+            && config.activeMemoryStartDelaySeconds > 0
+        if deferred { try Machine.setDirtyLogging(memory, in: vm, false) }
+        activeMemory = dirtyLog.flatMap { [memory, vm] log in
             config.activeMemoryWindowSeconds > 0
-                ? ActiveMemorySampler(log: log, windowSeconds: config.activeMemoryWindowSeconds, sampleOneIn: config.activeMemorySampleOneIn) : nil
+                ? ActiveMemorySampler(log: log, windowSeconds: config.activeMemoryWindowSeconds, sampleOneIn: config.activeMemorySampleOneIn,
+                                      startDelaySeconds: deferred ? config.activeMemoryStartDelaySeconds : 0,
+                                      enableLogging: { try Machine.setDirtyLogging(memory, in: vm, true) })
+                : nil
         }
 
         if case .linux = config.boot {

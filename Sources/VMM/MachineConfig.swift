@@ -36,6 +36,10 @@ public struct MachineConfig: Sendable {
     /// of two N > 1: a random 1/N of the pages per window, scaled up (N times fewer write faults).
     /// N > 1 also maps RAM with manual dirty-log protection (`DirtyLog.manualProtect`).
     public var activeMemorySampleOneIn: UInt32 = 1
+    /// Seconds after the start before the active-memory sampler turns dirty logging on (0: from
+    /// the start). Until then guest RAM keeps KVM's huge-page mappings: dirty logging maps it
+    /// with 4 KiB pages, which a booting guest, touching all of its memory, pays for.
+    public var activeMemoryStartDelaySeconds: UInt32 = 0
 
     public static let defaultCmdline = "console=ttyS0 reboot=k panic=-1"
 
