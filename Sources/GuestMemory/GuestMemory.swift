@@ -46,6 +46,8 @@ public final class GuestMemory: @unchecked Sendable {
 
     public let regions: [GuestRegion]
     public let totalSize: UInt64
+    /// The x86 huge page (and the alignment of RAM mapped with `hugepages`).
+    public static let hugePageSize: UInt64 = 2 << 20
 
     /// Maps `layout` (guest base, size) pairs. Sizes must be page multiples; regions must not overlap.
     public init(layout: [(base: UInt64, size: UInt64)], options: Options = Options()) throws {
@@ -98,9 +100,28 @@ public final class GuestMemory: @unchecked Sendable {
         } else {
             flags |= MAP_PRIVATE | MAP_ANONYMOUS
         }
-        let p = mmap(nil, Int(size), PROT_READ | PROT_WRITE, flags, fd, 0)
+        // With huge pages the region starts on a 2 MiB boundary (like the guest-physical bases),
+        // so the host kernel can back whole 2 MiB guest frames with transparent huge pages and
+        // KVM can map them with 2 MiB NPT/EPT entries: reserve 2 MiB more, map inside it.
+        let align = UInt(options.hugepages ? GuestMemory.hugePageSize : 0)
+        var at: UnsafeMutableRawPointer?
+        if align > 0 {
+            let reserve = mmap(nil, Int(size) + Int(align), PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+            if let reserve, reserve != MAP_FAILED {
+                let start = UInt(bitPattern: reserve)
+                let aligned = (start + align - 1) & ~(align - 1)
+                // SAFETY: both pieces lie inside the reservation just made and are not used again.
+                if aligned > start { munmap(reserve, Int(aligned - start)) }
+                let tail = aligned + UInt(size)
+                let end = start + UInt(size) + align
+                if end > tail { munmap(UnsafeMutableRawPointer(bitPattern: tail), Int(end - tail)) }
+                at = UnsafeMutableRawPointer(bitPattern: aligned)
+            }
+        }
+        let p = mmap(at, Int(size), PROT_READ | PROT_WRITE, flags | (at == nil ? 0 : MAP_FIXED), fd, 0)
         guard let p, p != MAP_FAILED else {
             let e = errno
+            if let at { munmap(at, Int(size)) }
             if fd >= 0 { close(fd) }
             throw VireoError.system("cannot map \(ByteSize.format(size)) of guest memory", errno: e,
                                     hint: "use a smaller --memory, or check ulimit -v and vm.overcommit_memory")
