@@ -53,14 +53,9 @@ public final class ConsoleServer: @unchecked Sendable {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
         guard fd >= 0 else { throw VireoError.system("cannot create the console socket") }
         listenFD = OwnedFD(taking: fd)
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        guard !bytes.isEmpty, bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
+        guard !path.isEmpty, UnixSocketAddress.fits(path) else {
             throw VireoError(.invalidArgument, "--console-socket '\(path)' must be 1 to 107 bytes (a unix socket path)")
         }
-        // SAFETY: sun_path is a zeroed fixed-size C array longer than bytes.count (checked above).
-        withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in bytes.enumerated() { p[i] = b } }
         var st = stat()
         if lstat(path, &st) == 0 {
             guard (st.st_mode & S_IFMT) == S_IFSOCK else {
@@ -68,9 +63,7 @@ public final class ConsoleServer: @unchecked Sendable {
             }
             unlink(path)
         }
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
+        let rc = UnixSocketAddress.with(path) { bind(fd, $0, $1) }
         guard rc == 0 else { throw VireoError.system("cannot bind the console socket \(path)") }
         chmod(path, 0o600)
         guard listen(fd, 16) == 0 else { throw VireoError.system("cannot listen on \(path)") }

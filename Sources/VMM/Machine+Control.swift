@@ -113,18 +113,11 @@ public final class ControlServer: @unchecked Sendable {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw VireoError.system("cannot create the control socket") }
         listenFD = OwnedFD(taking: fd)
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
+        guard UnixSocketAddress.fits(path) else {
             throw VireoError(.invalidArgument, "--api-socket \(path) is longer than a unix socket path may be (107 bytes)")
         }
-        // SAFETY: sun_path is a zeroed fixed-size C array longer than bytes.count (checked above).
-        withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in bytes.enumerated() { p[i] = b } }
         unlink(path)
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
+        let rc = UnixSocketAddress.with(path) { bind(fd, $0, $1) }
         guard rc == 0 else { throw VireoError.system("cannot bind the control socket \(path)") }
         chmod(path, 0o600)
         guard listen(fd, 8) == 0 else { throw VireoError.system("cannot listen on \(path)") }

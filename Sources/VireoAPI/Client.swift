@@ -87,18 +87,11 @@ public struct APIClient: Sendable {
             let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
             guard fd >= 0 else { throw VireoError.system("cannot create a socket") }
             setTimeout(fd)
-            var addr = sockaddr_un()
-            addr.sun_family = sa_family_t(AF_UNIX)
-            let bytes = Array(path.utf8)
-            guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
+            guard UnixSocketAddress.fits(path) else {
                 close(fd)
                 throw VireoError(.invalidArgument, "socket path \(path) is too long for a unix socket (108 bytes at most)")
             }
-            // SAFETY: sun_path is a fixed C array larger than bytes.count + 1 (checked above); zero-initialised.
-            withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in bytes.enumerated() { p[i] = b } }
-            let rc = withUnsafePointer(to: &addr) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-            }
+            let rc = UnixSocketAddress.with(path) { Glibc.connect(fd, $0, $1) }
             if rc != 0 {
                 let e = errno
                 close(fd)

@@ -77,7 +77,7 @@ public final class VirtioVsock: VirtioDevice, @unchecked Sendable {
         }
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw VireoError.system("--vsock: cannot create a unix socket") }
-        guard Self.withAddress(socketPath, { bind(fd, $0, $1) }) == 0, listen(fd, 64) == 0 else {
+        guard UnixSocketAddress.with(socketPath, { bind(fd, $0, $1) }) == 0, listen(fd, 64) == 0 else {
             let e = errno; Glibc.close(fd)
             throw VireoError.system("--vsock: cannot listen on \(socketPath)", errno: e, hint: "check the directory exists and is writable")
         }
@@ -91,17 +91,6 @@ public final class VirtioVsock: VirtioDevice, @unchecked Sendable {
     }
 
     public var listenerFD: Int32 { listenFD }
-
-    static func withAddress(_ path: String, _ body: (UnsafePointer<sockaddr>, socklen_t) -> Int32) -> Int32 {
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else { errno = ENAMETOOLONG; return -1 }
-        withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in bytes.enumerated() { p[i] = b } }
-        return withUnsafePointer(to: &addr) { p in
-            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-    }
 
     /// A watched descriptor became ready (any thread); kick queue 0 afterwards.
     public func noteReady(fd: Int32) { ready.withLock { $0.append(fd) } }
@@ -202,7 +191,7 @@ public final class VirtioVsock: VirtioDevice, @unchecked Sendable {
     private func connectHost(port: UInt32) -> Conn? {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { return nil }
-        guard Self.withAddress("\(socketPath)_\(port)", { connect(fd, $0, $1) }) == 0 else { Glibc.close(fd); return nil }
+        guard UnixSocketAddress.with("\(socketPath)_\(port)", { connect(fd, $0, $1) }) == 0 else { Glibc.close(fd); return nil }
         _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
         return Conn(fd: fd)
     }
