@@ -31,11 +31,13 @@ let package = Package(
         .target(name: "DiskImage", dependencies: ["VireoSupport", "CZlib"]),
         // PCI bus, virtio-pci transport, virtqueues and the virtio device back ends.
         .target(name: "Virtio", dependencies: ["VireoSupport", "GuestMemory", "Devices", "DiskImage"]),
+        // One VM's description (VMConfig): the API, the inventory and the VMM share it.
+        .target(name: "VireoConfig"),
         .target(name: "VMM", dependencies: [
-            "CLinux", "VireoSupport", "KVM", "GuestMemory", "X86Boot", "Devices", "Virtio", "DiskImage", "CProbeGuest",
+            "VireoConfig", "CLinux", "VireoSupport", "KVM", "GuestMemory", "X86Boot", "Devices", "Virtio", "DiskImage", "CProbeGuest",
         ]),
         // The host daemon's API: Codable models, the OpenAPI document, a blocking HTTP client.
-        .target(name: "VireoAPI", dependencies: ["VireoSupport"]),
+        .target(name: "VireoAPI", dependencies: ["VireoSupport", "VireoConfig"]),
         // System libsqlite3 (Debian's libsqlite3-dev) for the daemon's inventory.
         .systemLibrary(name: "CSQLite"),
         // `vireo host`: REST server, inventory, VMM supervision, metrics.
@@ -55,6 +57,7 @@ let package = Package(
         // What the test targets share: finding the built `vireo` binary.
         .target(name: "VireoTestSupport", dependencies: ["VireoSupport"]),
 
+        .testTarget(name: "VireoConfigTests", dependencies: ["VireoConfig"]),
         .testTarget(name: "X86BootTests", dependencies: ["X86Boot", "VireoSupport"]),
         .testTarget(name: "DevicesTests", dependencies: ["Devices", "VireoSupport"]),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "Devices", "GuestMemory", "VireoSupport"], exclude: ["Corpus"]),

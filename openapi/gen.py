@@ -25,6 +25,12 @@ def vm_action(verb, summary, extra):
     return {"post": op}
 
 unauth = {"401": err("missing or wrong bearer token (TCP listener only)")}
+# VM configuration fields beyond the first API's (VireoConfig's VMConfig): the same in VMCreate and VM.
+config_extra = {
+    "hugepages": {"type": "boolean", "description": "guest RAM on transparent huge pages (default: on for a kernel)"},
+    "balloon_stats": {"type": "boolean", "description": "the balloon's statistics queue (default on)"},
+    "balloon_deflate_on_oom": {"type": "boolean"}, "balloon_free_page_reporting": {"type": "boolean"},
+    "virtio_console": {"type": "boolean", "description": "a virtio console (hvc0), its output in the VM's hvc0.log"}}
 doc = {
   "openapi": "3.0.3",
   "info": {"title": "Vireo host API", "version": "0.1.0",
@@ -129,13 +135,23 @@ doc = {
     "TemplateList": {"type": "object", "required": ["templates"], "properties": {"templates": {"type": "array", "items": ref("Template")}}},
     "Error": {"type": "object", "required": ["code", "message"], "additionalProperties": False,
               "properties": {"code": {"type": "string"}, "message": {"type": "string"}}},
+    "RateLimit": {"type": "object", "additionalProperties": False,
+                  "description": "token-bucket limits of one device; 0 or absent is unlimited; bursts default to one second's worth. For a disk ops are requests, for a NIC frames",
+                  "properties": {"bytes_per_second": {"type": "integer", "minimum": 0}, "bytes_burst": {"type": "integer", "minimum": 0},
+                                 "ops_per_second": {"type": "integer", "minimum": 0}, "ops_burst": {"type": "integer", "minimum": 0}}},
     "Disk": {"type": "object", "additionalProperties": False,
-             "description": "give path (a file on the host) or image (a store image; the daemon fills in path with its file when the VM is created)",
+             "description": "give path (a file on the host) or image (a store image; the daemon fills in path and format with its file's when the VM is created). The daemon records every disk's format at create (a given one is checked against the file's signature, a missing one is detected from it) and gives every disk an id",
              "anyOf": [{"required": ["path"]}, {"required": ["image"]}], "not": {"required": ["path", "image"]},
              "properties": {"path": {"type": "string", "pattern": "^/"}, "readonly": {"type": "boolean"},
-                            "image": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,62}$"}}},
+                            "image": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,62}$"},
+                            "format": {"type": "string", "enum": ["raw", "qcow2"], "description": "the file's format; a VMM refuses a file whose signature disagrees"},
+                            "id": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,20}$", "description": "stable device id; the guest sees it as the disk's serial (default disk0, disk1, ...)"},
+                            "backing": {"type": "string", "enum": ["any", "confined", "forbidden"], "description": "which backing files the image may name: any, only beside it (confined), or none"},
+                            "rate_limit": ref("RateLimit")}},
     "NIC": {"type": "object", "required": ["tap"], "additionalProperties": False,
-            "properties": {"tap": {"type": "string"}, "mac": {"type": "string"}}},
+            "properties": {"tap": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,15}$"}, "mac": {"type": "string", "pattern": "^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$"},
+                           "id": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,20}$", "description": "stable device id (default net0, net1, ...)"},
+                           "rate_limit": ref("RateLimit")}},
     "RestartPolicy": {"type": "string", "enum": ["never", "on-failure", "always"]},
     "VMState": {"type": "string", "enum": ["stopped", "starting", "running", "paused", "failed"]},
     "VMCreate": {"type": "object", "required": ["name"], "additionalProperties": False,
@@ -151,7 +167,8 @@ doc = {
         "disks": {"type": "array", "items": ref("Disk")}, "nics": {"type": "array", "items": ref("NIC")},
         "balloon_mib": {"type": "integer", "minimum": 0, "maximum": 67108864}, "restart_policy": ref("RestartPolicy"),
         "rng": {"type": "boolean", "description": "virtio-rng (guest entropy from the host's getrandom); kernel VMs only"},
-        "vsock_cid": {"type": "integer", "minimum": 3, "maximum": 4294967294, "description": "virtio-vsock with this guest CID; the host end is the VM's vsock_socket (Firecracker's convention); kernel VMs only"}}},
+        "vsock_cid": {"type": "integer", "minimum": 3, "maximum": 4294967294, "description": "virtio-vsock with this guest CID; the host end is the VM's vsock_socket (Firecracker's convention); kernel VMs only"},
+        **config_extra}},
     "VMUpdate": {"type": "object", "additionalProperties": False, "properties": {
         "vcpus": {"type": "integer", "minimum": 1, "maximum": 254}, "memory_mib": {"type": "integer", "minimum": 4, "maximum": 67108864},
         "cmdline": {"type": "string", "maxLength": 2048}, "balloon_mib": {"type": "integer", "minimum": 0, "maximum": 67108864},
@@ -163,7 +180,8 @@ doc = {
         "kernel": {"type": "string"}, "initrd": {"type": "string"}, "cmdline": {"type": "string"}, "probe": {"type": "string"},
         "template": {"type": "string"}, "disks": {"type": "array", "items": ref("Disk")}, "nics": {"type": "array", "items": ref("NIC")},
         "balloon_mib": {"type": "integer"}, "restart_policy": ref("RestartPolicy"), "state": ref("VMState"),
-        "rng": {"type": "boolean"}, "vsock_cid": {"type": "integer"},
+        "rng": {"type": "boolean"}, "vsock_cid": {"type": "integer"}, "config_version": {"type": "integer", "description": "the VM configuration format version the definition is stored in"},
+        **config_extra,
         "vsock_socket": {"type": "string", "description": "host end of the VM's vsock: connect and send `CONNECT PORT\\n`; guest connections to PORT arrive on vsock_socket + `_PORT`"},
         "reason": {"type": "string", "description": "why the VM is failed or last stopped"},
         "pid": {"type": "integer", "description": "the VMM's pid while it runs"},

@@ -78,6 +78,7 @@ public enum HostDaemon {
 
         let service = try HostService(dataDir: o.dataDir, vmmBinary: o.vmmBinary)
         await service.configureActiveMemory(window: o.activeMemoryWindow, sample: o.activeMemorySample)
+        await service.migrateDefinitions()
         await service.adoptAll()
 
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)

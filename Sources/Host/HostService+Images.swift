@@ -139,8 +139,7 @@ extension HostService {
 
     /// VM disks that name a store image get its file as their path, now (at create): the VM's
     /// definition records both, and the image stays in use (undeletable) while the VM exists.
-    func resolveImageDisks(_ disks: [DiskSpec]?) throws -> [DiskSpec]? {
-        guard let disks else { return nil }
+    func resolveImageDisks(_ disks: [DiskSpec]) throws -> [DiskSpec] {
         var out: [DiskSpec] = []
         for (n, d) in disks.enumerated() {
             guard let name = d.image else { out.append(d); continue }
@@ -149,6 +148,12 @@ extension HostService {
             }
             var r = d
             r.path = try readyImagePath(name, field: "disks[\(n)].image")
+            // The store knows the image's format: it is recorded with the disk.
+            let stored = storeFiles()[name].flatMap { DiskFormat(rawValue: $0.rawValue) }
+            if let declared = d.format, let stored, declared != stored {
+                throw HTTPError.invalid("format-mismatch", "disks[\(n)]: image '\(name)' is \(stored.rawValue), not \(declared.rawValue); leave format out for a store image")
+            }
+            r.format = stored
             out.append(r)
         }
         return out

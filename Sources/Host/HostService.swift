@@ -66,6 +66,10 @@ actor HostService {
     /// PORT arrive on `vsock.sock_PORT` (Firecracker's convention).
     func vsockSocketPath(_ name: String) -> String { vmDir(name) + "/vsock.sock" }
     func vmmLogPath(_ name: String) -> String { vmDir(name) + "/vmm.log" }
+    /// The configuration the VMM runs (written at each start from the stored definition).
+    func configPath(_ name: String) -> String { vmDir(name) + "/config.json" }
+    /// hvc0's output, for a VM with a virtio console.
+    func virtioConsolePath(_ name: String) -> String { vmDir(name) + "/hvc0.log" }
 
     func view(_ r: VMRecord) -> VM {
         VM(definition: r.definition, state: r.state, reason: r.reason, pid: r.state.hasProcess ? r.pid.map(Int.init) : nil,
@@ -134,22 +138,27 @@ actor HostService {
             throw HTTPError.conflict("a VM named '\(c.name)' already exists; pick another name or delete it first")
         }
         var c = c
-        c.disks = try resolveImageDisks(c.disks)   // store images -> their files (HostService+Images.swift)
-        let def: VMDefinition
+        c.disks = try resolveImageDisks(c.disks)   // store images -> their files and formats (HostService+Images.swift)
+        var def: VMDefinition
         if let template = c.template {
             def = try definition(from: c, template: template)
-            // The clone is made first (validation checks that the disk files exist), removed on failure.
-            try makeLinkedClone(vm: c.name, template: template)
-            do { try Validation.check(def, socketPath: consoleSocketPath(def.name)) } catch {
-                unlink(linkedClonePath(c.name)); rmdir(vmDir(c.name))
-                throw error
-            }
         } else {
-            def = VMDefinition(name: c.name, vcpus: c.vcpus ?? VMLimits.defaultVCPUs, memoryMiB: c.memoryMiB ?? VMLimits.defaultMemoryMiB,
-                               kernel: c.kernel, initrd: c.initrd, cmdline: c.cmdline, probe: c.probe,
-                               disks: c.disks ?? [], nics: c.nics ?? [], balloonMiB: c.balloonMiB,
-                               restartPolicy: c.restartPolicy ?? .never, rng: c.rng, vsockCID: c.vsockCID)
+            def = VMDefinition(config: c.config, template: nil, restartPolicy: c.restartPolicy ?? .never)
+        }
+        def.config.configVersion = VMConfig.currentVersion
+        def.config.assignDeviceIDs()
+        if c.template != nil {
+            // The clone is made first (validation checks that the disk files exist), removed on failure.
+            try makeLinkedClone(vm: c.name, template: c.template ?? "")
+        }
+        do {
             try Validation.check(def, socketPath: consoleSocketPath(def.name))
+            // Every disk's format is recorded now, checked against the file's signature.
+            let detected = try Self.recordDiskFormats(&def.config)
+            if !detected.isEmpty { event(def.name, "disk-format-detected", detected.joined(separator: ", ")) }
+        } catch {
+            if c.template != nil { unlink(linkedClonePath(c.name)); rmdir(vmDir(c.name)) }
+            throw error
         }
         let r = VMRecord(definition: def, state: .stopped, reason: nil, pid: nil, pidStartTime: nil, exitStatus: nil,
                          restartCount: 0, createdAt: WallClock.now())
@@ -185,7 +194,8 @@ actor HostService {
                 throw HTTPError.conflict("VM '\(name)' is \(r.state.rawValue); stop it (`vireo vm stop \(name)`) before deleting it")
             }
             try inventory.delete(name)
-            for f in [consolePath(name), socketPath(name), consoleSocketPath(name), vsockSocketPath(name), exitPath(name), vmmLogPath(name), linkedClonePath(name)] { unlink(f) }
+            for f in [consolePath(name), socketPath(name), consoleSocketPath(name), vsockSocketPath(name), exitPath(name), vmmLogPath(name),
+                      linkedClonePath(name), configPath(name), virtioConsolePath(name)] { unlink(f) }
             rmdir(vmDir(name))
             lastStart[name] = nil; quickFailures[name] = nil
             event(name, "deleted", "")
@@ -199,6 +209,12 @@ actor HostService {
             var r = try record(name)
             guard !r.state.hasProcess else { throw HTTPError.conflict("VM '\(name)' is already \(r.state.rawValue)") }
             try Validation.checkFiles(r.definition)
+            if r.definition.disks.contains(where: { $0.format == nil }) {
+                let detected = try Self.recordDiskFormats(&r.definition.config)
+                r.definition.config.configVersion = VMConfig.currentVersion
+                try inventory.update(r)
+                event(name, "disk-format-detected", detected.joined(separator: ", "))
+            }
             quickFailures[name] = 0
             try launch(&r)
             return view(try await awaitReady(&r))
@@ -303,9 +319,16 @@ actor HostService {
         let name = r.name
         try Self.makeDirectory(vmDir(name))
         unlink(exitPath(name)); unlink(socketPath(name))
-        var argv = VMMCommand.arguments(vmmBinary: vmmBinary, definition: r.definition, console: consolePath(name),
+        // The VMM gets the definition's configuration whole, as a file (never rebuilt as flags).
+        do { try VMMCommand.writeConfig(r.definition.config, to: configPath(name)) } catch {
+            r.state = .failed; r.reason = "\(error)"; r.pid = nil
+            try inventory.update(r)
+            throw HTTPError(500, "spawn-failed", "cannot write the VMM configuration for '\(name)': \(error)")
+        }
+        var argv = VMMCommand.arguments(vmmBinary: vmmBinary, configPath: configPath(name), console: consolePath(name),
                                         apiSocket: socketPath(name), exitFile: exitPath(name), consoleSocket: consoleSocketPath(name),
-                                        vsockSocket: vsockSocketPath(name))
+                                        vsockSocket: r.definition.vsockCID == nil ? nil : vsockSocketPath(name),
+                                        virtioConsoleLog: r.definition.virtioConsole == true ? virtioConsolePath(name) : nil)
         if let w = activeMemoryWindow { argv += ["--active-memory-window", String(w)] }
         if let n = activeMemorySample { argv += ["--active-memory-sample", String(n)] }
         let pid: pid_t

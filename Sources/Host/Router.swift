@@ -98,7 +98,7 @@ public struct Router: Sendable {
             try allow("GET", "POST")
             if m == "GET" { return .json(200, VMList(vms: try await service.list())) }
             let create = try APIJSON.decodeStrict(VMCreate.self, from: req.body, allowed: VMCreate.fields,
-                                                  nested: ["disks": DiskSpec.fields, "nics": NICSpec.fields])
+                                                  nested: VMCreate.nestedFields)
             return .json(201, try await service.create(create))
         case 2 where parts == ["v1", "templates"]:
             try allow("GET", "POST")

@@ -30,6 +30,7 @@ extension HostService {
         var probe = VMDefinition(name: c.name, vcpus: c.vcpus ?? VMLimits.defaultVCPUs, memoryMiB: c.memoryMiB ?? VMLimits.defaultMemoryMiB,
                                  kernel: c.kernel, initrd: c.initrd, cmdline: c.cmdline)
         if let base = c.baseDisk { probe.disks = [DiskSpec(path: base, readonly: true)] }
+        probe.config.configVersion = VMConfig.currentVersion
         try Validation.check(probe, socketPath: "")
         var format: String?
         if let base = c.baseDisk {
@@ -61,14 +62,18 @@ extension HostService {
         guard c.kernel == nil, c.probe == nil, c.initrd == nil else {
             throw HTTPError.invalid("conflicting-boot", "a VM from template '\(name)' takes its kernel and initrd from it; leave kernel, initrd and probe out")
         }
-        var disks = c.disks ?? []
-        if let base = t.baseDisk {
-            disks.insert(DiskSpec(path: linkedClonePath(c.name)), at: 0)
-            _ = base
+        var config = c.config
+        // The template gives the boot source; the request may override vCPUs, memory and cmdline.
+        config.kernel = t.kernel
+        config.initrd = t.initrd
+        config.cmdline = c.cmdline ?? t.cmdline
+        if !c.vcpusGiven { config.vcpus = t.vcpus }
+        if !c.memoryGiven { config.memoryMiB = t.memoryMiB }
+        if t.baseDisk != nil {
+            // The linked clone is the VM's first disk; it is always qcow2 (made by makeLinkedClone).
+            config.disks.insert(DiskSpec(path: linkedClonePath(c.name), format: .qcow2), at: 0)
         }
-        return VMDefinition(name: c.name, vcpus: c.vcpus ?? t.vcpus, memoryMiB: c.memoryMiB ?? t.memoryMiB, kernel: t.kernel,
-                            initrd: t.initrd, cmdline: c.cmdline ?? t.cmdline, template: name, disks: disks, nics: c.nics ?? [],
-                            balloonMiB: c.balloonMiB, restartPolicy: c.restartPolicy ?? .never, rng: c.rng, vsockCID: c.vsockCID)
+        return VMDefinition(config: config, template: name, restartPolicy: c.restartPolicy ?? .never)
     }
 
     func linkedClonePath(_ vm: String) -> String { vmDir(vm) + "/disk.qcow2" }

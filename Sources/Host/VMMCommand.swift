@@ -1,27 +1,39 @@
 import VireoAPI
+import VireoSupport
+#if canImport(Glibc)
+import Glibc
+#endif
 
-/// The `vireo run` command line that runs one VM's VMM.
+/// How the daemon runs one VM's VMM: the VM's configuration goes whole into a file in the VM's
+/// directory (`config.json`, mode 0600), which `vireo run --config` reads; the flags carry only
+/// this run's wiring (where the console log, the control, console and vsock sockets and the exit
+/// file go), none of the VM's description. Nothing the API accepted is rebuilt on the way.
 public enum VMMCommand {
-    public static func arguments(vmmBinary: String, definition d: VMDefinition, console: String,
-                                 apiSocket: String, exitFile: String, consoleSocket: String? = nil,
-                                 vsockSocket: String? = nil) -> [String] {
-        var argv = [vmmBinary, "run", "--cpus", String(d.vcpus), "--memory", "\(d.memoryMiB)M",
+    public static func arguments(vmmBinary: String, configPath: String, console: String, apiSocket: String, exitFile: String,
+                                 consoleSocket: String? = nil, vsockSocket: String? = nil, virtioConsoleLog: String? = nil) -> [String] {
+        var argv = [vmmBinary, "run", "--config", configPath,
                     "--serial", "file=\(console)", "--api-socket", apiSocket, "--exit-file", exitFile]
         if let consoleSocket { argv += ["--console-socket", consoleSocket] }
-        if let probe = d.probe {
-            argv += ["--probe", probe]
-        } else if let kernel = d.kernel {
-            argv += ["--kernel", kernel]
-            if let initrd = d.initrd { argv += ["--initrd", initrd] }
-            if let cmdline = d.cmdline { argv += ["--cmdline", cmdline] }
-        }
-        // `vireo run`'s device specs: --disk path=FILE[,readonly=on], --net tap=NAME[,mac=MAC], --balloon size=MIB,stats=on.
-        for disk in d.disks { argv += ["--disk", "path=\(disk.path)" + (disk.readonly == true ? ",readonly=on" : "")] }
-        for nic in d.nics { argv += ["--net", "tap=\(nic.tap)" + (nic.mac.map { ",mac=\($0)" } ?? "")] }
-        // stats=on: the guest's own free/available memory reaches `vireo vm stats` and /metrics.
-        if let b = d.balloonMiB { argv += ["--balloon", "size=\(b),stats=on"] }
-        if d.rng == true { argv.append("--rng") }
-        if let cid = d.vsockCID, let vsockSocket { argv += ["--vsock", "cid=\(cid),socket=\(vsockSocket)"] }
+        if let vsockSocket { argv += ["--vsock-socket", vsockSocket] }
+        if let virtioConsoleLog { argv += ["--console-log", virtioConsoleLog] }
         return argv
+    }
+
+    /// Writes `config` to `path` atomically (a temporary file, fsync, rename): a VMM never reads
+    /// a half-written configuration, and a failed write leaves the previous one.
+    public static func writeConfig(_ config: VMConfig, to path: String) throws {
+        let bytes = config.jsonBytes(pretty: true) + [10]
+        let tmp = path + ".tmp"
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw VireoError.system("cannot create \(tmp)") }
+        var off = 0
+        while off < bytes.count {
+            let n = bytes[off...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+            if n < 0 { if errno == EINTR { continue }; let e = errno; close(fd); unlink(tmp); throw VireoError.system("cannot write \(tmp)", errno: e) }
+            off += n
+        }
+        guard fsync(fd) == 0 else { let e = errno; close(fd); unlink(tmp); throw VireoError.system("cannot sync \(tmp)", errno: e) }
+        close(fd)
+        guard rename(tmp, path) == 0 else { let e = errno; unlink(tmp); throw VireoError.system("cannot rename \(tmp) to \(path)", errno: e) }
     }
 }

@@ -1,4 +1,5 @@
 
+import VireoConfig
 import VireoSupport
 
 /// Parsing of the virtio device flags: `--disk`, `--net`, `--rng`, `--balloon`, `--vsock`,
@@ -42,28 +43,33 @@ public enum DeviceOptions {
         return n
     }
 
-    static func rateLimit(_ kv: [String: String], flag: String) throws -> RateLimitConfig {
-        var r = RateLimitConfig()
+    /// The limits the keys give, or nil when none is set (unlimited).
+    static func rateLimit(_ kv: [String: String], flag: String) throws -> RateLimit? {
+        var r = RateLimit()
         r.bytesPerSecond = try number(kv["bps"], key: "bps", flag: flag) ?? 0
         r.bytesBurst = try number(kv["bps-burst"], key: "bps-burst", flag: flag) ?? 0
         r.opsPerSecond = try number(kv["iops"] ?? kv["pps"], key: kv["iops"] != nil ? "iops" : "pps", flag: flag) ?? 0
         r.opsBurst = try number(kv["iops-burst"] ?? kv["pps-burst"], key: "burst", flag: flag) ?? 0
-        return r
+        return r == RateLimit() ? nil : r
     }
 
     public static func disk(_ text: String) throws -> VirtioConfig.Disk {
-        let form = "path=FILE[,readonly=on][,format=raw|qcow2][,id=NAME][,bps=N][,iops=N][,bps-burst=N][,iops-burst=N]"
-        let kv = try pairs(text, flag: "--disk", allowed: ["path", "readonly", "format", "id", "bps", "iops", "bps-burst", "iops-burst"], form: form)
+        let form = "path=FILE[,format=raw|qcow2][,readonly=on][,id=NAME][,backing=any|confined|forbidden][,bps=N][,iops=N][,bps-burst=N][,iops-burst=N]"
+        let kv = try pairs(text, flag: "--disk", allowed: ["path", "readonly", "format", "id", "backing", "bps", "iops", "bps-burst", "iops-burst"], form: form)
         guard let path = kv["path"], !path.isEmpty else { throw ParseError("--disk '\(text)': missing path=FILE (\(form))") }
         var d = VirtioConfig.Disk(path: path)
-        d.readOnly = try bool(kv["readonly"], key: "readonly", flag: "--disk")
+        d.readonly = try bool(kv["readonly"], key: "readonly", flag: "--disk") ? true : nil
         if let f = kv["format"] {
-            guard let format = VirtioConfig.Disk.Format(rawValue: f) else { throw ParseError("--disk: format=\(f) is not raw or qcow2") }
+            guard let format = DiskFormat(rawValue: f) else { throw ParseError("--disk: format=\(f) is not raw or qcow2 (convert other formats: vireo disk convert -O qcow2 IN OUT)") }
             d.format = format
         }
+        if let b = kv["backing"] {
+            guard let rule = BackingRule(rawValue: b) else { throw ParseError("--disk: backing=\(b) is not any, confined or forbidden") }
+            d.backing = rule
+        }
         if let id = kv["id"] {
-            guard !id.isEmpty, id.utf8.count <= 20, id.allSatisfy({ $0.isASCII && !$0.isWhitespace }) else {
-                throw ParseError("--disk: id=\(id) must be 1 to 20 ASCII characters without spaces (the guest sees it as the disk serial)")
+            guard VMConfig.isValidDeviceID(id) else {
+                throw ParseError("--disk: id=\(id) must be 1 to 20 ASCII letters, digits, '-', '_' or '.' (the guest sees it as the disk serial)")
             }
             d.id = id
         }
@@ -79,7 +85,7 @@ public enum DeviceOptions {
             throw ParseError("--net: tap=\(tap) is not a valid interface name (up to 15 letters, digits, - _ .)")
         }
         var n = VirtioConfig.Net(tap: tap)
-        if let m = kv["mac"] { n.mac = try mac(m) }
+        if let m = kv["mac"] { _ = try mac(m); n.mac = m }
         n.rateLimit = try rateLimit(kv, flag: "--net")
         return n
     }

@@ -1,6 +1,7 @@
 import CLinux
 import KVM
 import Synchronization
+import VireoConfig
 import VireoSupport
 #if canImport(Glibc)
 import Glibc
@@ -98,7 +99,7 @@ public final class PauseGate: @unchecked Sendable {
 
 /// The VMM's own control socket (`vireo run --api-socket PATH`): one line in, one JSON line out.
 ///
-/// Commands: `status` (state, per-vCPU exit counts and thread ids, memory (provisioned, active
+/// Commands: `config` (the VM configuration it runs, as JSON), `status` (state, per-vCPU exit counts and thread ids, memory (provisioned, active
 /// estimate, guest-reported), per-disk and per-NIC counters), `pause`, `resume`,
 /// `shutdown` (press the ACPI power button; the guest powers itself off), `stop` (end now),
 /// `balloon [MIB]` (the balloon's target and actual size; with MIB, a new target).
@@ -142,7 +143,15 @@ public final class ControlServer: @unchecked Sendable {
             while line.count < 256, read(c, &byte, 1) == 1, byte != 10 { line.append(byte) }
             let command = String(decoding: line, as: UTF8.self).trimmingSpaces
             let reply = handle(command, machine: machine) + "\n"
-            _ = reply.withCString { send(c, $0, strlen($0), Int32(MSG_NOSIGNAL)) }
+            // A reply (a whole configuration) may take more than one send.
+            let bytes = Array(reply.utf8)
+            var off = 0
+            while off < bytes.count {
+                let n = bytes[off...].withUnsafeBytes { send(c, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                if n < 0, errno == EINTR { continue }
+                if n <= 0 { break }
+                off += n
+            }
             close(c)
         }
     }
@@ -151,6 +160,12 @@ public final class ControlServer: @unchecked Sendable {
         let words = command.split(separator: " ")
         if words.first == "balloon" { return balloon(words.dropFirst().map(String.init), machine: machine) }
         switch command {
+        case "config":
+            // The configuration this VMM runs, whole (the daemon compares it with what it stored).
+            guard let vm = machine.vmConfig else {
+                return #"{"ok":false,"error":"this machine was built without a VM configuration"}"#
+            }
+            return #"{"ok":true,"config":"# + String(decoding: vm.jsonBytes(), as: UTF8.self) + "}"
         case "status", "metrics":
             return status(machine)
         case "pause":
@@ -174,7 +189,7 @@ public final class ControlServer: @unchecked Sendable {
             machine.pauseGate.resume()
             return #"{"ok":true,"state":"stopping"}"#
         default:
-            return #"{"ok":false,"error":"unknown command; one of status, pause, resume, shutdown, stop, balloon [MIB]"}"#
+            return #"{"ok":false,"error":"unknown command; one of status, config, pause, resume, shutdown, stop, balloon [MIB]"}"#
         }
     }
 

@@ -5,6 +5,7 @@ import GuestMemory
 import KVM
 import Synchronization
 import VireoSupport
+import VireoConfig
 import Virtio
 import X86Boot
 #if canImport(Glibc)
@@ -115,8 +116,10 @@ extension Machine {
 
         if v.rng { _ = try wiring.attach(VirtioRNG(), name: "virtio-rng") }
         for (i, disk) in v.disks.enumerated() {
-            let block = VirtioBlock(backend: try openDisk(disk, index: i))
-            block.limiter = Self.limiter(disk.rateLimit)
+            let (backend, format) = try openDisk(disk, index: i)
+            if vmConfig?.disks.indices.contains(i) == true { vmConfig?.disks[i].format = DiskFormat(rawValue: format.rawValue) }
+            let block = VirtioBlock(backend: backend)
+            block.limiter = disk.rateLimit.flatMap(Self.limiter)
             _ = try wiring.attach(block, name: "virtio-blk \(disk.id ?? disk.path)", limiter: block.limiter)
             diskCounters.append((disk.id ?? "disk\(i)", disk.path, block.counters))
         }
@@ -139,15 +142,37 @@ extension Machine {
                                           opsPerSecond: c.opsPerSecond, opsBurst: c.opsBurst)
     }
 
-    private func openDisk(_ disk: VirtioConfig.Disk, index: Int) throws -> any BlockBackend {
-        switch disk.format {
+    /// Opens a disk in its declared format after checking the file's signature against it
+    /// (DiskImage.checkFormat: a file is never opened as raw when it carries an image
+    /// signature, nor as qcow2 without one). A disk given without a format (`vireo run --disk
+    /// path=F`) is detected by signature, and the format used is said on stderr.
+    private func openDisk(_ disk: VirtioConfig.Disk, index: Int) throws -> (any BlockBackend, DiskImageFormat) {
+        let declared = disk.format.flatMap { DiskImageFormat(name: $0.rawValue) }
+        let decision: DiskImage.FormatDecision
+        do { decision = try DiskImage.checkFormat(path: disk.path, declared: declared) } catch {
+            throw VireoError(error.code, "--disk \(disk.id ?? "disk\(index)"): \(error.message)", hint: error.hint, errno: error.errno)
+        }
+        if decision.detected {
+            let what = decision.format == .raw ? "no image signature, opened as raw" : "detected \(decision.format) by its signature"
+            let line = "vireo: --disk \(disk.path): \(what) (give format=\(decision.format.rawValue) to say so)\n"
+            _ = line.withCString { write(2, $0, strlen($0)) }
+        }
+        switch decision.format {
         case .qcow2:
-            // The whole backing chain opens with it (a linked clone reads through to its base).
-            let image = try DiskImage.open(path: disk.path, format: .qcow2, readOnly: disk.readOnly)
+            // The whole backing chain opens with it (a linked clone reads through to its base),
+            // each backing file named as the disk's backing rule allows.
+            let policy: BackingPolicy
+            switch disk.backing ?? .any {
+            case .any: policy = .any
+            case .confined: policy = .confined
+            case .forbidden: policy = .forbidden
+            }
+            let image = try DiskImage.open(path: disk.path, format: .qcow2, readOnly: disk.isReadOnly,
+                                           options: OpenOptions(readOnly: disk.isReadOnly, backingPolicy: policy))
             guard image.virtualSize >= 512 else {
                 throw VireoError(.invalidArgument, "--disk \(disk.path) is smaller than one 512-byte sector", hint: "grow it with vireo disk resize \(disk.path) 1G")
             }
-            return DiskImageBlockBackend(image: image, identifier: disk.id ?? "vireo-disk\(index)")
+            return (DiskImageBlockBackend(image: image, identifier: disk.id ?? "vireo-disk\(index)"), .qcow2)
         case .raw:
             var st = stat()
             guard stat(disk.path, &st) == 0 else {
@@ -156,11 +181,14 @@ extension Machine {
             guard (st.st_mode & S_IFMT) == S_IFREG || (st.st_mode & S_IFMT) == S_IFBLK else {
                 throw VireoError(.invalidArgument, "--disk \(disk.path) is not a regular file or block device")
             }
-            let backend = try FileBlockBackend(path: disk.path, readOnly: disk.readOnly, identifier: disk.id ?? "vireo-disk\(index)")
+            let backend = try FileBlockBackend(path: disk.path, readOnly: disk.isReadOnly, identifier: disk.id ?? "vireo-disk\(index)")
             guard backend.size >= 512 else {
                 throw VireoError(.invalidArgument, "--disk \(disk.path) is smaller than one 512-byte sector", hint: "grow it with truncate -s 1G \(disk.path)")
             }
-            return backend
+            return (backend, .raw)
+        default:
+            throw VireoError(.unsupported, "--disk \(disk.path) is a \(decision.format) image; a VM runs on qcow2 or raw disks",
+                             hint: "convert it: vireo disk convert -O qcow2 \(disk.path) OUT.qcow2")
         }
     }
 

@@ -1,5 +1,6 @@
 import CLinux
 import GuestMemory
+import VireoConfig
 import VireoSupport
 import Virtio
 #if canImport(Glibc)
@@ -35,9 +36,9 @@ extension Machine {
     /// virtio-net on a TAP device.
     func setUpNet(_ config: VirtioConfig.Net, index: Int, wiring: VirtioWiring) throws {
         let tap = try TapDevice(name: config.tap)
-        let mac = config.mac ?? Machine.derivedMAC(seed: "\(config.tap)/\(index)/\(self.config.cpus)/\(memory.totalSize)")
+        let mac = config.mac.flatMap(VMConfig.macBytes) ?? Machine.derivedMAC(seed: "\(config.tap)/\(index)/\(self.config.cpus)/\(memory.totalSize)")
         let net = VirtioNet(backend: tap, mac: mac)
-        net.limiter = Machine.limiter(config.rateLimit)
+        net.limiter = config.rateLimit.flatMap(Machine.limiter)
         let slot = try wiring.attach(net, name: "virtio-net \(config.tap)", limiter: net.limiter)
         netCounters.append((config.tap, net.counters))
         // Frames from the TAP: edge-triggered; the receive path drains until EAGAIN or until the

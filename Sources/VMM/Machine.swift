@@ -4,6 +4,7 @@ import GuestMemory
 import KVM
 import Synchronization
 import VireoSupport
+import VireoConfig
 import Virtio
 import X86Boot
 #if canImport(Glibc)
@@ -17,6 +18,9 @@ import Glibc
 /// State: Created -> Running -> Stopped; the first stop reason wins (`StopSignal`).
 public final class Machine: @unchecked Sendable {
     public let config: MachineConfig
+    /// The VM configuration this machine runs (nil when built without one), every disk's
+    /// format filled in as opened. Set during init only; the control command `config` reports it.
+    public internal(set) var vmConfig: VMConfig?
     public let kvm: KVMSystem
     public let vm: VirtualMachine
     public let memory: GuestMemory
@@ -63,6 +67,7 @@ public final class Machine: @unchecked Sendable {
     public init(config: MachineConfig, kvmPath: String = KVMSystem.defaultPath,
                 onProbePass: (@Sendable (UInt64) -> Void)? = nil) throws {
         self.config = config
+        vmConfig = config.vm
         let kvm = try KVMSystem(path: kvmPath)
         self.kvm = kvm
         let maxCPUs = kvm.maxVCPUs
@@ -134,7 +139,7 @@ public final class Machine: @unchecked Sendable {
 
     /// The largest guest RAM we accept: what the host could plausibly back (RAM + swap, times
     /// an overcommit factor of 4) and never past the 46-bit guest-physical space KVM maps.
-    static func validateMemorySize(_ size: UInt64) throws {
+    public static func validateMemorySize(_ size: UInt64) throws {
         guard size > 0 else {
             throw VireoError(.invalidArgument, "--memory must be larger than 0", hint: "give a size such as 512M or 2G")
         }

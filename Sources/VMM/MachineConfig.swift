@@ -1,7 +1,11 @@
 import GuestMemory
+import VireoConfig
 import VireoSupport
 
-/// Everything that defines one virtual machine, as the CLI (or later the daemon) gives it.
+/// What the VMM builds one machine from: the VM's configuration (`VMConfig`, the one
+/// description the API, the inventory and `vireo run` share) turned into the machine's terms
+/// by `init(vm:wiring:)`, plus this run's wiring. Tests and benchmarks of the VMM itself may
+/// build one directly (`init(boot:...)`, no `vm`).
 public struct MachineConfig: Sendable {
     public enum Boot: Sendable, Equatable {
         /// A Linux kernel: an ELF `vmlinux` (PVH or 64-bit entry) or a `bzImage`.
@@ -42,6 +46,72 @@ public struct MachineConfig: Sendable {
     public var activeMemoryStartDelaySeconds: UInt32 = 0
 
     public static let defaultCmdline = "console=ttyS0 reboot=k panic=-1"
+
+    /// The VM configuration this machine was built from (what the control command `config`
+    /// reports), with every disk's format filled in once the disk is opened.
+    public var vm: VMConfig?
+
+    /// Where this run's outputs go: not part of the VM's description (another host, another
+    /// run, other paths), so not part of `VMConfig`.
+    public struct Wiring: Sendable, Equatable {
+        public var serial: Serial = .stdio
+        /// Serves COM1 on a unix socket too (ConsoleServer.swift).
+        public var consoleSocket: String?
+        /// The host end of the vsock (needed when the VM has one).
+        public var vsockSocket: String?
+        /// hvc0's output for a VM with a virtio console (nil: stdout).
+        public var virtioConsoleLog: String?
+        /// A FIFO the balloon's target changes arrive on at run time.
+        public var balloonControl: String?
+        public init() {}
+    }
+
+    /// The machine for `vm`: checks it (`VMConfig.validate()`), then derives the boot source,
+    /// vCPUs, RAM and devices from it. Throws `.invalidArgument` naming the field.
+    public init(vm: VMConfig, wiring: Wiring) throws {
+        do throws(ConfigProblem) { try vm.validate() } catch {
+            throw VireoError(.invalidArgument, error.message)
+        }
+        switch vm.boot {
+        case let .kernel(path, initrd, cmdline):
+            boot = .linux(kernel: path, initrd: initrd, cmdline: cmdline ?? Self.defaultCmdline)
+        case let .probe(text):
+            boot = .probe(try ProbeWorkload.parse(text))
+        case .invalid:
+            throw VireoError(.invalidArgument, "the VM has no boot source", hint: "give a kernel or a probe workload")
+        }
+        cpus = vm.vcpus
+        let (bytes, overflow) = UInt64(vm.memoryMiB).multipliedReportingOverflow(by: 1 << 20)
+        guard !overflow else { throw VireoError(.outOfRange, "memory_mib \(vm.memoryMiB) is too large") }
+        memorySize = bytes
+        serial = wiring.serial
+        consoleSocket = wiring.consoleSocket
+        // A kernel's RAM gets transparent huge pages (2 MiB-aligned, MADV_HUGEPAGE), as QEMU
+        // gives it: fewer host page faults and 2 MiB NPT/EPT mappings. Still lazily allocated.
+        if case .linux = boot { memoryOptions.hugepages = vm.hugepages ?? true } else { memoryOptions.hugepages = vm.hugepages ?? false }
+        var v = VirtioConfig()
+        v.disks = vm.disks
+        v.nets = vm.nics
+        v.rng = vm.rng == true
+        if let mib = vm.balloonMiB {
+            var b = VirtioConfig.Balloon()
+            b.targetMiB = UInt64(mib)
+            b.stats = vm.balloonStats ?? true
+            b.deflateOnOOM = vm.balloonDeflateOnOOM ?? false
+            b.reporting = vm.balloonFreePageReporting ?? false
+            b.control = wiring.balloonControl
+            v.balloon = b
+        }
+        if let cid = vm.vsockCID {
+            guard let socket = wiring.vsockSocket else {
+                throw VireoError(.invalidArgument, "the VM has a vsock (vsock_cid \(cid)) but no host socket for it", hint: "give --vsock-socket PATH")
+            }
+            v.vsock = VirtioConfig.Vsock(cid: UInt64(cid), socketPath: socket)
+        }
+        if vm.virtioConsole == true { v.console = wiring.virtioConsoleLog.map { .file($0) } ?? .stdout }
+        virtio = v
+        self.vm = vm
+    }
 
     public init(boot: Boot, cpus: Int = 1, memorySize: UInt64 = 512 << 20, serial: Serial = .stdio) {
         self.boot = boot

@@ -28,6 +28,22 @@ public enum ProbeWorkload: Sendable, Equatable {
     case echo
 
     public static let defaultMMIOAddress: UInt64 = 0xD000_0000
+
+    /// A workload from its configuration text: pio:N, mmio:N, dirty[:PASSES], compute:N, echo.
+    public static func parse(_ text: String) throws -> ProbeWorkload {
+        let parts = text.split(separator: ":", maxSplits: 1).map(String.init)
+        let count = parts.count > 1 ? UInt64(parts[1]) : nil
+        let form = "one of pio:N, mmio:N, dirty[:PASSES], compute:N, echo"
+        if parts.count > 1, count == nil { throw VireoError(.invalidArgument, "probe '\(text)': '\(parts[1])' is not a count (\(form))") }
+        switch parts.first ?? "" {
+        case "pio": return .pioLoop(iterations: count ?? 100_000)
+        case "mmio": return .mmioLoop(iterations: count ?? 100_000, address: defaultMMIOAddress)
+        case "dirty": return .dirty(passes: count ?? 0)
+        case "compute": return .compute(iterations: count ?? 1_000_000_000)
+        case "echo" where parts.count == 1: return .echo
+        default: throw VireoError(.invalidArgument, "probe '\(text)' is not \(form)")
+        }
+    }
 }
 
 /// Lays out the probe guest: GDT, TSS, identity page tables for the first 4 GiB (user

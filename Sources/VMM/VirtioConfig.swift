@@ -1,22 +1,12 @@
+import VireoConfig
+
 /// The paravirtual (virtio-pci) devices of a machine, as the CLI gives them.
 public struct VirtioConfig: Sendable, Equatable {
-    public struct Disk: Sendable, Equatable {
-        public enum Format: String, Sendable { case raw, qcow2 }
-        public var path: String
-        public var readOnly = false
-        public var format = Format.raw
-        public var id: String?
-        public var rateLimit = RateLimitConfig()
-        public init(path: String) { self.path = path }
-    }
-
-    public struct Net: Sendable, Equatable {
-        public var tap: String
-        /// Six bytes; nil derives a stable MAC from the VM (see `Machine.derivedMAC`).
-        public var mac: [UInt8]?
-        public var rateLimit = RateLimitConfig()
-        public init(tap: String) { self.tap = tap }
-    }
+    /// A disk and a NIC are the VM configuration's own types (VireoConfig): what the daemon
+    /// stored is what the device is built from. A disk's format may be nil only until
+    /// `Machine` opens it (it detects it then and says so).
+    public typealias Disk = VMConfig.Disk
+    public typealias Net = VMConfig.NIC
 
     public struct Balloon: Sendable, Equatable {
         /// Initial target (MiB the balloon should hold).
@@ -51,12 +41,5 @@ public struct VirtioConfig: Sendable, Equatable {
     }
 }
 
-/// Token-bucket limits of one device (0 = unlimited). Bursts default to one second's worth.
-public struct RateLimitConfig: Sendable, Equatable {
-    public var bytesPerSecond: UInt64 = 0
-    public var bytesBurst: UInt64 = 0
-    public var opsPerSecond: UInt64 = 0
-    public var opsBurst: UInt64 = 0
-    public init() {}
-    public var isUnlimited: Bool { bytesPerSecond == 0 && opsPerSecond == 0 }
-}
+/// Token-bucket limits of one device (VireoConfig's `RateLimit`).
+public typealias RateLimitConfig = RateLimit

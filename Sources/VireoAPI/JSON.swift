@@ -57,29 +57,10 @@ public enum APIJSON {
         if !unknown.isEmpty {
             throw APIErrorBody(code: "unknown-field", message: "unknown field\(unknown.count > 1 ? "s" : "") \(unknown.map { "'\($0)'" }.joined(separator: ", ")); allowed: \(allowed.sorted().joined(separator: ", "))")
         }
-        // Absent and null are not the same to a schema: a null is refused rather than read as absent.
-        if case let .object(o) = value {
-            for (k, v) in o.sorted(by: { $0.key < $1.key }) {
-                if v == .null { throw APIErrorBody(code: "invalid-field", message: "field '\(k)' must not be null; leave it out instead") }
-                if case let .array(items) = v {
-                    for item in items {
-                        if case let .object(inner) = item, let bad = inner.first(where: { $0.value == .null }) {
-                            throw APIErrorBody(code: "invalid-field", message: "field '\(bad.key)' in '\(k)' must not be null; leave it out instead")
-                        }
-                    }
-                }
-            }
-        }
-        for (field, allowedInner) in nested {
-            guard case let .array(items)? = value[field] else { continue }
-            for item in items {
-                guard let k = item.objectKeys else { continue }
-                let bad = k.subtracting(allowedInner).sorted()
-                if !bad.isEmpty {
-                    throw APIErrorBody(code: "unknown-field", message: "unknown field '\(bad[0])' in '\(field)'; allowed: \(allowedInner.sorted().joined(separator: ", "))")
-                }
-            }
-        }
+        // Absent and null are not the same to a schema: a null is refused rather than read as
+        // absent. Objects inside (array items, nested objects) get the same checks, with their
+        // own allowed keys from `nested` ("disks", "disks.rate_limit", ...).
+        try checkObject(value, path: "", nested: nested)
         do { return try JSONDecoder().decode(T.self, from: data) } catch let DecodingError.typeMismatch(_, ctx) {
             throw APIErrorBody(code: "invalid-field", message: "field '\(path(ctx))' has the wrong type")
         } catch let DecodingError.keyNotFound(key, ctx) {
@@ -94,6 +75,27 @@ public enum APIJSON {
                 : "field '\(p)' has an invalid value")
         } catch {
             throw APIErrorBody(code: "invalid-field", message: "the request body does not match the schema")
+        }
+    }
+
+    private static func checkObject(_ value: JSONValue, path: String, nested: [String: Set<String>]) throws {
+        guard case let .object(o) = value else { return }
+        for (k, v) in o.sorted(by: { $0.key < $1.key }) {
+            let field = path.isEmpty ? k : path + "." + k
+            if v == .null { throw APIErrorBody(code: "invalid-field", message: "field '\(field)' must not be null; leave it out instead") }
+            let items: [JSONValue]
+            switch v {
+            case let .array(a): items = a
+            case .object: items = [v]
+            default: continue
+            }
+            for item in items {
+                guard let keys = item.objectKeys else { continue }
+                if let allowedInner = nested[field], case let bad = keys.subtracting(allowedInner).sorted(), !bad.isEmpty {
+                    throw APIErrorBody(code: "unknown-field", message: "unknown field '\(bad[0])' in '\(field)'; allowed: \(allowedInner.sorted().joined(separator: ", "))")
+                }
+                try checkObject(item, path: field, nested: nested)
+            }
         }
     }
 

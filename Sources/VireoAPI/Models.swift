@@ -3,6 +3,7 @@ import FoundationEssentials
 #else
 import Foundation
 #endif
+@_exported import VireoConfig
 
 // The REST API's bodies. Field names are the JSON names (snake_case) through CodingKeys;
 // `openapi/vireo.json` (OpenAPIDocument.json) is the contract these follow.
@@ -19,66 +20,78 @@ public enum RestartPolicy: String, Codable, Sendable, CaseIterable {
     case always
 }
 
-public struct DiskSpec: Codable, Sendable, Equatable {
-    /// The disk's file. For a store image (`image`) the daemon fills it in at create.
-    public var path: String
-    public var readonly: Bool?
-    /// A store image (GET /v1/images) instead of `path`; see docs/images.md.
-    public var image: String?
-    public init(path: String, readonly: Bool? = nil, image: String? = nil) { self.path = path; self.readonly = readonly; self.image = image }
-    public static let fields: Set<String> = ["path", "readonly", "image"]
-    enum CodingKeys: String, CodingKey { case path, readonly, image }
-    public init(from decoder: Decoder) throws {
-        let c = try decoder.container(keyedBy: CodingKeys.self)
-        image = try c.decodeIfPresent(String.self, forKey: .image)
-        readonly = try c.decodeIfPresent(Bool.self, forKey: .readonly)
-        // `path` may be left out when `image` names the disk.
-        path = image == nil ? try c.decode(String.self, forKey: .path) : try c.decodeIfPresent(String.self, forKey: .path) ?? ""
-    }
-}
+/// A VM's disk and NIC, as the API, the inventory and the VMM all see them (VireoConfig).
+public typealias DiskSpec = VMConfig.Disk
+public typealias NICSpec = VMConfig.NIC
 
-public struct NICSpec: Codable, Sendable, Equatable {
-    /// A TAP device name on the host.
-    public var tap: String
-    public var mac: String?
-    public init(tap: String, mac: String? = nil) { self.tap = tap; self.mac = mac }
-    public static let fields: Set<String> = ["tap", "mac"]
-}
-
-/// POST /v1/vms. Only `name` is required; unknown keys are refused.
+/// POST /v1/vms: a VM configuration (VireoConfig's `VMConfig`, every field but `name`
+/// optional) plus what the daemon resolves or keeps itself: a template to start from and the
+/// restart policy. Unknown keys are refused.
+@dynamicMemberLookup
 public struct VMCreate: Codable, Sendable, Equatable {
-    public var name: String
-    public var vcpus: Int?
-    public var memoryMiB: Int?
-    public var kernel: String?
-    public var initrd: String?
-    public var cmdline: String?
-    /// The built-in probe guest's workload (pio:N, mmio:N, dirty[:PASSES], compute:N) instead of a kernel.
-    public var probe: String?
+    /// The requested configuration; fields left out of the body are nil or empty here.
+    public var config: VMConfig
     public var template: String?
-    public var disks: [DiskSpec]?
-    public var nics: [NICSpec]?
-    public var balloonMiB: Int?
     public var restartPolicy: RestartPolicy?
-    /// virtio-rng: guest entropy from the host's getrandom.
-    public var rng: Bool?
-    /// virtio-vsock with this guest CID (3 and up); the host end is the VM's vsock.sock.
-    public var vsockCID: Int?
+    /// Whether the body gave vcpus / memory_mib (a template's own values apply otherwise).
+    public var vcpusGiven: Bool
+    public var memoryGiven: Bool
 
     public init(name: String, vcpus: Int? = nil, memoryMiB: Int? = nil, kernel: String? = nil, initrd: String? = nil,
                 cmdline: String? = nil, probe: String? = nil, template: String? = nil, disks: [DiskSpec]? = nil,
                 nics: [NICSpec]? = nil, balloonMiB: Int? = nil, restartPolicy: RestartPolicy? = nil,
                 rng: Bool? = nil, vsockCID: Int? = nil) {
-        self.name = name; self.vcpus = vcpus; self.memoryMiB = memoryMiB; self.kernel = kernel; self.initrd = initrd
-        self.cmdline = cmdline; self.probe = probe; self.template = template; self.disks = disks; self.nics = nics
-        self.balloonMiB = balloonMiB; self.restartPolicy = restartPolicy; self.rng = rng; self.vsockCID = vsockCID
+        config = VMConfig(name: name, vcpus: vcpus ?? VMLimits.defaultVCPUs, memoryMiB: memoryMiB ?? VMLimits.defaultMemoryMiB,
+                          kernel: kernel, initrd: initrd, cmdline: cmdline, probe: probe, disks: disks ?? [], nics: nics ?? [],
+                          balloonMiB: balloonMiB, rng: rng, vsockCID: vsockCID)
+        vcpusGiven = vcpus != nil; memoryGiven = memoryMiB != nil
+        self.template = template; self.restartPolicy = restartPolicy
     }
 
-    enum CodingKeys: String, CodingKey, CaseIterable {
-        case name, vcpus, memoryMiB = "memory_mib", kernel, initrd, cmdline, probe, template, disks, nics
-        case balloonMiB = "balloon_mib", restartPolicy = "restart_policy", rng, vsockCID = "vsock_cid"
+    public subscript<T>(dynamicMember keyPath: WritableKeyPath<VMConfig, T>) -> T {
+        get { config[keyPath: keyPath] }
+        set { config[keyPath: keyPath] = newValue }
     }
-    public static let fields = Set(CodingKeys.allCases.map(\.rawValue))
+
+    /// vCPUs and memory as asked (nil: not given; the template's or the default applies).
+    public var vcpus: Int? {
+        get { vcpusGiven ? config.vcpus : nil }
+        set { config.vcpus = newValue ?? VMLimits.defaultVCPUs; vcpusGiven = newValue != nil }
+    }
+    public var memoryMiB: Int? {
+        get { memoryGiven ? config.memoryMiB : nil }
+        set { config.memoryMiB = newValue ?? VMLimits.defaultMemoryMiB; memoryGiven = newValue != nil }
+    }
+
+    enum ExtraKeys: String, CodingKey, CaseIterable { case template, restartPolicy = "restart_policy" }
+    /// Every key a create body may have. `config_version` is the daemon's to set.
+    public static let fields = VMConfig.fields.subtracting(["config_version"]).union(ExtraKeys.allCases.map(\.rawValue))
+    /// The keys allowed inside the objects of each array or object field ("a.b": inside b of a's objects).
+    public static let nestedFields: [String: Set<String>] = ["disks": DiskSpec.fields, "nics": NICSpec.fields,
+                                                             "disks.rate_limit": RateLimit.fields, "nics.rate_limit": RateLimit.fields]
+
+    public init(from decoder: Decoder) throws {
+        config = try VMConfig(from: decoder)
+        config.configVersion = VMConfig.currentVersion
+        let c = try decoder.container(keyedBy: VMConfig.CodingKeys.self)
+        vcpusGiven = c.contains(.vcpus)
+        memoryGiven = c.contains(.memoryMiB)
+        let x = try decoder.container(keyedBy: ExtraKeys.self)
+        template = try x.decodeIfPresent(String.self, forKey: .template)
+        restartPolicy = try x.decodeIfPresent(RestartPolicy.self, forKey: .restartPolicy)
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var omit: Set<VMConfig.CodingKeys> = [.configVersion]
+        if !vcpusGiven { omit.insert(.vcpus) }
+        if !memoryGiven { omit.insert(.memoryMiB) }
+        if config.disks.isEmpty { omit.insert(.disks) }
+        if config.nics.isEmpty { omit.insert(.nics) }
+        try config.encode(to: encoder, omitting: omit)
+        var x = encoder.container(keyedBy: ExtraKeys.self)
+        try x.encodeIfPresent(template, forKey: .template)
+        try x.encodeIfPresent(restartPolicy, forKey: .restartPolicy)
+    }
 }
 
 /// PATCH /v1/vms/{name} (only while stopped or failed): the fields given replace the stored ones.
@@ -99,53 +112,53 @@ public struct VMUpdate: Codable, Sendable, Equatable {
     public static let fields = Set(CodingKeys.allCases.map(\.rawValue))
 }
 
-/// A VM's definition as stored in the inventory (what create validated).
+/// A VM's definition as stored in the inventory: its configuration (what the VMM runs, whole)
+/// and what only the daemon uses (the template it came from, its restart policy). In JSON the
+/// three sit side by side, as the API has always shown them.
+@dynamicMemberLookup
 public struct VMDefinition: Codable, Sendable, Equatable {
-    public var name: String
-    public var vcpus: Int
-    public var memoryMiB: Int
-    public var kernel: String?
-    public var initrd: String?
-    public var cmdline: String?
-    public var probe: String?
+    public var config: VMConfig
     public var template: String?
-    public var disks: [DiskSpec]
-    public var nics: [NICSpec]
-    public var balloonMiB: Int?
     public var restartPolicy: RestartPolicy
-    public var rng: Bool?
-    public var vsockCID: Int?
+
+    public init(config: VMConfig, template: String? = nil, restartPolicy: RestartPolicy = .never) {
+        self.config = config; self.template = template; self.restartPolicy = restartPolicy
+    }
 
     public init(name: String, vcpus: Int, memoryMiB: Int, kernel: String? = nil, initrd: String? = nil, cmdline: String? = nil,
                 probe: String? = nil, template: String? = nil, disks: [DiskSpec] = [], nics: [NICSpec] = [],
                 balloonMiB: Int? = nil, restartPolicy: RestartPolicy = .never, rng: Bool? = nil, vsockCID: Int? = nil) {
-        self.name = name; self.vcpus = vcpus; self.memoryMiB = memoryMiB; self.kernel = kernel; self.initrd = initrd
-        self.cmdline = cmdline; self.probe = probe; self.template = template; self.disks = disks; self.nics = nics
-        self.balloonMiB = balloonMiB; self.restartPolicy = restartPolicy; self.rng = rng; self.vsockCID = vsockCID
+        config = VMConfig(name: name, vcpus: vcpus, memoryMiB: memoryMiB, kernel: kernel, initrd: initrd, cmdline: cmdline,
+                          probe: probe, disks: disks, nics: nics, balloonMiB: balloonMiB, rng: rng, vsockCID: vsockCID)
+        self.template = template; self.restartPolicy = restartPolicy
     }
 
-    enum CodingKeys: String, CodingKey {
-        case name, vcpus, memoryMiB = "memory_mib", kernel, initrd, cmdline, probe, template, disks, nics
-        case balloonMiB = "balloon_mib", restartPolicy = "restart_policy", rng, vsockCID = "vsock_cid"
+    public subscript<T>(dynamicMember keyPath: WritableKeyPath<VMConfig, T>) -> T {
+        get { config[keyPath: keyPath] }
+        set { config[keyPath: keyPath] = newValue }
+    }
+
+    enum ExtraKeys: String, CodingKey { case template, restartPolicy = "restart_policy" }
+
+    public init(from decoder: Decoder) throws {
+        config = try VMConfig(from: decoder)
+        let x = try decoder.container(keyedBy: ExtraKeys.self)
+        template = try x.decodeIfPresent(String.self, forKey: .template)
+        restartPolicy = try x.decodeIfPresent(RestartPolicy.self, forKey: .restartPolicy) ?? .never
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        try config.encode(to: encoder)
+        var x = encoder.container(keyedBy: ExtraKeys.self)
+        try x.encodeIfPresent(template, forKey: .template)
+        try x.encode(restartPolicy, forKey: .restartPolicy)
     }
 }
 
-/// GET /v1/vms/{name}: the definition plus runtime state.
+/// GET /v1/vms/{name}: the definition plus runtime state, side by side in JSON.
+@dynamicMemberLookup
 public struct VM: Codable, Sendable, Equatable {
-    public var name: String
-    public var vcpus: Int
-    public var memoryMiB: Int
-    public var kernel: String?
-    public var initrd: String?
-    public var cmdline: String?
-    public var probe: String?
-    public var template: String?
-    public var disks: [DiskSpec]
-    public var nics: [NICSpec]
-    public var balloonMiB: Int?
-    public var restartPolicy: RestartPolicy
-    public var rng: Bool?
-    public var vsockCID: Int?
+    public var definition: VMDefinition
     /// The host end of the VM's vsock (Firecracker-style unix socket), when it has one.
     public var vsockSocket: String?
     public var state: VMState
@@ -160,18 +173,52 @@ public struct VM: Codable, Sendable, Equatable {
 
     public init(definition d: VMDefinition, state: VMState, reason: String?, pid: Int?, exitStatus: Int?,
                 restartCount: Int, consoleLog: String, apiSocket: String, createdAt: String, vsockSocket: String? = nil) {
-        name = d.name; vcpus = d.vcpus; memoryMiB = d.memoryMiB; kernel = d.kernel; initrd = d.initrd; cmdline = d.cmdline
-        probe = d.probe; template = d.template; disks = d.disks; nics = d.nics; balloonMiB = d.balloonMiB
-        restartPolicy = d.restartPolicy; rng = d.rng; vsockCID = d.vsockCID; self.vsockSocket = d.vsockCID == nil ? nil : vsockSocket
+        definition = d
+        self.vsockSocket = d.vsockCID == nil ? nil : vsockSocket
         self.state = state; self.reason = reason; self.pid = pid; self.exitStatus = exitStatus
         self.restartCount = restartCount; self.consoleLog = consoleLog; self.apiSocket = apiSocket; self.createdAt = createdAt
     }
 
+    public var name: String { definition.config.name }
+    public var template: String? { definition.template }
+    public var restartPolicy: RestartPolicy { definition.restartPolicy }
+
+    public subscript<T>(dynamicMember keyPath: WritableKeyPath<VMConfig, T>) -> T {
+        get { definition.config[keyPath: keyPath] }
+        set { definition.config[keyPath: keyPath] = newValue }
+    }
+
     enum CodingKeys: String, CodingKey {
-        case name, vcpus, memoryMiB = "memory_mib", kernel, initrd, cmdline, probe, template, disks, nics
-        case balloonMiB = "balloon_mib", restartPolicy = "restart_policy", state, reason, pid
-        case exitStatus = "exit_status", restartCount = "restart_count", consoleLog = "console_log"
-        case apiSocket = "api_socket", createdAt = "created_at", rng, vsockCID = "vsock_cid", vsockSocket = "vsock_socket"
+        case state, reason, pid, exitStatus = "exit_status", restartCount = "restart_count", consoleLog = "console_log"
+        case apiSocket = "api_socket", createdAt = "created_at", vsockSocket = "vsock_socket"
+    }
+
+    public init(from decoder: Decoder) throws {
+        definition = try VMDefinition(from: decoder)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        vsockSocket = try c.decodeIfPresent(String.self, forKey: .vsockSocket)
+        state = try c.decode(VMState.self, forKey: .state)
+        reason = try c.decodeIfPresent(String.self, forKey: .reason)
+        pid = try c.decodeIfPresent(Int.self, forKey: .pid)
+        exitStatus = try c.decodeIfPresent(Int.self, forKey: .exitStatus)
+        restartCount = try c.decode(Int.self, forKey: .restartCount)
+        consoleLog = try c.decode(String.self, forKey: .consoleLog)
+        apiSocket = try c.decode(String.self, forKey: .apiSocket)
+        createdAt = try c.decode(String.self, forKey: .createdAt)
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        try definition.encode(to: encoder)
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encodeIfPresent(vsockSocket, forKey: .vsockSocket)
+        try c.encode(state, forKey: .state)
+        try c.encodeIfPresent(reason, forKey: .reason)
+        try c.encodeIfPresent(pid, forKey: .pid)
+        try c.encodeIfPresent(exitStatus, forKey: .exitStatus)
+        try c.encode(restartCount, forKey: .restartCount)
+        try c.encode(consoleLog, forKey: .consoleLog)
+        try c.encode(apiSocket, forKey: .apiSocket)
+        try c.encode(createdAt, forKey: .createdAt)
     }
 }
 

@@ -1972,10 +1972,33 @@ public enum OpenAPIDocument {
           }
         }
       },
+      "RateLimit": {
+        "type": "object",
+        "additionalProperties": false,
+        "description": "token-bucket limits of one device; 0 or absent is unlimited; bursts default to one second's worth. For a disk ops are requests, for a NIC frames",
+        "properties": {
+          "bytes_per_second": {
+            "type": "integer",
+            "minimum": 0
+          },
+          "bytes_burst": {
+            "type": "integer",
+            "minimum": 0
+          },
+          "ops_per_second": {
+            "type": "integer",
+            "minimum": 0
+          },
+          "ops_burst": {
+            "type": "integer",
+            "minimum": 0
+          }
+        }
+      },
       "Disk": {
         "type": "object",
         "additionalProperties": false,
-        "description": "give path (a file on the host) or image (a store image; the daemon fills in path with its file when the VM is created)",
+        "description": "give path (a file on the host) or image (a store image; the daemon fills in path and format with its file's when the VM is created). The daemon records every disk's format at create (a given one is checked against the file's signature, a missing one is detected from it) and gives every disk an id",
         "anyOf": [
           {
             "required": [
@@ -2005,6 +2028,31 @@ public enum OpenAPIDocument {
           "image": {
             "type": "string",
             "pattern": "^[a-z0-9][a-z0-9-]{0,62}$"
+          },
+          "format": {
+            "type": "string",
+            "enum": [
+              "raw",
+              "qcow2"
+            ],
+            "description": "the file's format; a VMM refuses a file whose signature disagrees"
+          },
+          "id": {
+            "type": "string",
+            "pattern": "^[A-Za-z0-9._-]{1,20}$",
+            "description": "stable device id; the guest sees it as the disk's serial (default disk0, disk1, ...)"
+          },
+          "backing": {
+            "type": "string",
+            "enum": [
+              "any",
+              "confined",
+              "forbidden"
+            ],
+            "description": "which backing files the image may name: any, only beside it (confined), or none"
+          },
+          "rate_limit": {
+            "$ref": "#/components/schemas/RateLimit"
           }
         }
       },
@@ -2016,10 +2064,20 @@ public enum OpenAPIDocument {
         "additionalProperties": false,
         "properties": {
           "tap": {
-            "type": "string"
+            "type": "string",
+            "pattern": "^[A-Za-z0-9._-]{1,15}$"
           },
           "mac": {
-            "type": "string"
+            "type": "string",
+            "pattern": "^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$"
+          },
+          "id": {
+            "type": "string",
+            "pattern": "^[A-Za-z0-9._-]{1,20}$",
+            "description": "stable device id (default net0, net1, ...)"
+          },
+          "rate_limit": {
+            "$ref": "#/components/schemas/RateLimit"
           }
         }
       },
@@ -2130,6 +2188,24 @@ public enum OpenAPIDocument {
             "minimum": 3,
             "maximum": 4294967294,
             "description": "virtio-vsock with this guest CID; the host end is the VM's vsock_socket (Firecracker's convention); kernel VMs only"
+          },
+          "hugepages": {
+            "type": "boolean",
+            "description": "guest RAM on transparent huge pages (default: on for a kernel)"
+          },
+          "balloon_stats": {
+            "type": "boolean",
+            "description": "the balloon's statistics queue (default on)"
+          },
+          "balloon_deflate_on_oom": {
+            "type": "boolean"
+          },
+          "balloon_free_page_reporting": {
+            "type": "boolean"
+          },
+          "virtio_console": {
+            "type": "boolean",
+            "description": "a virtio console (hvc0), its output in the VM's hvc0.log"
           }
         }
       },
@@ -2227,6 +2303,28 @@ public enum OpenAPIDocument {
           },
           "vsock_cid": {
             "type": "integer"
+          },
+          "config_version": {
+            "type": "integer",
+            "description": "the VM configuration format version the definition is stored in"
+          },
+          "hugepages": {
+            "type": "boolean",
+            "description": "guest RAM on transparent huge pages (default: on for a kernel)"
+          },
+          "balloon_stats": {
+            "type": "boolean",
+            "description": "the balloon's statistics queue (default on)"
+          },
+          "balloon_deflate_on_oom": {
+            "type": "boolean"
+          },
+          "balloon_free_page_reporting": {
+            "type": "boolean"
+          },
+          "virtio_console": {
+            "type": "boolean",
+            "description": "a virtio console (hvc0), its output in the VM's hvc0.log"
           },
           "vsock_socket": {
             "type": "string",

@@ -1,5 +1,6 @@
 import ArgumentParser
 import VMM
+import VireoConfig
 import VireoSupport
 import GuestMemory
 #if canImport(Glibc)
@@ -19,20 +20,26 @@ struct RunCommand: ParsableCommand {
         Example: vireo run --kernel out/guest/vmlinuz --initrd out/guest/initramfs.cpio.gz --cpus 2 --memory 512M
         """)
 
+    @Option(help: ArgumentHelp("Run the VM this configuration file describes (JSON: the VMConfig that `vireo host` writes for each VM; see docs/host.md). The file is the whole description: give none of --kernel, --probe, --cpus, --memory, --disk, ... with it.", valueName: "file"))
+    var config: String?
+
+    @Option(help: "The VM's name in its configuration.")
+    var name: String?
+
     @Option(help: "Guest kernel: an ELF vmlinux or a bzImage.")
     var kernel: String?
 
     @Option(help: "Initial ramdisk to load with the kernel.")
     var initrd: String?
 
-    @Option(help: "Kernel command line.")
-    var cmdline: String = MachineConfig.defaultCmdline
+    @Option(help: ArgumentHelp("Kernel command line (default: \(MachineConfig.defaultCmdline)).", valueName: "cmdline"))
+    var cmdline: String?
 
-    @Option(help: "Number of vCPUs.")
-    var cpus: Int = 1
+    @Option(help: "Number of vCPUs (default 1).")
+    var cpus: Int?
 
-    @Option(help: "Guest RAM, like 512M or 2G (a bare number is MiB).")
-    var memory: String = "512M"
+    @Option(help: "Guest RAM in whole MiB, like 512M or 2G (a bare number is MiB; default 512M).")
+    var memory: String?
 
     @Option(help: "Where the guest's serial console goes: stdio, file=PATH or none.")
     var serial: String = "stdio"
@@ -40,7 +47,7 @@ struct RunCommand: ParsableCommand {
     @Option(name: .customLong("console-socket"), help: ArgumentHelp("Also serve the serial console on this unix socket (mode 0600): any number of clients see the guest's output and may type to it.", valueName: "path"))
     var consoleSocket: String?
 
-    @Option(name: .customLong("disk"), help: ArgumentHelp("virtio-blk disk (repeatable): path=FILE[,readonly=on][,format=raw][,id=NAME][,bps=N][,iops=N].", valueName: "spec"))
+    @Option(name: .customLong("disk"), help: ArgumentHelp("virtio-blk disk (repeatable): path=FILE[,format=raw|qcow2][,readonly=on][,id=NAME][,backing=any|confined|forbidden][,bps=N][,iops=N]. Without format= the file's signature decides (and vireo says which): qcow2 by its header, raw when no image signature is there; a file declared raw that carries one is refused.", valueName: "spec"))
     var disks: [String] = []
 
     @Option(name: .customLong("net"), help: ArgumentHelp("virtio-net on a TAP device (repeatable): tap=NAME[,mac=MAC][,bps=N][,pps=N]. Needs CAP_NET_ADMIN to create the TAP.", valueName: "spec"))
@@ -54,6 +61,9 @@ struct RunCommand: ParsableCommand {
 
     @Option(help: ArgumentHelp("virtio-vsock: cid=N,socket=PATH (Firecracker-style host unix sockets).", valueName: "spec"))
     var vsock: String?
+
+    @Option(name: .customLong("vsock-socket"), help: ArgumentHelp("With --config: the host socket of the VM's vsock (its vsock_cid).", valueName: "path"))
+    var vsockSocket: String?
 
     @Flag(help: "virtio-console: a second console (hvc0) on stdout.")
     var console = false
@@ -78,27 +88,30 @@ struct RunCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Write how the VM ended (status line, reason line) to this file.", visibility: .hidden))
     var exitFile: String?
 
+    /// The machine to run: the VM configuration (from --config, or built from the flags: one
+    /// type either way) in the machine's terms, plus this run's wiring and sampler settings.
     func makeConfig() throws -> MachineConfig {
-        let boot: MachineConfig.Boot
-        if let probeImage {
-            guard kernel == nil, probe == nil else { throw ValidationError("give only one of --kernel, --probe, --probe-image") }
-            boot = .probe(.image(path: probeImage))
-        } else if let probe {
-            guard kernel == nil else { throw ValidationError("give either --kernel or --probe, not both") }
-            boot = .probe(try parseProbe(probe))
-        } else {
-            guard let kernel else {
-                throw VireoError(.invalidArgument, "missing --kernel PATH (a vmlinux or bzImage; scripts/guest-assets.sh makes one from Debian's kernel)")
+        var wiring = MachineConfig.Wiring()
+        wiring.serial = try parseSerial(serial)
+        wiring.consoleSocket = consoleSocket
+        let vm: VMConfig
+        if let config {
+            let given = [("--kernel", kernel != nil), ("--initrd", initrd != nil), ("--cmdline", cmdline != nil), ("--cpus", cpus != nil),
+                         ("--memory", memory != nil), ("--disk", !disks.isEmpty), ("--net", !nets.isEmpty), ("--rng", rng),
+                         ("--balloon", balloon != nil), ("--vsock", vsock != nil), ("--console", console), ("--probe", probe != nil),
+                         ("--probe-image", probeImage != nil), ("--name", name != nil)].filter(\.1).map(\.0)
+            guard given.isEmpty else {
+                throw ValidationError("--config \(config) describes the whole VM; leave out \(given.joined(separator: ", ")) (or edit the file)")
             }
-            boot = .linux(kernel: kernel, initrd: initrd, cmdline: cmdline)
+            vm = try Self.readConfig(config)
+            wiring.vsockSocket = vsockSocket
+            wiring.virtioConsoleLog = consoleLog
+        } else {
+            guard vsockSocket == nil else { throw ValidationError("--vsock-socket goes with --config; otherwise give --vsock cid=N,socket=PATH") }
+            vm = try makeVMConfig(wiring: &wiring)
         }
-        var config = MachineConfig(boot: boot, cpus: cpus, memorySize: try parseSize(memory, option: "--memory"))
-        // A kernel's RAM gets transparent huge pages (2 MiB-aligned, MADV_HUGEPAGE), as QEMU
-        // gives it: fewer host page faults and 2 MiB NPT/EPT mappings. Still lazily allocated.
-        if case .linux = boot { config.memoryOptions.hugepages = true }
-        config.serial = try parseSerial(serial)
-        config.consoleSocket = consoleSocket
-        config.virtio = try makeVirtioConfig()
+        var config = try MachineConfig(vm: vm, wiring: wiring)
+        if let probeImage { config.boot = .probe(.image(path: probeImage)) }
         guard activeMemoryWindow <= 3600 else { throw ValidationError("--active-memory-window \(activeMemoryWindow) is more than an hour; give 1 to 3600 seconds, or 0 to turn the estimate off") }
         config.activeMemoryWindowSeconds = activeMemoryWindow
         // Logging starts one window in: a booting guest keeps its huge pages (see docs/PERFORMANCE.md).
@@ -107,31 +120,85 @@ struct RunCommand: ParsableCommand {
             throw ValidationError("--active-memory-sample \(activeMemorySample) is not a power of two from 1 to 1024 (1 tracks every page)")
         }
         config.activeMemorySampleOneIn = activeMemorySample
-        // The built-in probe has no drivers: it leaves disks alone (the host daemon's tests run
-        // probe VMs on store images), and other devices make no sense with it.
-        var devices = config.virtio
-        devices.disks = []
-        if case .probe = boot, probeImage == nil, !devices.isEmpty { throw ValidationError("virtio devices other than --disk need --kernel or --probe-image (the built-in probe has no drivers)") }
         return config
     }
 
-    func makeVirtioConfig() throws -> VirtioConfig {
-        var v = VirtioConfig()
+    /// Reads and checks a configuration file (VMConfig JSON).
+    static func readConfig(_ path: String) throws -> VMConfig {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw VireoError.system("--config \(path): cannot open the configuration file") }
+        defer { close(fd) }
+        var bytes: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 { if errno == EINTR { continue }; throw VireoError.system("--config \(path): cannot read it") }
+            if n == 0 { break }
+            bytes += buf[0..<n]
+            guard bytes.count <= 4 << 20 else { throw VireoError(.invalidArgument, "--config \(path) is larger than 4 MiB; it is not a VM configuration") }
+        }
+        do throws(ConfigProblem) { return try VMConfig.decode(bytes, source: "--config \(path)") } catch {
+            throw VireoError(.invalidArgument, error.message)
+        }
+    }
+
+    /// The VM configuration the flags describe; the run-only parts go into `wiring`.
+    func makeVMConfig(wiring: inout MachineConfig.Wiring) throws -> VMConfig {
+        var kernelPath = kernel
+        if probeImage != nil {
+            guard kernel == nil, probe == nil else { throw ValidationError("give only one of --kernel, --probe, --probe-image") }
+            // A probe image drives virtio devices like a kernel would; it boots in its place.
+            kernelPath = probeImage
+        } else if probe != nil {
+            guard kernel == nil else { throw ValidationError("give either --kernel or --probe, not both") }
+        } else if kernel == nil {
+            throw VireoError(.invalidArgument, "missing --kernel PATH (a vmlinux or bzImage; scripts/guest-assets.sh makes one from Debian's kernel)")
+        }
+        let cpus = self.cpus ?? 1
+        guard (1...VMLimits.maxVCPUs).contains(cpus) else {
+            throw VireoError(.invalidArgument, "--cpus \(cpus) is out of range", hint: "give 1 to \(VMLimits.maxVCPUs) vCPUs")
+        }
+        let bytes = try parseSize(memory ?? "512M", option: "--memory")
+        try Machine.validateMemorySize(bytes)
+        guard bytes % (1 << 20) == 0 else {
+            throw VireoError(.invalidArgument, "--memory \(ByteSize.format(bytes)) is not a whole number of MiB", hint: "give a size such as 512M or 2G")
+        }
+        if let probe { _ = try ProbeWorkload.parse(probe) }
+        var vm = VMConfig(name: name ?? "vm", vcpus: cpus, memoryMiB: Int(bytes >> 20), kernel: kernelPath,
+                          initrd: initrd, cmdline: cmdline, probe: probe)
         do {
-            v.disks = try disks.map(DeviceOptions.disk)
-            v.nets = try nets.map(DeviceOptions.net)
-            v.rng = rng
-            v.balloon = try balloon.map(DeviceOptions.balloon)
-            v.vsock = try vsock.map(DeviceOptions.vsock)
-            if console { v.console = try DeviceOptions.console(consoleLog.map { "file=" + $0 } ?? "stdout") }
-            else if consoleLog != nil { throw DeviceOptions.ParseError("--console-log needs --console") }
+            vm.disks = try disks.map(DeviceOptions.disk)
+            vm.nics = try nets.map(DeviceOptions.net)
+            vm.rng = rng ? true : nil
+            if let text = balloon {
+                let b = try DeviceOptions.balloon(text)
+                vm.balloonMiB = Int(b.targetMiB)
+                vm.balloonStats = b.stats
+                vm.balloonDeflateOnOOM = b.deflateOnOOM ? true : nil
+                vm.balloonFreePageReporting = b.reporting ? true : nil
+                wiring.balloonControl = b.control
+            }
+            if let text = vsock {
+                let v = try DeviceOptions.vsock(text)
+                vm.vsockCID = Int(v.cid)
+                wiring.vsockSocket = v.socketPath
+            }
+            if console {
+                vm.virtioConsole = true
+                wiring.virtioConsoleLog = consoleLog
+            } else if consoleLog != nil { throw DeviceOptions.ParseError("--console-log needs --console") }
         } catch let e as DeviceOptions.ParseError {
             throw ValidationError(e.description)
         }
-        if Set(v.nets.map(\.tap)).count != v.nets.count { throw ValidationError("--net: the same tap= is given twice; give each NIC its own TAP") }
-        let ids = v.disks.compactMap(\.id)
-        if Set(ids).count != ids.count { throw ValidationError("--disk: two disks have the same id=; give each its own") }
-        return v
+        // The built-in probe has no drivers: it leaves disks alone (the host daemon's tests run
+        // probe VMs on store images), and other devices make no sense with it.
+        if probe != nil, !vm.nics.isEmpty || vm.rng == true || vm.balloonMiB != nil || vm.vsockCID != nil || vm.virtioConsole == true {
+            throw ValidationError("virtio devices other than --disk need --kernel or --probe-image (the built-in probe has no drivers)")
+        }
+        do throws(ConfigProblem) { try vm.validate() } catch {
+            throw ValidationError(error.message)
+        }
+        return vm
     }
 
     func run() throws {
@@ -192,20 +259,6 @@ func parseSerial(_ text: String) throws -> MachineConfig.Serial {
     default:
         if text.hasPrefix("file="), text.count > 5 { return .file(String(text.dropFirst(5))) }
         throw VireoError(.invalidArgument, "--serial '\(text)' is not one of stdio, file=PATH, none")
-    }
-}
-
-func parseProbe(_ text: String) throws -> ProbeWorkload {
-    let parts = text.split(separator: ":", maxSplits: 1).map(String.init)
-    let count = parts.count > 1 ? UInt64(parts[1]) : nil
-    if parts.count > 1, count == nil { throw ValidationError("--probe '\(text)': '\(parts[1])' is not a count") }
-    switch parts[0] {
-    case "pio": return .pioLoop(iterations: count ?? 100_000)
-    case "mmio": return .mmioLoop(iterations: count ?? 100_000, address: ProbeWorkload.defaultMMIOAddress)
-    case "dirty": return .dirty(passes: count ?? 0)
-    case "compute": return .compute(iterations: count ?? 1_000_000_000)
-    case "echo" where parts.count == 1: return .echo
-    default: throw VireoError(.invalidArgument, "--probe '\(text)' is not one of pio:N, mmio:N, dirty[:PASSES], compute:N, echo")
     }
 }
 

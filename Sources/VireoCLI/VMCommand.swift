@@ -1,5 +1,6 @@
 import ArgumentParser
 import VireoAPI
+import VMM
 import VireoSupport
 #if canImport(FoundationEssentials)
 import FoundationEssentials
@@ -33,7 +34,7 @@ struct VMCreateCommand: ParsableCommand {
     @Option(help: "Kernel command line.") var cmdline: String?
     @Option(help: "Number of vCPUs.") var cpus: Int?
     @Option(help: "Guest RAM, like 512M or 2G (a bare number is MiB).") var memory: String?
-    @Option(help: "A disk (repeatable): PATH[,readonly], path=PATH[,readonly=on], or image=NAME (a store image, `vireo image list`).") var disk: [String] = []
+    @Option(help: "A disk (repeatable): PATH or path=PATH (a file on the daemon's host) or image=NAME (a store image, `vireo image list`), then [,format=raw|qcow2][,readonly][,id=NAME][,backing=any|confined|forbidden][,bps=N][,iops=N]. Without format= the daemon detects it from the file's signature and records it.") var disk: [String] = []
     @Option(help: "A network interface (repeatable): tap=NAME[,mac=MAC].") var net: [String] = []
     @Option(help: "Balloon target size, like 256M.") var balloon: String?
     @Flag(help: "virtio-rng: guest entropy from the host's getrandom.") var rng = false
@@ -54,30 +55,40 @@ struct VMCreateCommand: ParsableCommand {
                 guard let p = RestartPolicy(rawValue: restart) else { throw VireoError(.invalidArgument, "--restart '\(restart)' is not one of never, on-failure, always") }
                 c.restartPolicy = p
             }
-            if !disk.isEmpty {
-                c.disks = disk.map { d in
-                    let parts = d.split(separator: ",").map(String.init)
-                    var path = parts.first ?? d
-                    if path.hasPrefix("path=") { path = String(path.dropFirst(5)) }
-                    let ro = parts.contains("readonly") || parts.contains("readonly=on")
-                    if path.hasPrefix("image=") { return DiskSpec(path: "", readonly: ro ? true : nil, image: String(path.dropFirst(6))) }
-                    return DiskSpec(path: absolutePath(path), readonly: ro ? true : nil)
-                }
-            }
+            if !disk.isEmpty { c.disks = try disk.map(Self.diskSpec) }
             if !net.isEmpty {
                 c.nics = try net.map { n in
-                    var tap: String?, mac: String?
-                    for kv in n.split(separator: ",") {
-                        if kv.hasPrefix("tap=") { tap = String(kv.dropFirst(4)) } else if kv.hasPrefix("mac=") { mac = String(kv.dropFirst(4)) }
-                    }
-                    guard let tap else { throw VireoError(.invalidArgument, "--net '\(n)' needs tap=NAME") }
-                    return NICSpec(tap: tap, mac: mac)
+                    do { return try DeviceOptions.net(n) } catch let e as DeviceOptions.ParseError { throw VireoError(.invalidArgument, e.description) }
                 }
             }
             let vm = try client.makeClient().call("POST", "/v1/vms", body: APIJSON.encode(c), as: VM.self)
             if client.json { print(String(decoding: APIJSON.encode(vm, pretty: true), as: UTF8.self)); return }
             print("created \(vm.name): \(vm.vcpus) vCPUs, \(vm.memoryMiB) MiB; start it with `vireo vm start \(vm.name)`")
         }
+    }
+}
+
+extension VMCreateCommand {
+    /// `--disk` for the daemon: `vireo run`'s disk keys (DeviceOptions.disk), a bare PATH
+    /// first, `readonly` alone, and `image=NAME` for a store image.
+    static func diskSpec(_ text: String) throws -> DiskSpec {
+        var parts = text.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+        if let first = parts.first, !first.contains("=") { parts[0] = "path=" + first }
+        parts = parts.map { $0 == "readonly" ? "readonly=on" : $0 }
+        var image: String?
+        if let i = parts.firstIndex(where: { $0.hasPrefix("image=") }) {
+            image = String(parts[i].dropFirst(6))
+            guard !parts.contains(where: { $0.hasPrefix("path=") }) else {
+                throw VireoError(.invalidArgument, "--disk '\(text)': give either a path or image=NAME, not both")
+            }
+            parts[i] = "path=-"
+        }
+        var d: DiskSpec
+        do { d = try DeviceOptions.disk(parts.joined(separator: ",")) } catch let e as DeviceOptions.ParseError {
+            throw VireoError(.invalidArgument, e.description)
+        }
+        if let image { d.image = image; d.path = "" } else { d.path = absolutePath(d.path) }
+        return d
     }
 }
 
@@ -119,7 +130,14 @@ struct VMShowCommand: ParsableCommand {
             if let i = v.initrd { rows.append(("initrd", i)) }
             if let c = v.cmdline { rows.append(("cmdline", c)) }
             if let p = v.probe { rows.append(("probe", p)) }
-            for d in v.disks { rows.append(("disk", d.path + (d.readonly == true ? " (read-only)" : ""))) }
+            for d in v.disks {
+                var attrs = [d.format?.rawValue ?? "format not recorded"]
+                if d.readonly == true { attrs.append("read-only") }
+                if let image = d.image { attrs.append("image \(image)") }
+                if let b = d.backing, b != .any { attrs.append("backing \(b.rawValue)") }
+                if let r = d.rateLimit, !r.isUnlimited { attrs.append("limit \(r.bytesPerSecond) B/s, \(r.opsPerSecond) IOPS") }
+                rows.append(("disk \(d.id ?? "")", "\(d.path) (\(attrs.joined(separator: ", ")))"))
+            }
             for n in v.nics { rows.append(("nic", "tap=\(n.tap)" + (n.mac.map { " mac=\($0)" } ?? ""))) }
             if let b = v.balloonMiB { rows.append(("balloon", "\(b) MiB")) }
             if v.rng == true { rows.append(("rng", "virtio-rng")) }

@@ -79,7 +79,14 @@ struct HostAPIErrorTests {
             ("PATCH", "/v1/vms/keep", #"{"balloon_mib":0,"cmdline":null,"memory_mib":4}"#, 400, "invalid-field"),
             ("POST", "/v1/vms", #"{"name":"x","kernel":"\#(Self.kernel)","nics":[{"tap":"tap0","mac":"zz:zz"}]}"#, 422, "invalid-nic"),
             ("POST", "/v1/vms", #"{"name":"x","probe":"dirty","nics":[{"tap":"tap0"}]}"#, 422, "conflicting-boot"),
-            ("POST", "/v1/vms", #"{"name":"x","kernel":"\#(Self.kernel)","disks":[{"path":"/tmp/a,format=qcow2"}]}"#, 422, "invalid-path"),
+            ("POST", "/v1/vms", #"{"name":"x","kernel":"\#(Self.kernel)","disks":[{"path":"relative/a.raw"}]}"#, 422, "invalid-path"),
+            // A disk's format is checked against its file (the kernel is not a qcow2 image); a format
+            // the VMM does not run, an unknown key in a rate limit, and a bad device id are refused.
+            ("POST", "/v1/vms", #"{"name":"x","kernel":"\#(Self.kernel)","disks":[{"path":"\#(Self.kernel)","format":"qcow2"}]}"#, 422, "format-mismatch"),
+            ("POST", "/v1/vms", #"{"name":"x","kernel":"\#(Self.kernel)","disks":[{"path":"\#(Self.kernel)","format":"vmdk"}]}"#, 400, "invalid-field"),
+            ("POST", "/v1/vms", #"{"name":"x","kernel":"\#(Self.kernel)","disks":[{"path":"\#(Self.kernel)","rate_limit":{"bps":1}}]}"#, 400, "unknown-field"),
+            ("POST", "/v1/vms", #"{"name":"x","kernel":"\#(Self.kernel)","disks":[{"path":"\#(Self.kernel)","id":"a b"}]}"#, 422, "invalid-id"),
+            ("POST", "/v1/vms", #"{"name":"x","kernel":"\#(Self.kernel)","config_version":1}"#, 400, "unknown-field"),
             ("POST", "/v1/vms", #"{"name":"x","probe":"dirty","disks":[{"path":"/dev/null","readonly":null}]}"#, 400, "invalid-field"),
             ("POST", "/v1/vms", #"{"name":"x","kernel":"\#(Self.kernel)","nics":[{"tap":"\u00b1\u0007"}],"disks":[{"path":""}]}"#, 422, "invalid-nic"),
             ("GET", "/v1/vms/keep/console?offset=-1", "", 400, "invalid-query"),

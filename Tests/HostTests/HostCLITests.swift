@@ -76,15 +76,33 @@ struct HostCLITests {
     }
 }
 
-/// The daemon's VMM command line for a Linux VM with devices (`vireo run`'s spec syntax).
-@Test func vmmCommandLineCarriesTheDefinition() {
-    let def = VMDefinition(name: "web", vcpus: 2, memoryMiB: 512, kernel: "/k", initrd: "/i", cmdline: "console=ttyS0",
-                           disks: [DiskSpec(path: "/d.qcow2", readonly: true), DiskSpec(path: "/e.raw")],
-                           nics: [NICSpec(tap: "tap0", mac: "52:54:00:12:34:56")], balloonMiB: 128, rng: true, vsockCID: 42)
-    let argv = VMMCommand.arguments(vmmBinary: "/bin/vireo", definition: def, console: "/c.log", apiSocket: "/a.sock", exitFile: "/x",
-                                    vsockSocket: "/v.sock")
-    #expect(argv == ["/bin/vireo", "run", "--cpus", "2", "--memory", "512M", "--serial", "file=/c.log", "--api-socket", "/a.sock",
-                     "--exit-file", "/x", "--kernel", "/k", "--initrd", "/i", "--cmdline", "console=ttyS0",
-                     "--disk", "path=/d.qcow2,readonly=on", "--disk", "path=/e.raw", "--net", "tap=tap0,mac=52:54:00:12:34:56",
-                     "--balloon", "size=128,stats=on", "--rng", "--vsock", "cid=42,socket=/v.sock"])
+/// The daemon's VMM command line carries only this run's wiring; the VM's description goes
+/// whole into the configuration file, which reads back equal, field by field.
+@Test func vmmGetsTheDefinitionWholeAsAFile() throws {
+    var def = VMDefinition(name: "web", vcpus: 2, memoryMiB: 512, kernel: "/k", initrd: "/i", cmdline: "console=ttyS0",
+                           disks: [DiskSpec(path: "/d.qcow2", format: .qcow2, readonly: true, backing: .forbidden,
+                                            rateLimit: RateLimit(bytesPerSecond: 5 << 20, opsPerSecond: 300)),
+                                   DiskSpec(path: "/e.raw", format: .raw)],
+                           nics: [NICSpec(tap: "tap0", mac: "52:54:00:12:34:56", rateLimit: RateLimit(opsPerSecond: 1000))],
+                           balloonMiB: 128, rng: true, vsockCID: 42)
+    def.config.assignDeviceIDs()
+    def.config.balloonDeflateOnOOM = true
+    let argv = VMMCommand.arguments(vmmBinary: "/bin/vireo", configPath: "/vm/config.json", console: "/c.log", apiSocket: "/a.sock",
+                                    exitFile: "/x", vsockSocket: "/v.sock")
+    #expect(argv == ["/bin/vireo", "run", "--config", "/vm/config.json", "--serial", "file=/c.log", "--api-socket", "/a.sock",
+                     "--exit-file", "/x", "--vsock-socket", "/v.sock"])
+    let dir = "/tmp/vireo-cfg-\(getpid())"
+    mkdir(dir, 0o700)
+    defer { unlink(dir + "/config.json"); rmdir(dir) }
+    try VMMCommand.writeConfig(def.config, to: dir + "/config.json")
+    var st = stat()
+    #expect(stat(dir + "/config.json", &st) == 0 && st.st_mode & 0o777 == 0o600)
+    let fd = open(dir + "/config.json", O_RDONLY)
+    var bytes = [UInt8](repeating: 0, count: 1 << 16)
+    let n = read(fd, &bytes, bytes.count)
+    close(fd)
+    let back = try VMConfig.decode(Array(bytes[0..<max(0, n)]), source: "config.json")
+    #expect(back == def.config)
+    #expect(back.disks[0].rateLimit?.bytesPerSecond == 5 << 20 && back.disks[0].backing == .forbidden && back.disks[0].id == "disk0")
+    #expect(back.nics[0].id == "net0" && back.balloonDeflateOnOOM == true)
 }

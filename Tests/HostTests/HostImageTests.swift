@@ -247,7 +247,8 @@ struct HostImageUseTests {
         #expect(try d.req("GET", "/v1/vms/v0").status == 404)
 
         let vm = try d.createProbe("v1", extra: #","disks":[{"image":"root"}]"#)
-        #expect(vm.disks == [DiskSpec(path: path, image: "root")])
+        // The store's format is recorded with the disk, and the disk gets its stable id.
+        #expect(vm.disks == [DiskSpec(path: path, format: .qcow2, image: "root", id: "disk0")])
         #expect(try d.showImage("root").usedByVMs == ["v1"])
         #expect(try d.req("DELETE", "/v1/images/root").status == 409)
 
