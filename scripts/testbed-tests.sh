@@ -45,7 +45,7 @@ EOS
 
 log="$work/testbed.log"
 set +e
-bash scripts/testbed.sh --vireo "$VIREO" --timeout "$TIMEOUT" --add "tests/testbed:/root/tests" --add "$work/run-all.sh:/root/run-all.sh" -- sh /root/run-all.sh > "$log" 2>&1
+bash scripts/testbed.sh --vireo "$VIREO" --with-qemu-img --timeout "$TIMEOUT" --add "tests/testbed:/root/tests" --add "$work/run-all.sh:/root/run-all.sh" -- sh /root/run-all.sh > "$log" 2>&1
 tb=$?
 set -e
 tr -d '\r' < "$log" > "$log.clean" && mv "$log.clean" "$log"   # the serial console ends lines with CR LF

@@ -15,6 +15,7 @@
 #   --timeout S      hard limit for the whole L1 run in seconds (default 300)
 #   --vireo PATH     put this vireo binary (+ the libraries ldd names) in L1 as /usr/local/bin/vireo
 #   --with-qemu      put qemu-system-x86_64 (+ libs, firmware) and vireo-l2-qemu in L1
+#   --with-qemu-img  put qemu-img and qemu-io (+ libs) in L1: the interop reference for disks
 #   --add SRC:DST    copy a host file or directory into L1 at DST (repeatable)
 #   --guest DIR      L2 assets to put in L1's /guest (default: built by guest-assets.sh)
 #   --no-vmlinux     leave /guest/vmlinux (53 MB) out of L1 (a little faster boot)
@@ -26,7 +27,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib-common.sh"
 
 usage() { sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; }
-SMP=2 MEM=2048 TIMEOUT=300 VIREO= WITH_QEMU=0 GUEST= NO_VMLINUX=0 VERBOSE=0
+SMP=2 MEM=2048 TIMEOUT=300 VIREO= WITH_QEMU=0 WITH_QEMU_IMG=0 GUEST= NO_VMLINUX=0 VERBOSE=0
 LOG=$VIREO_ROOT/out/testbed/last.log
 ADDS=()
 while (($#)); do
@@ -36,6 +37,7 @@ while (($#)); do
 	--timeout) TIMEOUT=${2:?--timeout needs seconds}; shift 2 ;;
 	--vireo) VIREO=${2:?--vireo needs PATH}; shift 2 ;;
 	--with-qemu) WITH_QEMU=1; shift ;;
+	--with-qemu-img) WITH_QEMU_IMG=1; shift ;;
 	--add) ADDS+=("${2:?--add needs SRC:DST}"); shift 2 ;;
 	--guest) GUEST=${2:?--guest needs DIR}; shift 2 ;;
 	--no-vmlinux) NO_VMLINUX=1; shift ;;
@@ -134,6 +136,23 @@ if ((WITH_QEMU)); then
 		prune_cache 'l1-qemu-*.cpio.gz' 2
 	fi
 	PIECES+=("$QPIECE")
+fi
+
+# ---- qemu-img piece (cached by the installed qemu-utils version) ----
+if ((WITH_QEMU_IMG)); then
+	ensure_cmds qemu-img:qemu-utils qemu-io:qemu-utils
+	IKEY=$(hash_of "$(dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null || stat -c %Y "$(command -v qemu-img)")" "$VIREO_ROOT/scripts/lib-common.sh")
+	IPIECE=$VIREO_CACHE/l1-qemu-img-$IKEY.cpio.gz
+	if [[ ! -f $IPIECE ]]; then
+		log "packing qemu-img + qemu-io + libraries for L1"
+		R=$(mktemp -d "$WORK/l1qimg.XXXXXX")
+		copy_bin_with_libs "$(command -v qemu-img)" "$R" /usr/bin/qemu-img
+		copy_bin_with_libs "$(command -v qemu-io)" "$R" /usr/bin/qemu-io
+		cpio_dir "$R" "$IPIECE" gzip
+		rm -rf "$R"
+		prune_cache 'l1-qemu-img-*.cpio.gz' 2
+	fi
+	PIECES+=("$IPIECE")
 fi
 
 # ---- per-run piece: the command, vireo, --add files ----

@@ -139,6 +139,11 @@ public struct Router: Sendable {
                 let target = try await service.balloonTarget(name)
                 return .json(200, try BalloonControl.apply(target, targetMiB: mib))
             }
+            if parts[3] == "config" {
+                try allow("GET")
+                let target = try await service.configTarget(name)
+                return .json(200, try VMConfigCollector.collect(target))
+            }
             if parts[3] == "stats" {
                 try allow("GET")
                 let target = try await service.statsTarget(name)

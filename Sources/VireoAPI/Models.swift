@@ -338,3 +338,18 @@ public struct TemplateList: Codable, Sendable, Equatable {
     public var templates: [Template]
     public init(templates: [Template]) { self.templates = templates }
 }
+
+/// GET /v1/vms/{name}/config: the VM's configuration as stored and, while its VMM runs, as
+/// the VMM reports it runs it.
+public struct VMConfigReport: Codable, Sendable, Equatable {
+    public var stored: VMConfig
+    public var running: VMConfig?
+    /// Present while the VMM runs: whether it runs exactly what is stored.
+    public var inSync: Bool?
+
+    public init(stored: VMConfig, running: VMConfig?) {
+        self.stored = stored; self.running = running; inSync = running.map { $0 == stored }
+    }
+
+    enum CodingKeys: String, CodingKey { case stored, running, inSync = "in_sync" }
+}

@@ -1241,6 +1241,65 @@ public enum OpenAPIDocument {
         }
       }
     },
+    "/v1/vms/{name}/config": {
+      "get": {
+        "operationId": "getVMConfig",
+        "parameters": [
+          {
+            "name": "name",
+            "in": "path",
+            "required": true,
+            "schema": {
+              "type": "string",
+              "pattern": "^[a-z0-9][a-z0-9-]{0,62}$"
+            }
+          }
+        ],
+        "summary": "The VM's configuration as stored and, while its VMM runs, as the VMM runs it",
+        "responses": {
+          "200": {
+            "description": "stored, running (while a VMM runs) and in_sync",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/VMConfigReport"
+                }
+              }
+            }
+          },
+          "404": {
+            "description": "no such VM",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "500": {
+            "description": "the VMM did not answer",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "401": {
+            "description": "missing or wrong bearer token (TCP listener only)",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          }
+        }
+      }
+    },
     "/v1/vms/{name}/stats": {
       "get": {
         "operationId": "getVMStats",
@@ -1969,6 +2028,26 @@ public enum OpenAPIDocument {
           },
           "message": {
             "type": "string"
+          }
+        }
+      },
+      "VMConfigReport": {
+        "type": "object",
+        "required": [
+          "stored"
+        ],
+        "properties": {
+          "stored": {
+            "type": "object",
+            "description": "the VM configuration the daemon stored (the VM body's configuration fields, with config_version)"
+          },
+          "running": {
+            "type": "object",
+            "description": "the configuration the VMM reports it runs (control command `config`), while it runs"
+          },
+          "in_sync": {
+            "type": "boolean",
+            "description": "running equals stored"
           }
         }
       },

@@ -20,7 +20,7 @@ struct VMCommand: ParsableCommand {
                       VMActionCommand<Start>.self, VMStopCommand.self, VMActionCommand<Kill>.self,
                       VMActionCommand<Pause>.self, VMActionCommand<Resume>.self, VMActionCommand<Reboot>.self,
                       VMBalloonCommand.self, VMDeleteCommand.self, VMConsoleCommand.self, VMLogsCommand.self,
-                      VMStatsCommand.self])
+                      VMStatsCommand.self, VMConfigCommand.self])
 }
 
 struct VMCreateCommand: ParsableCommand {

@@ -8,7 +8,7 @@ extension VMConfig {
     /// The configuration as JSON (sorted keys: the same value always gives the same bytes).
     public func jsonBytes(pretty: Bool = false) -> [UInt8] {
         let e = JSONEncoder()
-        e.outputFormatting = pretty ? [.sortedKeys, .prettyPrinted] : [.sortedKeys]
+        e.outputFormatting = pretty ? [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes] : [.sortedKeys, .withoutEscapingSlashes]
         // Encoding plain strings, integers and booleans cannot fail.
         return (try? Array(e.encode(self))) ?? Array("{}".utf8)
     }
