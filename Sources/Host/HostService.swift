@@ -4,6 +4,9 @@ import VireoSupport
 import Glibc
 #endif
 
+/// A start found the VM's lock held: a VMM of it runs already.
+struct VMMAlreadyRunning: Error {}
+
 /// The daemon's state and every operation on it. One actor: the inventory has one writer, and
 /// operations on one VM are serialised by a per-VM lock (a second `start` racing the first
 /// waits, then sees the VM running and gets 409). Operations on different VMs interleave.
@@ -66,6 +69,8 @@ actor HostService {
     /// PORT arrive on `vsock.sock_PORT` (Firecracker's convention).
     func vsockSocketPath(_ name: String) -> String { vmDir(name) + "/vsock.sock" }
     func vmmLogPath(_ name: String) -> String { vmDir(name) + "/vmm.log" }
+    /// Held by the VM's VMM for its whole life (VMMLock.swift).
+    func lockPath(_ name: String) -> String { vmDir(name) + "/vmm.lock" }
     /// The configuration the VMM runs (written at each start from the stored definition).
     func configPath(_ name: String) -> String { vmDir(name) + "/config.json" }
     /// hvc0's output, for a VM with a virtio console.
@@ -195,7 +200,7 @@ actor HostService {
             }
             try inventory.delete(name)
             for f in [consolePath(name), socketPath(name), consoleSocketPath(name), vsockSocketPath(name), exitPath(name), vmmLogPath(name),
-                      linkedClonePath(name), configPath(name), virtioConsolePath(name)] { unlink(f) }
+                      linkedClonePath(name), configPath(name), virtioConsolePath(name), lockPath(name)] { unlink(f) }
             rmdir(vmDir(name))
             lastStart[name] = nil; quickFailures[name] = nil
             event(name, "deleted", "")
@@ -216,7 +221,11 @@ actor HostService {
                 event(name, "disk-format-detected", detected.joined(separator: ", "))
             }
             quickFailures[name] = 0
-            try launch(&r)
+            do { try launch(&r) } catch is VMMAlreadyRunning {
+                // Its VMM runs already (the record had lost it): adopt it, never start a second.
+                if await adoptOrphan(&r) { return view(r) }
+                throw HTTPError.conflict("VM '\(name)': a VMM held its lock a moment ago; try again")
+            }
             return view(try await awaitReady(&r))
         }
     }
@@ -318,6 +327,9 @@ actor HostService {
     private func launch(_ r: inout VMRecord) throws {
         let name = r.name
         try Self.makeDirectory(vmDir(name))
+        // One VMM per VM: its lock first. Held means a VMM of this VM already runs (the
+        // caller adopts it: `VMMAlreadyRunning`).
+        guard let lock = try VMMLock.acquire(lockPath(name)) else { throw VMMAlreadyRunning() }
         unlink(exitPath(name)); unlink(socketPath(name))
         // The VMM gets the definition's configuration whole, as a file (never rebuilt as flags).
         do { try VMMCommand.writeConfig(r.definition.config, to: configPath(name)) } catch {
@@ -331,22 +343,60 @@ actor HostService {
                                         virtioConsoleLog: r.definition.virtioConsole == true ? virtioConsolePath(name) : nil)
         if let w = activeMemoryWindow { argv += ["--active-memory-window", String(w)] }
         if let n = activeMemorySample { argv += ["--active-memory-sample", String(n)] }
+        // The record says "starting" before the VMM exists: a daemon killed from here on comes
+        // back to a starting VM, finds its lock held or free, and adopts it or records its end.
+        r.state = .starting
+        r.pid = nil
+        r.pidStartTime = nil
+        r.reason = nil
+        r.exitStatus = nil
+        try inventory.update(r)
         let pid: pid_t
-        do { pid = try VMMProcess.spawn(argv, logPath: vmmLogPath(name)) } catch {
+        do { pid = try VMMProcess.spawn(argv, logPath: vmmLogPath(name), lockFD: lock.fd) } catch {
             r.state = .failed; r.reason = "\(error)"; r.pid = nil
             try inventory.update(r)
             throw HTTPError(500, "spawn-failed", "cannot start the VMM for '\(name)': \(error)")
         }
+        withExtendedLifetime(lock) {}   // closed here: the VMM's copy keeps the lock
         children.insert(pid)
         stopRequested[name] = nil
         lastStart[name] = WallClock.monotonicSeconds()
         r.pid = pid
         r.pidStartTime = ProcFS.startTime(pid: pid)
-        r.state = .starting
-        r.reason = nil
-        r.exitStatus = nil
         try inventory.update(r)
         event(name, "starting", "VMM pid \(pid)")
+    }
+
+    /// A VMM of this VM holds its lock, though the record does not know its pid (a daemon
+    /// killed while starting it, or an inventory restored from a backup): find its pid through
+    /// its control socket and adopt it. False when no VMM holds the lock.
+    func adoptOrphan(_ r: inout VMRecord) async -> Bool {
+        let name = r.name
+        guard VMMLock.isHeld(lockPath(name)) else { return false }
+        for _ in 0..<100 {   // it may still be building its machine
+            if let reply = VMMProcess.control(socketPath(name), "status", timeoutSeconds: 1), let pid = Self.pid(inStatus: reply) {
+                r.pid = pid
+                r.pidStartTime = ProcFS.startTime(pid: pid)
+                r.state = reply.contains(#""state":"paused""#) ? .paused : .running
+                r.reason = nil
+                try? inventory.update(r)
+                lastStart[name] = WallClock.monotonicSeconds() - 60
+                event(name, "adopted", "VMM pid \(pid), found by the VM's lock (the inventory did not know it)")
+                return true
+            }
+            if !VMMLock.isHeld(lockPath(name)) { return false }
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+        r.state = .running
+        r.reason = "a VMM holds the VM's lock (\(lockPath(name))) but its control socket does not answer; `vireo vm kill \(name)` cannot reach it: find it with fuser \(lockPath(name))"
+        try? inventory.update(r)
+        event(name, "adopt-failed", r.reason ?? "")
+        return true
+    }
+
+    static func pid(inStatus reply: String) -> Int32? {
+        guard let range = reply.firstRange(of: #""pid":"#) else { return nil }
+        return Int32(reply[range.upperBound...].prefix(while: { $0.isNumber }))
     }
 
     /// Waits (up to 10 s) for a starting VMM's control socket to answer, or for it to exit.
@@ -507,6 +557,16 @@ actor HostService {
                 }
                 lastStart[r.name] = WallClock.monotonicSeconds() - 60
                 event(r.name, "adopted", "VMM pid \(pid) still running")
+                continue
+            }
+            if await adoptOrphan(&r) { continue }
+            if r.pid == nil && r.state == .starting && readExitFile(r.name) == nil {
+                // The daemon stopped between recording the start and spawning the VMM.
+                stopRequested[r.name] = nil
+                r.state = .stopped
+                r.reason = "the daemon stopped while starting it; no VMM was started"
+                try? inventory.update(r)
+                event(r.name, "exited", r.reason ?? "")
                 continue
             }
             recordExit(&r, status: readExitFile(r.name)?.status ?? -1)

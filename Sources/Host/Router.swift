@@ -47,7 +47,7 @@ public struct Router: Sendable {
         ("GET", "/v1/vms/{name}"), ("PATCH", "/v1/vms/{name}"), ("DELETE", "/v1/vms/{name}"),
         ("POST", "/v1/vms/{name}/start"), ("POST", "/v1/vms/{name}/stop"), ("POST", "/v1/vms/{name}/kill"),
         ("POST", "/v1/vms/{name}/pause"), ("POST", "/v1/vms/{name}/resume"), ("POST", "/v1/vms/{name}/reboot"),
-        ("GET", "/v1/vms/{name}/console"), ("GET", "/v1/vms/{name}/console/attach"), ("GET", "/v1/vms/{name}/stats"),
+        ("GET", "/v1/vms/{name}/console"), ("GET", "/v1/vms/{name}/console/attach"), ("GET", "/v1/vms/{name}/stats"), ("GET", "/v1/vms/{name}/config"),
         ("GET", "/v1/vms/{name}/balloon"), ("POST", "/v1/vms/{name}/balloon"),
         ("GET", "/v1/templates"), ("POST", "/v1/templates"), ("GET", "/v1/templates/{name}"), ("DELETE", "/v1/templates/{name}"),
     ] + imageRoutes

@@ -11,7 +11,8 @@ enum VMMProcess {
 
     /// Starts `argv` in its own session (so neither the daemon's death nor its terminal's
     /// signals reach it), stdin from /dev/null, stdout and stderr appended to `logPath`.
-    static func spawn(_ argv: [String], logPath: String) throws -> pid_t {
+    /// With `lockFD`, the child gets it as fd 3 (the VM's `vmm.lock`, held for its whole life).
+    static func spawn(_ argv: [String], logPath: String, lockFD: Int32? = nil) throws -> pid_t {
         var attr = posix_spawnattr_t()
         posix_spawnattr_init(&attr)
         defer { posix_spawnattr_destroy(&attr) }
@@ -26,10 +27,11 @@ enum VMMProcess {
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, logPath, O_WRONLY | O_CREAT | O_APPEND, 0o644)
+        posix_spawn_file_actions_addopen(&actions, 1, logPath, O_WRONLY | O_CREAT | O_APPEND, 0o600)
         posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        if let lockFD { posix_spawn_file_actions_adddup2(&actions, lockFD, 3) }
         // Nothing else of the daemon (sockets, epoll, the inventory) leaks into a VMM.
-        posix_spawn_file_actions_addclosefrom_np(&actions, 3)
+        posix_spawn_file_actions_addclosefrom_np(&actions, lockFD == nil ? 3 : 4)
 
         var env: [String] = []
         var e = environ
