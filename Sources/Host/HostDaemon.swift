@@ -21,6 +21,8 @@ public enum HostDaemon {
         public var activeMemoryWindow: UInt32?
         /// Passed to every VMM as --active-memory-sample (nil: the VMM's default, 1/16).
         public var activeMemorySample: UInt32?
+        /// Directories besides the data directory where VM files may live (StoragePools.swift).
+        public var pools: [String] = []
         public init(socketPath: String, dataDir: String, listen: String?, tokenFile: String?, vmmBinary: String) {
             self.socketPath = socketPath; self.dataDir = dataDir; self.listen = listen; self.tokenFile = tokenFile; self.vmmBinary = vmmBinary
         }
@@ -76,7 +78,7 @@ public enum HostDaemon {
             throw VireoError(.conflict, "another daemon already answers on \(o.socketPath)", hint: "stop it, or give this one another --socket")
         }
 
-        let service = try HostService(dataDir: o.dataDir, vmmBinary: o.vmmBinary)
+        let service = try HostService(dataDir: o.dataDir, vmmBinary: o.vmmBinary, pools: o.pools)
         await service.configureActiveMemory(window: o.activeMemoryWindow, sample: o.activeMemorySample)
         await service.migrateDefinitions()
         await service.adoptAll()

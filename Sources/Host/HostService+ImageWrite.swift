@@ -62,6 +62,8 @@ extension HostService {
 
     private func importImage(_ name: String, from source: String, format: ImageFormat, preallocation: Preallocation) async throws -> Image {
         try Validation.checkFile("source", source)
+        // The source, and every backing file or extent it reads through, inside the pools.
+        let source = try pools.confineImage(source, field: "source")
         let sourceFormat: DiskImageFormat
         let size: UInt64
         do {

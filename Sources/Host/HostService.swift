@@ -14,6 +14,8 @@ actor HostService {
     let dataDir: String
     let vmmBinary: String
     let inventory: Inventory
+    /// Where VM files may live (StoragePools.swift).
+    let pools: StoragePools
     /// VMMs this daemon started (it can waitpid them); re-adopted ones are watched through /proc.
     private var children: Set<pid_t> = []
     /// VMs whose VMM is ending because a client asked (stop, kill, reboot): not a failure, no restart.
@@ -40,12 +42,19 @@ actor HostService {
     static let defaultShutdownTimeout = 30
     static let maxShutdownTimeout = 3600
 
-    init(dataDir: String, vmmBinary: String) throws {
-        self.dataDir = dataDir
+    init(dataDir given: String, vmmBinary: String, pools: [String] = []) throws {
         self.vmmBinary = vmmBinary
-        try Self.makeDirectory(dataDir)
+        // VM files (console logs hold guest secrets, images hold guest data) are the daemon's
+        // and root's alone: directories 0700, files 0600, for the VMMs it spawns too.
+        umask(0o077)
+        try Self.makeDirectory(given)
+        // Canonical, so the paths recorded for store images and clones are the ones pools check.
+        let dataDir = StoragePools.realPath(given) ?? given
+        self.dataDir = dataDir
         try Self.makeDirectory(dataDir + "/vms")
         try Self.makeDirectory(dataDir + "/images")
+        for d in [dataDir, dataDir + "/vms", dataDir + "/images"] { chmod(d, 0o700) }
+        self.pools = try StoragePools(dataDir: dataDir, pools: pools)
         Self.removeStaleImageParts(dataDir + "/images")
         inventory = try Inventory(path: dataDir + "/inventory.db")
     }
@@ -55,7 +64,7 @@ actor HostService {
         for c in path.split(separator: "/") {
             parts.append(c)
             let p = (path.hasPrefix("/") ? "/" : "") + parts.joined(separator: "/")
-            if mkdir(p, 0o755) != 0 && errno != EEXIST { throw VireoError.system("cannot create \(p)") }
+            if mkdir(p, 0o700) != 0 && errno != EEXIST { throw VireoError.system("cannot create \(p)") }
         }
     }
 
@@ -158,6 +167,8 @@ actor HostService {
         }
         do {
             try Validation.check(def, socketPath: consoleSocketPath(def.name))
+            // Every file inside the storage pools, symlinks resolved (the canonical path is kept).
+            try confineFiles(&def.config)
             // Every disk's format is recorded now, checked against the file's signature.
             let detected = try Self.recordDiskFormats(&def.config)
             if !detected.isEmpty { event(def.name, "disk-format-detected", detected.joined(separator: ", ")) }
@@ -214,6 +225,9 @@ actor HostService {
             var r = try record(name)
             guard !r.state.hasProcess else { throw HTTPError.conflict("VM '\(name)' is already \(r.state.rawValue)") }
             try Validation.checkFiles(r.definition)
+            // Again at each start: files may have moved, and the pools may differ since create.
+            var confined = r.definition.config
+            try confineFiles(&confined)
             if r.definition.disks.contains(where: { $0.format == nil }) {
                 let detected = try Self.recordDiskFormats(&r.definition.config)
                 r.definition.config.configVersion = VMConfig.currentVersion

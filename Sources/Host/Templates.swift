@@ -32,6 +32,10 @@ extension HostService {
         if let base = c.baseDisk { probe.disks = [DiskSpec(path: base, readonly: true)] }
         probe.config.configVersion = VMConfig.currentVersion
         try Validation.check(probe, socketPath: "")
+        // The template's files inside the storage pools (canonical paths are kept).
+        c.kernel = try pools.confine(c.kernel, field: "kernel")
+        c.initrd = try c.initrd.map { try pools.confine($0, field: "initrd") }
+        c.baseDisk = try c.baseDisk.map { try pools.confineImage($0, field: c.baseImage == nil ? "base_disk" : "base_image") }
         var format: String?
         if let base = c.baseDisk {
             do { format = try DiskImage.probe(path: base).rawValue } catch {

@@ -28,6 +28,9 @@ struct HostServeCommand: ParsableCommand {
     @Option(help: "File holding the bearer token for the TCP listener (16+ characters).")
     var tokenFile: String?
 
+    @Option(name: .customLong("pool"), help: ArgumentHelp("A storage pool (repeatable): a directory whose files VMs may use as kernels, initrds, disks, template bases and import sources. The data directory is always one; files anywhere else are refused.", valueName: "dir"))
+    var pools: [String] = []
+
     @Option(help: ArgumentHelp("The vireo binary that runs each VMM.", visibility: .hidden))
     var vmmBinary: String?
 
@@ -50,6 +53,7 @@ struct HostServeCommand: ParsableCommand {
             }
             options.activeMemoryWindow = activeMemoryWindow
             options.activeMemorySample = activeMemorySample
+            options.pools = pools
             try HostDaemon.runBlocking(options)
         }
     }

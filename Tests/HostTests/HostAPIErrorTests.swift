@@ -10,7 +10,7 @@ import Glibc
 @Suite(.serialized, .timeLimit(.minutes(2)), .enabled(if: VireoBinary.path != nil))
 struct HostAPIErrorTests {
     static let kernel: String = {
-        let p = "/tmp/vireo-host-test-kernel-\(getpid())"
+        let p = TestDaemon.sharedPool + "/vmlinuz"
         FileManager.default.createFile(atPath: p, contents: Data(repeating: 0, count: 4096))
         return p
     }()

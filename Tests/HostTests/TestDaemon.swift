@@ -17,6 +17,12 @@ final class TestDaemon: @unchecked Sendable {
     let extra: [String]
 
     private static let counter = Mutex(0)
+    /// A pool every test daemon has, for files tests share (e.g. a dummy kernel).
+    static let sharedPool: String = {
+        let p = "/tmp/vireo-test-pool-\(getpid())"
+        mkdir(p, 0o755)
+        return p
+    }()
 
     init(extra: [String] = []) throws {
         let n = TestDaemon.counter.withLock { $0 += 1; return $0 }
@@ -32,7 +38,8 @@ final class TestDaemon: @unchecked Sendable {
     /// Starts (or restarts) the daemon and waits until its socket answers.
     func start() throws {
         guard let bin = VireoBinary.path else { throw VireoError(.notFound, "vireo not built") }
-        let c = try ChildProcess([bin, "host", "--socket", socket, "--data-dir", dataDir] + extra)
+        // The test's own directory and the suite's shared one are the daemon's storage pools.
+        let c = try ChildProcess([bin, "host", "--socket", socket, "--data-dir", dataDir, "--pool", dir, "--pool", Self.sharedPool] + extra)
         child = c
         // Its stderr says where it listens (and, for --listen ...:0, the port it got).
         for _ in 0..<3 {

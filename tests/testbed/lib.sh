@@ -21,7 +21,7 @@ start_daemon() {
 	_name=$1; shift
 	export VIREO_SOCKET=/tmp/$_name.sock
 	rm -rf /tmp/$_name-data
-	vireo host --socket $VIREO_SOCKET --data-dir /tmp/$_name-data "$@" > /tmp/$_name-daemon.log 2>&1 &
+	vireo host --socket $VIREO_SOCKET --data-dir /tmp/$_name-data --pool /guest --pool /tmp "$@" > /tmp/$_name-daemon.log 2>&1 &
 	DAEMON_PID=$!
 	trap 'kill $DAEMON_PID 2>/dev/null' EXIT
 	_n=0
