@@ -70,6 +70,7 @@ struct StoragePools: Sendable {
     func confineImage(_ path: String, field: String) throws -> String {
         let top = try confine(path, field: field)
         guard let pool = pool(of: top) else { return top }
+        _ = pool
         var current = top
         for _ in 0..<DiskImage.maxChainDepth {
             let format = (try? DiskImage.probe(path: current)) ?? .raw
@@ -85,7 +86,10 @@ struct StoragePools: Sendable {
                 }
                 guard let name else { return top }
                 let next = try DiskImage.resolveBackingPath(name: name, of: current, policy: .any)
-                current = try confine(next, field: "\(field)'s backing file '\(name.prefix(200))'", within: pool)
+                // The daemon's own images (the data directory's pool: store overlays, linked
+                // clones) may name a base in any pool; every other image only one in its own.
+                let own = self.pool(of: current)
+                current = try confine(next, field: "\(field)'s backing file '\(name.prefix(200))'", within: own == roots.first ? nil : own)
             case .vmdk:
                 // Extents are opened read-only (confined to the descriptor's directory), then
                 // each must resolve inside the pool.

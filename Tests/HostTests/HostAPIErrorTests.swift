@@ -73,6 +73,9 @@ struct HostAPIErrorTests {
             // Found by schemathesis (openapi/vireo.json): numbers past 64 bits, query overflow, odd methods.
             ("PATCH", "/v1/vms/keep", #"{"restart_policy":"on-failure","vcpus":224,"memory_mib":392382124733826859008}"#, 400, "invalid-field"),
             ("POST", "/v1/vms", #"{"name":"j1","probe":"dirty","memory_mib":98577073536172}"#, 422, "out-of-range"),
+            // 10 TiB: under the 64 TiB guest-physical limit, far over 4x this host's RAM and swap
+            // (admission once computed that limit as 0 and fell back to 64 TiB).
+            ("POST", "/v1/vms", #"{"name":"m","probe":"dirty","memory_mib":10485760}"#, 422, "out-of-range"),
             ("GET", "/v1/events?since=25148377905513607168", "", 400, "invalid-query"),
             ("GET", "/v1/vms/keep/console?offset=2231229730178948136960", "", 400, "invalid-query"),
             ("TRACE", "/v1/vms/keep/stop", "", 405, "method-not-allowed"),

@@ -96,13 +96,19 @@ struct HostConfigHandoffTests {
         // A raw disk whose first bytes are a qcow2 header (what a guest can write onto its raw
         // disk) is never taken for raw, nor for qcow2 without saying so.
         let disguised = d.dir + "/guest-written.raw"
-        try Qcow2Image.create(path: disguised, size: 1 << 20, options: Qcow2CreateOptions(backingFile: "/etc/shadow", backingFormat: .raw))
+        try Self.writeFile(d.dir + "/secret", [], size: 4096)
+        try Qcow2Image.create(path: disguised, size: 1 << 20, options: Qcow2CreateOptions(backingFile: d.dir + "/secret", backingFormat: .raw))
         let r2 = try d.req("POST", "/v1/vms", json: #"{"name":"b","probe":"dirty","disks":[{"path":"\#(disguised)","format":"raw"}]}"#)
         #expect(r2.status == 422 && r2.text.contains("declared raw but starts with a qcow2 signature"), "\(r2.text)")
-        // A VMDK runs nowhere; the error says how to import it.
-        let vmdk = d.dir + "/disk.vmdk"
-        try Self.writeFile(vmdk, Array("# Disk DescriptorFile\nversion=1\n".utf8), size: 512)
-        let r3 = try d.req("POST", "/v1/vms", json: #"{"name":"c","probe":"dirty","disks":[{"path":"\#(vmdk)"}]}"#)
+        // A VHD (its footer at the end) runs nowhere; the error says how to import it.
+        let vhd = d.dir + "/disk.vhd"
+        try Self.writeFile(vhd, [], size: 1 << 20)
+        var footer = [UInt8](repeating: 0, count: 512)
+        footer.replaceSubrange(0..<8, with: Array("conectix".utf8))
+        let fd = open(vhd, O_WRONLY)
+        _ = footer.withUnsafeBytes { pwrite(fd, $0.baseAddress, 512, off_t((1 << 20) - 512)) }
+        close(fd)
+        let r3 = try d.req("POST", "/v1/vms", json: #"{"name":"c","probe":"dirty","disks":[{"path":"\#(vhd)"}]}"#)
         #expect(r3.status == 422 && r3.text.contains("vireo image import"), "\(r3.text)")
         #expect(try d.client.call("GET", "/v1/vms", as: VMList.self).vms.isEmpty)
     }
@@ -117,7 +123,8 @@ struct HostConfigHandoffTests {
         // The file becomes a qcow2 image with a backing file of someone's choice: the VMM, which
         // checks the signature against the recorded raw, refuses to start.
         unlink(path)
-        try Qcow2Image.create(path: path, size: 1 << 20, options: Qcow2CreateOptions(backingFile: "/etc/passwd", backingFormat: .raw))
+        try Self.writeFile(d.dir + "/other", [], size: 4096)
+        try Qcow2Image.create(path: path, size: 1 << 20, options: Qcow2CreateOptions(backingFile: d.dir + "/other", backingFormat: .raw))
         let r = try d.action("v", "start")
         #expect(r.status == 422 && r.text.contains("declared raw but starts with a qcow2 signature"), "\(r.text)")
         #expect(try d.vm("v").state == .failed)

@@ -128,6 +128,8 @@ struct HostImageTests {
         try create(d, #"{"name":"keep","size_bytes":\#(8 * Self.mib)}"#)
         let notAnImage = d.dir + "/dir"
         mkdir(notAnImage, 0o755)
+        let tiny = d.dir + "/hostname"
+        FileManager.default.createFile(atPath: tiny, contents: Data("host\n".utf8))
         let cases: [(String, Int, String)] = [
             (#"{"name":"Bad","size_bytes":1048576}"#, 400, "invalid-name"),
             (#"{"name":"../../etc/x","size_bytes":1048576}"#, 400, "invalid-name"),
@@ -152,8 +154,9 @@ struct HostImageTests {
             (#"{"name":"z16","backing":"keep","format":"raw"}"#, 422, "invalid-format"),
             (#"{"name":"z17","backing":"keep","size_bytes":1048576}"#, 422, "out-of-range"),
             (#"{"name":"z18","size_bytes":70368744177664,"provisioning":"thick"}"#, 507, "insufficient-space"),
-            (#"{"name":"z19","source":"/etc/hostname"}"#, 422, "out-of-range"),
-            (#"{"name":"z20","source":"/etc/hostname","provisioning":"thick"}"#, 422, "invalid-provisioning"),
+            (#"{"name":"z19","source":"\#(tiny)"}"#, 422, "out-of-range"),
+            (#"{"name":"z20","source":"\#(tiny)","provisioning":"thick"}"#, 422, "invalid-provisioning"),
+            (#"{"name":"z21","source":"/etc/hostname"}"#, 422, "outside-pools"),
             ("[1]", 400, "malformed-json"),
         ]
         for (body, status, code) in cases {

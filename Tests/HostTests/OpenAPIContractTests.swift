@@ -54,6 +54,7 @@ struct OpenAPIContractTests {
             ("GET", "/v1/vms/c1/console", "/v1/vms/{name}/console", nil),
             ("GET", "/v1/vms/c1/console/attach", "/v1/vms/{name}/console/attach", nil),   // stopped: 409
             ("GET", "/v1/vms/c1/stats", "/v1/vms/{name}/stats", nil), ("GET", "/v1/vms/zz/stats", "/v1/vms/{name}/stats", nil),
+            ("GET", "/v1/vms/c1/config", "/v1/vms/{name}/config", nil), ("GET", "/v1/vms/zz/config", "/v1/vms/{name}/config", nil),
             ("GET", "/v1/vms/c1/balloon", "/v1/vms/{name}/balloon", nil),                       // stopped: 409
             ("POST", "/v1/vms/c1/balloon", "/v1/vms/{name}/balloon", #"{"target_mib":8}"#),
             ("POST", "/v1/vms/c1/balloon", "/v1/vms/{name}/balloon", #"{"target":8}"#),       // 400
@@ -76,6 +77,7 @@ struct OpenAPIContractTests {
         if kvm {
             calls += [("POST", "/v1/vms/c1/start", "/v1/vms/{name}/start", nil), ("POST", "/v1/vms/c1/start", "/v1/vms/{name}/start", nil),
                       ("GET", "/v1/vms/c1/stats", "/v1/vms/{name}/stats", nil),
+                      ("GET", "/v1/vms/c1/config", "/v1/vms/{name}/config", nil),
                       ("PATCH", "/v1/vms/c1", "/v1/vms/{name}", #"{"vcpus":2}"#),
                       ("POST", "/v1/vms/c1/pause", "/v1/vms/{name}/pause", nil), ("POST", "/v1/vms/c1/resume", "/v1/vms/{name}/resume", nil),
                       ("POST", "/v1/vms/c1/reboot", "/v1/vms/{name}/reboot", nil), ("DELETE", "/v1/vms/c1", "/v1/vms/{name}", nil),
