@@ -153,6 +153,30 @@ enum TS {
         defer { try? FileManager.default.removeItem(atPath: out) }
         return try readFile(out)
     }
+
+    /// Opens, reads in pieces, maps (as `vireo disk map`) and converts (as `vireo disk convert`).
+    static func exerciseHostile(_ path: String) -> VireoError? {
+        do {
+            let img = try DiskImage.open(path: path, options: OpenOptions(readOnly: true, backingPolicy: .confined))
+            defer { try? img.close() }
+            let size = img.virtualSize
+            for off in [0, 512, 65536, size / 2, size &- 4096] where off < size {
+                _ = try TS.read(img, Int(min(4096, size - off)), at: off)
+            }
+            if size <= 256 << 20 {
+                _ = try ImageOperations.map(img)
+                try ImageOperations.convert(img, to: path + ".out.qcow2", options: ImageOperations.ConvertOptions())
+            }
+            return nil
+        } catch let e as VireoError {
+            return e
+        } catch {
+            Issue.record("non-VireoError \(error)")
+            return nil
+        }
+    }
+
+    // MARK: VDI
 }
 
 final class DataBox: @unchecked Sendable {
