@@ -9,16 +9,21 @@ import VireoSupport
 /// locator. The BAT interleaves `chunkRatio` payload-block entries with one sector-bitmap
 /// entry; each entry holds a state (low 3 bits) and a file offset in MiB (bits 20-63).
 ///
-/// A log left dirty (a non-zero log GUID in the header and a log entry carrying it) must be
-/// replayed before the file is consistent. Vireo opens images read-only and does not replay;
-/// such an image is refused with a message saying how to replay it.
+/// A log left dirty (a non-zero log GUID in the header and a valid sequence of entries carrying
+/// it) must be replayed before anything else is read. Vireo opens images read-only, so it replays
+/// in memory (VHDXLog.swift): all reads after the headers go through the replayed view of the
+/// file, which is never written.
 ///
 /// Every offset and size read from the file is checked at open: present blocks lie inside the
 /// file, so reads never form an offset that was not validated.
 public final class VHDXImage: BlockImage, @unchecked Sendable {
     let file: ImageFile
+    /// The file as read after log replay (the file itself when the log is clean).
+    let src: VHDXReplayedFile
     let lock = ImageLock()
     public let format = DiskImageFormat.vhdx
+    /// Whether a dirty log was replayed (in memory) when the image was opened.
+    public var replayedLog: Bool { src.replayed }
     public var path: String { file.path }
     public private(set) var virtualSize: UInt64 = 0
     public var isReadOnly: Bool { true }
@@ -70,7 +75,7 @@ public final class VHDXImage: BlockImage, @unchecked Sendable {
         self.file = file
         let p = file.path
         func bad(_ m: String) -> VireoError { VireoError(.corrupt, "\(p): \(m)", hint: "the VHDX file is damaged or hostile; do not use it") }
-        let size = try file.size()
+        var size = try file.size()
         guard size >= 1 << 20 else { throw bad("too short for a VHDX file (\(size) bytes; the headers alone take 1 MiB)") }
         let ident = try file.readBytes(8, at: 0, what: "VHDX file identifier")
         guard ident == Array("vhdxfile".utf8) else { throw bad("no 'vhdxfile' signature at offset 0") }
@@ -86,12 +91,14 @@ public final class VHDXImage: BlockImage, @unchecked Sendable {
         }
         guard let header = current else { throw bad("neither VHDX header (at 64 KiB and 128 KiB) is valid (bad signature or checksum)") }
         guard le16(header, 66) == 1 else { throw VireoError(.unsupported, "\(p): VHDX version \(le16(header, 66)) is not supported (only 1)") }
-        try Self.refuseDirtyLog(file, header: header, fileSize: size, bad: bad)
+        let src = VHDXReplayedFile(file: file, fileSize: size, entries: try VHDXLog.activeSequence(file, header: header, fileSize: size))
+        self.src = src
+        size = src.size   // the log may grow the file
 
         // Region table: the first valid copy.
         var regions: [UInt8]?
         for off in [UInt64(192 << 10), 256 << 10] {
-            let r = try file.readBytes(64 << 10, at: off, what: "VHDX region table")
+            let r = try src.readBytes(64 << 10, at: off, what: "VHDX region table")
             if Array(r[0..<4]) == Array("regi".utf8), le32(r, 4) == CRC32C.checksum(r, zeroingFieldAt: 4) { regions = r; break }
         }
         guard let rt = regions else { throw bad("neither VHDX region table (at 192 KiB and 256 KiB) is valid (bad signature or checksum)") }
@@ -118,7 +125,7 @@ public final class VHDXImage: BlockImage, @unchecked Sendable {
         }
 
         // Metadata.
-        let mt = try file.readBytes(64 << 10, at: metaOff, what: "VHDX metadata table")
+        let mt = try src.readBytes(64 << 10, at: metaOff, what: "VHDX metadata table")
         guard Array(mt[0..<8]) == Array("metadata".utf8) else { throw bad("metadata region has no 'metadata' signature") }
         let itemCount = Int(le16(mt, 10))
         guard itemCount <= 2047 else { throw bad("metadata table has \(itemCount) entries (at most 2047)") }
@@ -139,7 +146,7 @@ public final class VHDXImage: BlockImage, @unchecked Sendable {
         func item(_ g: [UInt8], _ name: String, size n: Int) throws(VireoError) -> [UInt8] {
             guard let (o, l) = items[g] else { throw bad("metadata lacks the \(name) item") }
             guard l >= UInt64(n) else { throw bad("metadata item \(name) is \(l) bytes (needs \(n))") }
-            return try file.readBytes(n, at: o, what: "VHDX \(name)")
+            return try src.readBytes(n, at: o, what: "VHDX \(name)")
         }
         let params = try item(GUID.fileParameters, "file parameters", size: 8)
         blockSize = UInt64(le32(params, 0))
@@ -159,7 +166,7 @@ public final class VHDXImage: BlockImage, @unchecked Sendable {
         let batBytes = entries * 8
         guard batBytes <= batLen else { throw bad("BAT region (\(batLen) bytes) is too small for \(entries) entries") }
         guard batBytes <= Self.maxBATBytes else { throw bad("BAT of \(entries) entries is too large") }
-        let raw = try file.readBytes(Int(batBytes), at: batOff, what: "VHDX BAT")
+        let raw = try src.readBytes(Int(batBytes), at: batOff, what: "VHDX BAT")
         bat = (0..<Int(entries)).map { le64(raw, $0 * 8) }
         for (i, e) in bat.enumerated() {
             let state = e & 7, host = (e >> 20) * Self.mib
@@ -188,7 +195,7 @@ public final class VHDXImage: BlockImage, @unchecked Sendable {
         subformat = hasParent ? "differencing" : (leaveAllocated ? "fixed" : "dynamic")
 
         if hasParent {
-            let name = try Self.parentPath(file, items[GUID.parentLocator], bad: bad)
+            let name = try Self.parentPath(src, items[GUID.parentLocator], bad: bad)
             parentName = name
             if options.openBacking {
                 let resolved = try DiskImage.resolveBacking(name: name, of: p, policy: options.backingPolicy)
@@ -197,38 +204,9 @@ public final class VHDXImage: BlockImage, @unchecked Sendable {
         }
     }
 
-    /// Refuses a header whose log still holds entries to replay.
-    static func refuseDirtyLog(_ file: ImageFile, header h: [UInt8], fileSize: UInt64,
-                               bad: (String) -> VireoError) throws(VireoError) {
-        let guid = Array(h[48..<64])
-        guard guid.contains(where: { $0 != 0 }) else { return }   // no log GUID: nothing to replay
-        guard le16(h, 64) == 0 else { throw VireoError(.unsupported, "\(file.path): VHDX log version \(le16(h, 64)) is not supported") }
-        let logLen = UInt64(le32(h, 68)), logOff = le64(h, 72)
-        let end = try checkedAdd(logOff, logLen, "\(file.path): VHDX log")
-        guard logOff >= mib, logOff % mib == 0, logLen % mib == 0, end <= fileSize, logLen <= 64 * mib else {
-            throw bad("log at \(logOff) of \(logLen) bytes is misaligned or outside the file")
-        }
-        let log = try file.readBytes(Int(logLen), at: logOff, what: "VHDX log")
-        var at = 0
-        while at + 4096 <= log.count {
-            if Array(log[at..<at + 4]) == Array("loge".utf8), Array(log[at + 32..<at + 48]) == guid {
-                // An entry of this log: valid (checksum over its length) or wrapping past the end
-                // of the log (taken as valid: Vireo cannot tell it is stale without replaying).
-                let len = Int(le32(log, at + 8))
-                let valid = len < 4096 || len % 4096 != 0 ? false
-                    : (at + len > log.count ? true : le32(log, at + 4) == CRC32C.checksum(Array(log[at..<at + len]), zeroingFieldAt: 4))
-                if valid {
-                    throw VireoError(.unsupported, "\(file.path) has a VHDX log that must be replayed first (it was not closed cleanly); Vireo opens VHDX read-only and does not replay logs",
-                                     hint: "replay it by opening the disk once read-write: attach it in Hyper-V, or run qemu-img check -r all \(file.path), then import it again")
-                }
-            }
-            at += 4096
-        }
-    }
-
     /// The parent's path from the parent locator: `relative_path`, else `absolute_win32_path`,
     /// with Windows separators turned into '/'.
-    static func parentPath(_ file: ImageFile, _ loc: (UInt64, UInt64)?, bad: (String) -> VireoError) throws(VireoError) -> String {
+    static func parentPath(_ file: VHDXReplayedFile, _ loc: (UInt64, UInt64)?, bad: (String) -> VireoError) throws(VireoError) -> String {
         guard let (off, len) = loc else { throw bad("differencing disk has no parent locator") }
         guard len >= 20, len <= 64 << 10 else { throw bad("parent locator of \(len) bytes is invalid") }
         let b = try file.readBytes(Int(len), at: off, what: "VHDX parent locator")
@@ -290,7 +268,7 @@ public final class VHDXImage: BlockImage, @unchecked Sendable {
     func sectorBitmap(_ chunk: Int) throws(VireoError) -> [UInt8] {
         if let b = bitmapCache[chunk] { return b }
         let e = bat[chunk * Int(chunkRatio + 1) + Int(chunkRatio)]   // present: checked at open
-        let b = try file.readBytes(Int(Self.mib), at: (e >> 20) * Self.mib, what: "VHDX sector bitmap")
+        let b = try src.readBytes(Int(Self.mib), at: (e >> 20) * Self.mib, what: "VHDX sector bitmap")
         if bitmapCache.count >= 16 { bitmapCache.removeAll() }
         bitmapCache[chunk] = b
         return b
@@ -305,7 +283,7 @@ public final class VHDXImage: BlockImage, @unchecked Sendable {
             let (kind, n) = try piece(at: o, maxLen: UInt64(buffer.count - pos))
             let part = UnsafeMutableRawBufferPointer(rebasing: buffer[pos..<pos + Int(n)])
             switch kind {
-            case .data(let h): try file.read(into: part, at: h)
+            case .data(let h): try src.read(into: part, at: h)
             case .zero: part.initializeMemory(as: UInt8.self, repeating: 0)
             case .parent: try readFromBacking(part, at: o)
             }

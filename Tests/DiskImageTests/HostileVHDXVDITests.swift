@@ -132,10 +132,11 @@ import VireoSupport
         try expectRefused(Array(b[0..<(b.count - 4096)]), ext: "vhdx", "outside the file", "truncated data")
     }
 
-    /// A log that still holds an entry (a crash while writing) is refused with how to replay it;
-    /// a log GUID whose log holds no entry of it is clean.
+    /// A log GUID whose log holds no valid entry of it is clean (nothing to replay), and so is
+    /// one whose only entry is hostile (descriptor count past the entry, data sectors missing):
+    /// the entry is not valid, so it is never applied.
     @Test(.enabled(if: TS.hasQemu, "needs qemu-img"))
-    func dirtyVHDXLogIsRefusedClearly() throws {
+    func logWithoutValidEntriesIsNotReplayed() throws {
         let dir = TS.tempDir()
         let b = try Self.qemuVHDX(dir)
         let logOff = Int(Self.rd64(b, (64 << 10) + 72))
@@ -143,18 +144,33 @@ import VireoSupport
         var clean = b
         for h in [64 << 10, 128 << 10] { clean.replaceSubrange(h + 48..<h + 64, with: guid) }
         Self.fixChecksums(&clean)
-        let cp = dir + "/clean.vhdx"
-        try TS.writeFile(cp, clean)
-        #expect(TS.exerciseHostile(cp) == nil)
-        var dirty = clean
-        var entry = [UInt8](repeating: 0, count: 4096)
-        entry.replaceSubrange(0..<4, with: Array("loge".utf8))
-        Self.le32(&entry, 8, 4096)
-        Self.le64(&entry, 16, 1)
-        entry.replaceSubrange(32..<48, with: guid)
-        Self.le32(&entry, 4, Self.crc32c(entry[...]))
-        dirty.replaceSubrange(logOff..<logOff + 4096, with: entry)
-        try expectRefused(dirty, ext: "vhdx", "must be replayed", "dirty log")
+        let ref = try TS.qemuContents(dir + "/s.vhdx", format: "vhdx")
+        for (name, count, length) in [("clean", nil, nil), ("descriptors-past-entry", UInt32.max, UInt32(4096)),
+                                      ("missing-data-sector", UInt32(1), UInt32(4096)), ("longer-than-log", UInt32(0), UInt32.max & ~4095)] as [(String, UInt32?, UInt32?)] {
+            var x = clean
+            if let count, let length {
+                var entry = [UInt8](repeating: 0, count: 4096)
+                entry.replaceSubrange(0..<4, with: Array("loge".utf8))
+                Self.le32(&entry, 8, length)
+                Self.le64(&entry, 16, 1)
+                Self.le32(&entry, 24, count)
+                entry.replaceSubrange(32..<48, with: guid)
+                if count == 1 {   // a data descriptor whose data sector is not there
+                    entry.replaceSubrange(64..<68, with: Array("desc".utf8))
+                    Self.le64(&entry, 64 + 16, 1 << 20)
+                    Self.le64(&entry, 64 + 24, 1)
+                }
+                Self.le32(&entry, 4, Self.crc32c(entry[...]))
+                x.replaceSubrange(logOff..<logOff + 4096, with: entry)
+            }
+            let p = dir + "/\(name).vhdx"
+            try TS.writeFile(p, x)
+            #expect(TS.exerciseHostile(p) == nil, "\(name)")
+            let img = try DiskImage.open(path: p, readOnly: true)
+            #expect((img as? VHDXImage)?.replayedLog == false, "\(name)")
+            #expect(try TS.readAll(img) == ref, "\(name)")
+            try img.close()
+        }
     }
 
     /// Random damage to every metadata structure, checksums recomputed so it is not caught
