@@ -250,7 +250,9 @@ public final class VHDXImage: BlockImage, @unchecked Sendable {
         let host = (e >> 20) * Self.mib
         switch e & 7 {
         case State.fullyPresent: return (.data(host + inBlock), len)
-        case State.zero, State.unmapped: return (.zero, len)
+        // Zero, unmapped (trimmed) and undefined (never-valid) blocks read as zero, in a
+        // differencing disk too: only a block not present in this file falls through to the parent.
+        case State.zero, State.unmapped, State.undefined: return (.zero, len)
         case State.partiallyPresent:
             // Sector by sector: a set bit means this file holds the sector, clear means the parent.
             let chunk = Int(b / chunkRatio)
