@@ -2,6 +2,7 @@ import DiskImage
 import Foundation
 import Testing
 import VireoSupport
+import VireoTestSupport
 
 /// Shared helpers: temporary directories, running qemu-img / qemu-io / vireo, image contents.
 enum TS {
@@ -29,15 +30,10 @@ enum TS {
         URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
     }
 
-    /// The vireo binary: $VIREO_BIN, else .build/release/vireo, else .build/debug/vireo.
-    static let vireo: String? = {
-        if let e = ProcessInfo.processInfo.environment["VIREO_BIN"], FileManager.default.isExecutableFile(atPath: e) { return e }
-        for c in ["release", "debug"] {
-            let p = packageRoot.appendingPathComponent(".build/\(c)/vireo").path
-            if FileManager.default.isExecutableFile(atPath: p) { return p }
-        }
-        return nil
-    }()
+    /// The vireo binary, found as every test target finds it (VireoTestSupport): $VIREO_BIN, else
+    /// the most recently built of .build/release/vireo and .build/debug/vireo (a stale release
+    /// build no longer shadows the debug build just made).
+    static let vireo: String? = VireoBinary.path.flatMap { FileManager.default.isExecutableFile(atPath: $0) ? $0 : nil }
     static var hasVireo: Bool {
         if vireo == nil { skipNote("vireo binary not built (swift build --product vireo, or set VIREO_BIN); CLI tests skipped") }
         return vireo != nil
