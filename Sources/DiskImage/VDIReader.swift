@@ -105,6 +105,7 @@ public final class VDIImage: BlockImage, @unchecked Sendable {
         while pos < buffer.count {
             let o = offset + UInt64(pos)
             let n = Int(min(blockSize - o % blockSize, UInt64(buffer.count - pos)))
+            // SAFETY: 1 <= n <= buffer.count - pos, so the slice lies inside `buffer`.
             let part = UnsafeMutableRawBufferPointer(rebasing: buffer[pos..<pos + n])
             if let h = hostOffset(o) { try file.read(into: part, at: h) } else { part.initializeMemory(as: UInt8.self, repeating: 0) }
             pos += n

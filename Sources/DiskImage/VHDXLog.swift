@@ -204,12 +204,15 @@ final class VHDXReplayedFile: @unchecked Sendable {
         let end = offset + UInt64(buf.count)   // file.read checked offset + count <= Int64.max
         for z in zeros where z.offset < end && z.offset + z.length > offset {
             let a = max(z.offset, offset), b = min(z.offset + z.length, end)
+            // SAFETY: offset <= a < b <= end = offset + buf.count: the slice lies inside `buf`.
             UnsafeMutableRawBufferPointer(rebasing: buf[Int(a - offset)..<Int(b - offset)]).initializeMemory(as: UInt8.self, repeating: 0)
         }
         var page = offset / 4096 * 4096
         while page < end {
             if let data = pages[page] {
                 let a = max(page, offset), b = min(page + 4096, end)
+                // SAFETY: offset <= a < b <= end bounds the destination inside `buf`; page <= a and
+                // b <= page + 4096 = page + data.count (every page is 8 + 4084 + 4 bytes) bound the source.
                 data.withUnsafeBytes { src in
                     UnsafeMutableRawBufferPointer(rebasing: buf[Int(a - offset)..<Int(b - offset)])
                         .copyMemory(from: UnsafeRawBufferPointer(rebasing: src[Int(a - page)..<Int(b - page)]))

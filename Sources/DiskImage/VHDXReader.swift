@@ -283,6 +283,7 @@ public final class VHDXImage: BlockImage, @unchecked Sendable {
         while pos < buffer.count {
             let o = offset + UInt64(pos)
             let (kind, n) = try piece(at: o, maxLen: UInt64(buffer.count - pos))
+            // SAFETY: piece() returns 1 <= n <= buffer.count - pos, so the slice lies inside `buffer`.
             let part = UnsafeMutableRawBufferPointer(rebasing: buffer[pos..<pos + Int(n)])
             switch kind {
             case .data(let h): try src.read(into: part, at: h)

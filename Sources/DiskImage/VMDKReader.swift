@@ -197,6 +197,7 @@ public final class VMDKImage: BlockImage, @unchecked Sendable {
             let o = off + UInt64(pos)
             if o >= s.capacity {
                 // The descriptor made the extent longer than its sparse file: the rest is zero.
+                // SAFETY: pos < buf.count (loop condition), so buf[pos...] lies inside `buf`.
                 UnsafeMutableRawBufferPointer(rebasing: buf[pos...]).initializeMemory(as: UInt8.self, repeating: 0)
                 return
             }
@@ -261,6 +262,7 @@ public final class VMDKImage: BlockImage, @unchecked Sendable {
         }
         if pos < buffer.count {
             // Unreachable while extents cover virtualSize (they do by construction); never leak memory.
+            // SAFETY: pos < buffer.count, so buffer[pos...] lies inside `buffer`.
             UnsafeMutableRawBufferPointer(rebasing: buffer[pos...]).initializeMemory(as: UInt8.self, repeating: 0)
         }
     }
