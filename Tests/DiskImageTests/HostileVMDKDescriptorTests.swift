@@ -64,6 +64,45 @@ import VireoSupport
         #expect(TS.exerciseHostile(p) == nil)
     }
 
+    /// Descriptors assembled from hostile pieces (extreme sector counts and offsets, every extent
+    /// type, broken quoting, names of sparse, flat and missing files, lying createTypes): each
+    /// opens or is refused, never traps. VIREO_FUZZ_ITERATIONS sets the count (default 300).
+    @Test(.enabled(if: TS.hasQemu, "needs qemu-img"))
+    func generatedDescriptorsNeverCrash() throws {
+        let dir = TS.tempDir()
+        try TS.qimg("create", "-q", "-f", "vmdk", dir + "/s.vmdk", "1M")
+        try TS.qio("-c", "write -P 0x7e 4k 8k", dir + "/s.vmdk")
+        try TS.writeFile(dir + "/flat.bin", [UInt8](repeating: 0x42, count: 8192))
+        let counts = ["0", "1", "8", "2048", "17592186044416", "17592186044417", "9223372036854775807", "18446744073709551615",
+                      "-1", "0x10", "", "1e3", "99999999999999999999"]
+        let offsets = ["", "0", "1", "16", "36028797018963967", "18014398509481983", "18446744073709551615", "-1", "x", "0 7"]
+        let types = ["FLAT", "SPARSE", "ZERO", "VMFS", "VMFSSPARSE", "SESPARSE", "flat", ""]
+        let names = ["\"flat.bin\"", "\"s.vmdk\"", "\"d.vmdk\"", "\"missing\"", "\"\"", "\"flat.bin", "flat.bin\"", "\"../x\"", "\"a\"b\"c\""]
+        let access = ["RW", "RDONLY", "NOACCESS", "rw", ""]
+        let creates = ["monolithicFlat", "monolithicSparse", "streamOptimized", "twoGbMaxExtentSparse", "vmfs", "\"", ""]
+        var rng: UInt64 = 0xdead_beef_cafe_f00d
+        func next() -> UInt64 { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; return rng }
+        func pick(_ a: [String]) -> String { a[Int(next() % UInt64(a.count))] }
+        var accepted = 0, refused = 0
+        let iterations = Int(ProcessInfo.processInfo.environment["VIREO_FUZZ_ITERATIONS"] ?? "") ?? 300
+        for i in 0..<iterations {
+            var text = next() % 8 == 0 ? "" : "# Disk DescriptorFile\nversion=1\n"
+            text += "createType=\"\(pick(creates))\"\n"
+            for _ in 0..<(1 + Int(next() % 4)) {
+                var fields = [pick(access), pick(counts), pick(types)]
+                if next() % 4 != 0 { fields.append(pick(names)) }
+                if next() % 2 == 0 { fields.append(pick(offsets)) }
+                text += fields.joined(separator: next() % 8 == 0 ? "  " : " ") + (next() % 8 == 0 ? "\r\n" : "\n")
+            }
+            let p = dir + "/d.vmdk"
+            try TS.writeFile(p, Array(text.utf8))
+            if TS.exerciseHostile(p) == nil { accepted += 1 } else { refused += 1 }
+            try? FileManager.default.removeItem(atPath: p + ".out.qcow2")
+            _ = i
+        }
+        #expect(accepted > 0 && refused > 0, "accepted \(accepted), refused \(refused)")
+    }
+
     /// `vireo disk convert` and `map` on each committed crasher exit 1 with a message.
     @Test(.enabled(if: TS.hasVireo, "needs the vireo binary"))
     func cliExitsOneOnCrashers() throws {
