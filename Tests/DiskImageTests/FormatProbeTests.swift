@@ -61,6 +61,15 @@ import VireoSupport
         }
     }
 
+    @Test func cowdVMDKIsRefusedByName() throws {
+        let p = TS.tempDir() + "/esx2.vmdk"
+        try TS.writeFile(p, Array("COWD".utf8) + [1, 0, 0, 0] + [UInt8](repeating: 0, count: 2048))
+        #expect(try DiskImage.probe(path: p) == .vmdk)
+        #expect { _ = try DiskImage.open(path: p, readOnly: true) } throws: { e in
+            (e as? VireoError)?.code == .unsupported && (e as? VireoError)?.message.contains("VMDK3 (COWD") == true
+        }
+    }
+
     @Test func qemuNamesAreAccepted() {
         #expect(DiskImageFormat(name: "vpc") == .vhd)
         #expect(DiskImageFormat(name: "VHDX") == .vhdx)

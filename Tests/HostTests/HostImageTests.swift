@@ -138,6 +138,14 @@ struct HostImageTests {
         #expect(try ChildProcessRunner.run(["/usr/bin/qemu-img", "create", "-f", "qed", qed, "8M"]).status == 0)
         let refused = try d.req("POST", "/v1/images", json: #"{"name":"z21","source":"\#(qed)"}"#)
         #expect(refused.status == 422 && refused.text.contains("invalid-disk") && refused.text.contains("is a QED image"), "\(refused.text)")
+        // Issue 10: a hostile VMDK descriptor (a flat extent whose offset + length overflows) used to
+        // pass the first open and then trap the conversion thread, killing the daemon. Now it is a
+        // 422 and the daemon keeps answering (the requests below).
+        let evil = d.dir + "/evil.vmdk"
+        try Data(("# Disk DescriptorFile\nversion=1\ncreateType=\"monolithicFlat\"\nRW 128 ZERO\n"
+                  + "RW 2048 FLAT \"evil.vmdk\" 36028797018963967\n").utf8).write(to: URL(fileURLWithPath: evil))
+        let hostile = try d.req("POST", "/v1/images", json: #"{"name":"z22","source":"\#(evil)"}"#)
+        #expect(hostile.status == 422 && hostile.text.contains("invalid-disk") && hostile.text.contains("overflows"), "\(hostile.text)")
         let cases: [(String, Int, String)] = [
             (#"{"name":"Bad","size_bytes":1048576}"#, 400, "invalid-name"),
             (#"{"name":"../../etc/x","size_bytes":1048576}"#, 400, "invalid-name"),
