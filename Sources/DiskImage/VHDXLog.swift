@@ -30,6 +30,8 @@ struct VHDXLog {
     static let maxLogBytes: UInt64 = 32 << 20
     /// Bytes checksummed while searching, at most: a hostile log cannot make the search quadratic.
     static let maxChecksumWork = 1 << 30
+    /// Largest file a log may describe: a 64 TiB disk with all its metadata fits well below.
+    static let maxFileSize: UInt64 = 128 << 40
 
     let log: [UInt8]
     let guid: [UInt8]
@@ -94,18 +96,22 @@ struct VHDXLog {
         checksumWork += Int(length)
         let bytes = circular(pos, Int(length))
         guard le32(bytes, 4) == CRC32C.checksum(bytes, zeroingFieldAt: 4) else { return nil }
+        // File sizes the entry vouches for: whole MiB (the spec's rule) and no larger than any
+        // VHDX can be, so a hostile entry cannot stretch the file to make any offset look valid.
+        let flushed = le64(first, 48), last = le64(first, 56)
+        guard flushed % (1 << 20) == 0, last % (1 << 20) == 0, flushed <= Self.maxFileSize, last <= Self.maxFileSize else { return nil }
         var e = Entry(position: pos % n, length: length, tail: tail, sequence: seq,
-                      flushedFileOffset: le64(first, 48), lastFileOffset: le64(first, 56))
+                      flushedFileOffset: flushed, lastFileOffset: last)
         var dataSector = Int(descSectors) * Self.sector
         for i in 0..<Int(count) {
             let d = 64 + i * 32
             guard le64(bytes, d + 24) == seq else { return nil }
             let sig = Array(bytes[d..<d + 4])
             let fileOffset = le64(bytes, d + 16)
-            guard fileOffset % s == 0, fileOffset <= UInt64(Int64.max) else { return nil }
+            guard fileOffset % s == 0, fileOffset <= Self.maxFileSize else { return nil }
             if sig == Array("zero".utf8) {
                 let zl = le64(bytes, d + 8)
-                guard zl % s == 0, zl <= UInt64(Int64.max) - fileOffset else { return nil }
+                guard zl % s == 0, zl <= Self.maxFileSize - fileOffset else { return nil }
                 e.order.append((false, e.zeros.count))
                 e.zeros.append((fileOffset, zl))
             } else if sig == Array("desc".utf8) {

@@ -202,6 +202,24 @@ struct VHDXLogReplayTests {
         #expect(replayed > 0 && other > 0, "replayed \(replayed), other \(other)")
     }
 
+    /// An entry vouching for an absurd or unaligned file size is not a valid entry: it is not
+    /// replayed (so it cannot stretch the file to make any BAT offset look inside it).
+    @Test func entryWithAbsurdFileSizesIsIgnored() throws {
+        let dir = TS.tempDir()
+        let (b, log, _, block1) = try Self.base(dir)
+        let ref = try TS.qemuContents(dir + "/s.vhdx", format: "vhdx")
+        let guid: [UInt8] = (0..<16).map { UInt8(0xa0 + $0) }
+        for (flushed, last) in [(UInt64(b.count), UInt64(1) << 60), (UInt64(b.count), UInt64(b.count) + 4096), (UInt64.max & ~0xfffff, UInt64(b.count))] {
+            let e = Self.entry(seq: 1, tail: 0, guid: guid, flushed: flushed, last: last, [.data(offset: block1, page: Self.page(9))])
+            let p = dir + "/absurd.vhdx"
+            try TS.writeFile(p, Self.dirty(b, logAt: log, guid: guid, e))
+            let img = try DiskImage.open(path: p, readOnly: true)
+            #expect((img as? VHDXImage)?.replayedLog == false, "flushed \(flushed) last \(last)")
+            #expect(try TS.readAll(img) == ref)
+            try img.close()
+        }
+    }
+
     /// A log whose head says the file was longer than it is: truncated, refused.
     @Test func truncatedFileIsRefused() throws {
         let dir = TS.tempDir()
