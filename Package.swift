@@ -61,7 +61,7 @@ let package = Package(
         .testTarget(name: "X86BootTests", dependencies: ["X86Boot", "VireoSupport"]),
         .testTarget(name: "DevicesTests", dependencies: ["Devices", "VireoSupport"]),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "Devices", "GuestMemory", "VireoSupport"], exclude: ["Corpus"]),
-        .testTarget(name: "DiskImageTests", dependencies: ["DiskImage", "VireoSupport"]),
+        .testTarget(name: "DiskImageTests", dependencies: ["DiskImage", "VireoSupport", "VireoTestSupport"]),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "GuestMemory", "VMM", "VireoSupport", "CProbeGuest"]),
         .testTarget(name: "HostTests", dependencies: ["Host", "VireoAPI", "VireoSupport", "DiskImage", "VireoTestSupport"]),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "X86Boot", "VireoSupport", "VireoTestSupport"]),

@@ -38,7 +38,7 @@ public protocol BlockImage: AnyObject {
 }
 
 public enum DiskImageFormat: String, CaseIterable, Sendable, CustomStringConvertible {
-    case raw, qcow2, vmdk, vhd
+    case raw, qcow2, vmdk, vhd, vhdx, vdi
     public var description: String { rawValue }
 
     /// Accepts qemu-img's names too (`vpc` is qemu's name for VHD).
@@ -48,6 +48,8 @@ public enum DiskImageFormat: String, CaseIterable, Sendable, CustomStringConvert
         case "qcow2": self = .qcow2
         case "vmdk": self = .vmdk
         case "vhd", "vpc": self = .vhd
+        case "vhdx": self = .vhdx
+        case "vdi": self = .vdi
         default: return nil
         }
     }
@@ -105,28 +107,15 @@ public enum DiskImage {
     /// chain cannot exhaust file descriptors.
     public static let maxChainDepth = 256
 
-    /// Guesses the format from the file's contents.
+    /// The format the file's signature names (rules in FormatProbe.swift); raw only when no
+    /// signature matches. A format Vireo recognises but does not read (QED, qcow v1, DMG, ...)
+    /// is an `.unsupported` error that names it; `probeDetailed` returns it instead.
     public static func probe(path: String) throws(VireoError) -> DiskImageFormat {
-        let f = try ImageFile.open(path, writable: false)
-        defer { f.close() }
-        return try probe(file: f)
+        try probeDetailed(path: path).readable(path: path)
     }
 
     static func probe(file f: ImageFile) throws(VireoError) -> DiskImageFormat {
-        var head = [UInt8](repeating: 0, count: 512)
-        var failure: VireoError?
-        head.withUnsafeMutableBytes { p in do throws(VireoError) { try f.read(into: p, at: 0) } catch { failure = error } }
-        if let failure { throw failure }
-        if head[0] == 0x51, head[1] == 0x46, head[2] == 0x49, head[3] == 0xfb { return .qcow2 }
-        if head[0] == 0x4b, head[1] == 0x44, head[2] == 0x4d, head[3] == 0x56 { return .vmdk }  // "KDMV"
-        if Array(head[0..<8]) == Array("conectix".utf8) { return .vhd }
-        if Array(head[0..<21]) == Array("# Disk DescriptorFile".utf8) { return .vmdk }
-        let size = try f.size()
-        if size >= 512 {
-            let foot = try f.readBytes(512, at: size - 512, what: "VHD footer")
-            if Array(foot[0..<8]) == Array("conectix".utf8) { return .vhd }
-        }
-        return .raw
+        try probeDetailed(file: f).readable(path: f.path)
     }
 
     /// Opens an image and its backing chain. `format` nil means probe.
@@ -162,6 +151,12 @@ public enum DiskImage {
         case .vhd:
             guard options.readOnly else { throw VireoError(.unsupported, "VHD images are supported read-only (import)", hint: "open read-only, or convert: vireo disk convert -O qcow2 \(path) OUT.qcow2") }
             return try VHDImage(file: file)
+        case .vhdx:
+            guard options.readOnly else { throw VireoError(.unsupported, "VHDX images are supported read-only (import)", hint: "open read-only, or convert: vireo disk convert -O qcow2 \(path) OUT.qcow2") }
+            return try VHDXImage(file: file, options: options, chain: &chain)
+        case .vdi:
+            guard options.readOnly else { throw VireoError(.unsupported, "VDI images are supported read-only (import)", hint: "open read-only, or convert: vireo disk convert -O qcow2 \(path) OUT.qcow2") }
+            return try VDIImage(file: file)
         }
     }
 

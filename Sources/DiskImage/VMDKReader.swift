@@ -14,13 +14,21 @@ public final class VMDKImage: BlockImage, @unchecked Sendable {
     public var backing: BlockImage? { nil }
     public private(set) var createType = ""
 
+    /// Longest list of extents a descriptor may name: far beyond any real image (VMware's
+    /// 2 GiB-split disks of 62 TiB need ~31,000), bounded so a hostile one cannot exhaust
+    /// file descriptors or memory.
+    static let maxExtents = 40_000
+
+    /// An extent's guest bytes sit at [base, base + size) of the virtual disk. Every offset
+    /// formed from one is checked at parse time: `offset + size` of a flat extent does not
+    /// overflow, so `offset + (o - base)` cannot either.
     enum Extent {
         case sparse(Sparse)
         case flat(file: ImageFile, offset: UInt64, size: UInt64)
         case zero(size: UInt64)
         var size: UInt64 {
             switch self {
-            case .sparse(let s): return s.capacity
+            case .sparse(let s): return s.extentSize
             case .flat(_, _, let n), .zero(let n): return n
             }
         }
@@ -29,6 +37,8 @@ public final class VMDKImage: BlockImage, @unchecked Sendable {
     final class Sparse {
         let file: ImageFile
         var capacity: UInt64 = 0
+        /// The extent's length in the virtual disk (its capacity); bytes past `capacity` read as zero.
+        var extentSize: UInt64 = 0
         var grainBytes: UInt64 = 0
         var gtes: UInt64 = 0
         var gd: [UInt32] = []
@@ -47,6 +57,10 @@ public final class VMDKImage: BlockImage, @unchecked Sendable {
         self.file = file
         self.policy = policy
         let head = try file.readBytes(Int(min(try file.size(), 512)), at: 0, what: "VMDK header")
+        if head.count >= 4, Array(head[0..<4]) == Array("COWD".utf8) {
+            throw VireoError(.unsupported, "\(file.path) is a VMDK3 (COWD, ESX 2.x sparse) image, which Vireo does not read",
+                             hint: "convert it with qemu-img convert -f vmdk -O qcow2 \(file.path) OUT.qcow2, then use OUT.qcow2")
+        }
         if head.count >= 4, le32(head, 0) == 0x564d_444b {
             let s = try Self.parseSparse(file)
             extents = [.sparse(s)]
@@ -81,6 +95,7 @@ public final class VMDKImage: BlockImage, @unchecked Sendable {
         guard s.gtes >= 1, s.gtes <= 4096 else { throw bad("\(s.gtes) grain table entries per table is invalid") }
         guard capSectors <= (UInt64(1) << 44) else { throw bad("capacity \(capSectors) sectors is absurd") }
         s.capacity = capSectors * 512
+        s.extentSize = s.capacity
         s.grainBytes = grainSectors * 512
         s.compressed = flags & (1 << 16) != 0
         s.zeroGrains = flags & (1 << 2) != 0
@@ -101,6 +116,9 @@ public final class VMDKImage: BlockImage, @unchecked Sendable {
         guard text.contains("# Disk DescriptorFile") || text.contains("createType") else {
             throw VireoError(.corrupt, "\(path): not a VMDK file")
         }
+        func bad(_ m: String) -> VireoError {
+            VireoError(.corrupt, "\(path): VMDK descriptor \(m)", hint: "the descriptor is damaged or hostile; do not use it")
+        }
         for line in text.split(whereSeparator: { $0 == "\n" || $0 == "\r" }) {
             let l = String(line).trimmingWhitespace()
             if l.hasPrefix("createType") {
@@ -110,7 +128,9 @@ public final class VMDKImage: BlockImage, @unchecked Sendable {
             let parts = l.split(separator: " ", maxSplits: 3)
             guard parts.count >= 3, ["RW", "RDONLY", "NOACCESS"].contains(String(parts[0])),
                   let sectors = UInt64(parts[1]), sectors <= (UInt64(1) << 44) else { continue }
+            guard extents.count < Self.maxExtents else { throw bad("names more than \(Self.maxExtents) extents") }
             let type = String(parts[2])
+            let bytes = sectors * 512   // sectors <= 2^44: no overflow
             var name = ""
             var extOff: UInt64 = 0
             if parts.count == 4 {
@@ -118,25 +138,37 @@ public final class VMDKImage: BlockImage, @unchecked Sendable {
                 let q = rest.split(separator: "\"", omittingEmptySubsequences: false)
                 if q.count >= 3 {
                     name = String(q[1])
-                    extOff = UInt64(String(q[2]).trimmingWhitespace()) ?? 0
+                    let offText = String(q[2]).trimmingWhitespace()
+                if !offText.isEmpty {
+                    guard let v = UInt64(offText) else { throw bad("extent '\(l.prefix(200))' has an invalid offset '\(offText.prefix(40))'") }
+                    extOff = v
                 }
+                }
+            }
+            if ["FLAT", "VMFS", "SPARSE"].contains(type) && name.isEmpty {
+                throw bad("extent '\(l.prefix(200))' names no file (expected: ACCESS SECTORS TYPE \"FILE\" [OFFSET])")
             }
             switch type {
             case "FLAT", "VMFS":
                 let ep = try DiskImage.resolveBacking(name: name, of: path, policy: policy == .forbidden ? .confined : policy)
+                let start = try checkedMul(extOff, 512, "\(path): VMDK extent offset \(extOff)")
+                let end = try checkedAdd(start, bytes, "\(path): VMDK extent at sector \(extOff) of \(sectors) sectors")
+                guard end <= UInt64(Int64.max) else { throw bad("extent at sector \(extOff) of \(sectors) sectors ends past any file size") }
                 let f = try ImageFile.open(ep, writable: false)
-                extents.append(.flat(file: f, offset: try checkedMul(extOff, 512, "VMDK extent offset"), size: sectors * 512))
+                extents.append(.flat(file: f, offset: start, size: bytes))
             case "ZERO":
-                extents.append(.zero(size: sectors * 512))
+                extents.append(.zero(size: bytes))
             case "SPARSE":
                 let ep = try DiskImage.resolveBacking(name: name, of: path, policy: policy == .forbidden ? .confined : policy)
                 let s = try Self.parseSparse(try ImageFile.open(ep, writable: false))
-                s.capacity = min(s.capacity, sectors * 512)
+                // As qemu-img does, a sparse extent is as long as its own header says; the
+                // descriptor's sector count is ignored (a lie there cannot shift later extents).
+                s.extentSize = s.capacity
                 extents.append(.sparse(s))
             default:
                 throw VireoError(.unsupported, "\(path): VMDK extent type \(type) is not supported")
             }
-            virtualSize = try checkedAdd(virtualSize, sectors * 512, "VMDK size")
+            virtualSize = try checkedAdd(virtualSize, extents[extents.count - 1].size, "\(path): VMDK size")
         }
         guard !extents.isEmpty else { throw VireoError(.corrupt, "\(path): VMDK descriptor names no extents") }
     }
@@ -163,8 +195,14 @@ public final class VMDKImage: BlockImage, @unchecked Sendable {
         var pos = 0
         while pos < buf.count {
             let o = off + UInt64(pos)
+            if o >= s.capacity {
+                // The descriptor made the extent longer than its sparse file: the rest is zero.
+                // SAFETY: pos < buf.count (loop condition), so buf[pos...] lies inside `buf`.
+                UnsafeMutableRawBufferPointer(rebasing: buf[pos...]).initializeMemory(as: UInt8.self, repeating: 0)
+                return
+            }
             let inGrain = o % s.grainBytes
-            let n = Int(min(s.grainBytes - inGrain, UInt64(buf.count - pos)))
+            let n = Int(min(s.grainBytes - inGrain, UInt64(buf.count - pos), s.capacity - o))
             let part = UnsafeMutableRawBufferPointer(rebasing: buf[pos..<pos + n])
             let e = try gte(s, o)
             if e == 0 || (e == 1 && s.zeroGrains) {
@@ -215,12 +253,17 @@ public final class VMDKImage: BlockImage, @unchecked Sendable {
                 let part = UnsafeMutableRawBufferPointer(rebasing: buffer[pos..<pos + n])
                 switch ext {
                 case .zero: part.initializeMemory(as: UInt8.self, repeating: 0)
-                case .flat(let f, let eo, _): try f.read(into: part, at: eo + (o - base))
+                case .flat(let f, let eo, _): try f.read(into: part, at: eo + (o - base))   // eo + size checked at parse
                 case .sparse(let s): try readSparse(s, into: part, at: o - base)
                 }
                 pos += n
             }
             base = end
+        }
+        if pos < buffer.count {
+            // Unreachable while extents cover virtualSize (they do by construction); never leak memory.
+            // SAFETY: pos < buffer.count, so buffer[pos...] lies inside `buffer`.
+            UnsafeMutableRawBufferPointer(rebasing: buffer[pos...]).initializeMemory(as: UInt8.self, repeating: 0)
         }
     }
 
@@ -239,18 +282,27 @@ public final class VMDKImage: BlockImage, @unchecked Sendable {
                 let limit = min(maxLength, end - offset)
                 switch ext {
                 case .zero: return BlockStatus(state: .zero, length: limit)
-                case .flat(_, let eo, _): return BlockStatus(state: .data, length: limit, hostOffset: eo + offset - base)
+                case .flat(_, let eo, _): return BlockStatus(state: .data, length: limit, hostOffset: eo + (offset - base))
                 case .sparse(let s):
                     let o = offset - base
-                    let e = try gte(s, o)
-                    let zero = e == 0 || (e == 1 && s.zeroGrains)
-                    var len = min(s.grainBytes - o % s.grainBytes, limit)
-                    while len < limit {
-                        let e2 = try gte(s, o + len)
-                        if (e2 == 0 || (e2 == 1 && s.zeroGrains)) != zero { break }
-                        len += min(s.grainBytes, limit - len)
+                    if o >= s.capacity { return BlockStatus(state: .zero, length: limit) }
+                    let limitIn = min(limit, s.capacity - o)
+                    func isZero(_ at: UInt64) throws(VireoError) -> (zero: Bool, run: UInt64) {
+                        // A missing grain table is one zero run of gtes grains: skip it whole, so
+                        // mapping a huge empty extent costs one step per table, not per grain.
+                        let span = s.grainBytes * s.gtes
+                        if s.gd[Int(at / s.grainBytes / s.gtes)] == 0 { return (true, span - at % span) }
+                        let e = try gte(s, at)
+                        return (e == 0 || (e == 1 && s.zeroGrains), s.grainBytes - at % s.grainBytes)
                     }
-                    return BlockStatus(state: zero ? .zero : .data, length: len, compressed: s.compressed && !zero)
+                    let first = try isZero(o)
+                    var len = min(first.run, limitIn)
+                    while len < limitIn {
+                        let next = try isZero(o + len)
+                        if next.zero != first.zero { break }
+                        len += min(next.run, limitIn - len)
+                    }
+                    return BlockStatus(state: first.zero ? .zero : .data, length: len, compressed: s.compressed && !first.zero)
                 }
             }
             base = end

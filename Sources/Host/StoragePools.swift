@@ -67,7 +67,9 @@ struct StoragePools: Sendable {
     /// An image file and every file it reads through: each backing file (qcow2) and extent
     /// (VMDK) must resolve inside the image's own pool. Backing names are read from the headers
     /// without opening the files they name.
-    func confineImage(_ path: String, field: String) throws -> String {
+    /// `runnable`: a VM disk, which only raw and qcow2 can be (other formats are refused by the
+    /// format check next, without being opened here).
+    func confineImage(_ path: String, field: String, runnable: Bool = false) throws -> String {
         let top = try confine(path, field: field)
         guard let pool = pool(of: top) else { return top }
         _ = pool
@@ -90,16 +92,17 @@ struct StoragePools: Sendable {
                 // clones) may name a base in any pool; every other image only one in its own.
                 let own = self.pool(of: current)
                 current = try confine(next, field: "\(field)'s backing file '\(name.prefix(200))'", within: own == roots.first ? nil : own)
-            case .vmdk:
-                // Extents are opened read-only (confined to the descriptor's directory), then
-                // each must resolve inside the pool.
+            case .vmdk, .vhd, .vhdx, .vdi:
+                if runnable { return top }
+                // Extents and parents are opened read-only (confined to the image's directory),
+                // then each must resolve inside the pool.
                 do {
-                    let image = try DiskImage.open(path: current, format: .vmdk, options: OpenOptions(readOnly: true, backingPolicy: .confined))
+                    let image = try DiskImage.open(path: current, format: format, options: OpenOptions(readOnly: true, backingPolicy: .confined))
                     let files = image.referencedFiles
                     try? image.close()
                     for f in files where f != current { _ = try confine(f, field: "\(field)'s extent '\(f.prefix(200))'", within: pool) }
                 } catch let e as HTTPError { throw e } catch {
-                    throw HTTPError.invalid("invalid-disk", "\(field): \(current.prefix(200)) cannot be read as a VMDK image: \(error)")
+                    throw HTTPError.invalid("invalid-disk", "\(field): \(current.prefix(200)) cannot be read as a \(format) image: \(error)")
                 }
                 return top
             default:
@@ -118,7 +121,7 @@ extension HostService {
         if let k = config.kernel { config.kernel = try pools.confine(k, field: "kernel") }
         if let i = config.initrd { config.initrd = try pools.confine(i, field: "initrd") }
         for n in config.disks.indices {
-            config.disks[n].path = try pools.confineImage(config.disks[n].path, field: "disks[\(n)].path")
+            config.disks[n].path = try pools.confineImage(config.disks[n].path, field: "disks[\(n)].path", runnable: true)
         }
     }
 }

@@ -34,7 +34,7 @@ enum OutputFormat: String, ExpressibleByArgument { case human, json }
 func parseFormat(_ s: String?) throws -> DiskImageFormat? {
     guard let s else { return nil }
     guard let f = DiskImageFormat(name: s) else {
-        throw ValidationError("unknown image format '\(s)' (supported: raw, qcow2, vmdk, vhd/vpc)")
+        throw ValidationError("unknown image format '\(s)' (supported: raw, qcow2, vmdk, vhd/vpc, vhdx, vdi)")
     }
     return f
 }

@@ -176,6 +176,11 @@ func infoHuman(_ img: BlockImage) -> String {
     }
     if let v = img as? VMDKImage { lines.append("create type: \(v.createType)") }
     if let v = img as? VHDImage { lines.append("subformat: \(v.isDynamic ? "dynamic" : "fixed")") }
+    if let v = img as? VHDXImage {
+        lines.append("subformat: \(v.subformat)")
+        if let parent = v.parentName { lines.append("backing file: \(parent)") }
+    }
+    if let v = img as? VDIImage { lines.append("subformat: \(v.subformat)") }
     return lines.joined(separator: "\n")
 }
 

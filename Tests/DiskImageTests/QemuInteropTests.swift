@@ -103,7 +103,7 @@ struct QemuInteropTests {
         #expect(try TS.qemuContents(p, snapshot: "second") == secondRef)
     }
 
-    @Test(arguments: ["monolithicSparse", "streamOptimized", "monolithicFlat"])
+    @Test(arguments: ["monolithicSparse", "streamOptimized", "monolithicFlat", "twoGbMaxExtentSparse", "twoGbMaxExtentFlat"])
     func readsQemuVMDK(subformat: String) throws {
         let dir = TS.tempDir()
         let raw = dir + "/src.raw", v = dir + "/d.vmdk"

@@ -2,6 +2,7 @@ import DiskImage
 import Foundation
 import Testing
 import VireoSupport
+import VireoTestSupport
 
 /// Shared helpers: temporary directories, running qemu-img / qemu-io / vireo, image contents.
 enum TS {
@@ -29,15 +30,10 @@ enum TS {
         URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
     }
 
-    /// The vireo binary: $VIREO_BIN, else .build/release/vireo, else .build/debug/vireo.
-    static let vireo: String? = {
-        if let e = ProcessInfo.processInfo.environment["VIREO_BIN"], FileManager.default.isExecutableFile(atPath: e) { return e }
-        for c in ["release", "debug"] {
-            let p = packageRoot.appendingPathComponent(".build/\(c)/vireo").path
-            if FileManager.default.isExecutableFile(atPath: p) { return p }
-        }
-        return nil
-    }()
+    /// The vireo binary, found as every test target finds it (VireoTestSupport): $VIREO_BIN, else
+    /// the most recently built of .build/release/vireo and .build/debug/vireo (a stale release
+    /// build no longer shadows the debug build just made).
+    static let vireo: String? = VireoBinary.path.flatMap { FileManager.default.isExecutableFile(atPath: $0) ? $0 : nil }
     static var hasVireo: Bool {
         if vireo == nil { skipNote("vireo binary not built (swift build --product vireo, or set VIREO_BIN); CLI tests skipped") }
         return vireo != nil
@@ -153,6 +149,30 @@ enum TS {
         defer { try? FileManager.default.removeItem(atPath: out) }
         return try readFile(out)
     }
+
+    /// Opens, reads in pieces, maps (as `vireo disk map`) and converts (as `vireo disk convert`).
+    static func exerciseHostile(_ path: String) -> VireoError? {
+        do {
+            let img = try DiskImage.open(path: path, options: OpenOptions(readOnly: true, backingPolicy: .confined))
+            defer { try? img.close() }
+            let size = img.virtualSize
+            for off in [0, 512, 65536, size / 2, size &- 4096] where off < size {
+                _ = try TS.read(img, Int(min(4096, size - off)), at: off)
+            }
+            if size <= 256 << 20 {
+                _ = try ImageOperations.map(img)
+                try ImageOperations.convert(img, to: path + ".out.qcow2", options: ImageOperations.ConvertOptions())
+            }
+            return nil
+        } catch let e as VireoError {
+            return e
+        } catch {
+            Issue.record("non-VireoError \(error)")
+            return nil
+        }
+    }
+
+    // MARK: VDI
 }
 
 final class DataBox: @unchecked Sendable {

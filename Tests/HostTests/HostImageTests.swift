@@ -84,7 +84,7 @@ struct HostImageTests {
     @Test func importsOfWhatQemuImgWroteCompareEqual() throws {
         let d = try TestDaemon()
         defer { d.shutdown() }
-        // A qcow2 with data in several places, and the same disk as a VMDK and as a VHD.
+        // A qcow2 with data in several places, and the same disk as a VMDK, a VHD, a VHDX and a VDI.
         let src = d.dir + "/src.qcow2"
         #expect(try ChildProcessRunner.run(["/usr/bin/qemu-img", "create", "-f", "qcow2", src, "96M"]).status == 0)
         for (pattern, offset, length) in [("0xab", "0", "3M"), ("0x5c", "17M", "1M"), ("0x01", "95M", "1M")] {
@@ -94,14 +94,19 @@ struct HostImageTests {
         let vmdk = d.dir + "/src.vmdk", vhd = d.dir + "/src.vhd"
         #expect(try ChildProcessRunner.run(["/usr/bin/qemu-img", "convert", "-O", "vmdk", src, vmdk]).status == 0)
         #expect(try ChildProcessRunner.run(["/usr/bin/qemu-img", "convert", "-O", "vpc", "-o", "force_size=on", src, vhd]).status == 0)
+        let vhdx = d.dir + "/src.vhdx", vdi = d.dir + "/src.vdi"
+        #expect(try ChildProcessRunner.run(["/usr/bin/qemu-img", "convert", "-O", "vhdx", src, vhdx]).status == 0)
+        #expect(try ChildProcessRunner.run(["/usr/bin/qemu-img", "convert", "-O", "vdi", src, vdi]).status == 0)
 
         let fromQcow2 = try #require(try create(d, #"{"name":"from-qcow2","source":"\#(src)"}"#))
         let fromVMDK = try #require(try create(d, #"{"name":"from-vmdk","source":"\#(vmdk)"}"#))
         let fromVMDKRaw = try #require(try create(d, #"{"name":"from-vmdk-raw","source":"\#(vmdk)","format":"raw"}"#))
         let fromVHD = try #require(try create(d, #"{"name":"from-vhd","source":"\#(vhd)"}"#))
+        let fromVHDX = try #require(try create(d, #"{"name":"from-vhdx","source":"\#(vhdx)"}"#))
+        let fromVDI = try #require(try create(d, #"{"name":"from-vdi","source":"\#(vdi)","format":"raw"}"#))
         let thickRaw = try #require(try create(d, #"{"name":"thick-raw","source":"\#(src)","format":"raw","provisioning":"thick"}"#))
         #expect(try QemuImg.info(thickRaw.path).actualSize >= 96 * Self.mib)
-        for img in [fromQcow2, fromVMDK, fromVMDKRaw, fromVHD, thickRaw] {
+        for img in [fromQcow2, fromVMDK, fromVMDKRaw, fromVHD, fromVHDX, fromVDI, thickRaw] {
             #expect(img.state == .ready)
             let cmp = try ChildProcessRunner.run(["/usr/bin/qemu-img", "compare", src, img.path])
             #expect(cmp.status == 0, "qemu-img compare \(img.name): \(cmp.stdout) \(cmp.stderr)")
@@ -130,6 +135,19 @@ struct HostImageTests {
         mkdir(notAnImage, 0o755)
         let tiny = d.dir + "/hostname"
         FileManager.default.createFile(atPath: tiny, contents: Data("host\n".utf8))
+        // A format Vireo recognises but does not read is refused by name, not imported as raw.
+        let qed = d.dir + "/old.qed"
+        #expect(try ChildProcessRunner.run(["/usr/bin/qemu-img", "create", "-f", "qed", qed, "8M"]).status == 0)
+        let refused = try d.req("POST", "/v1/images", json: #"{"name":"z21","source":"\#(qed)"}"#)
+        #expect(refused.status == 422 && refused.text.contains("invalid-disk") && refused.text.contains("is a QED image"), "\(refused.text)")
+        // Issue 10: a hostile VMDK descriptor (a flat extent whose offset + length overflows) used to
+        // pass the first open and then trap the conversion thread, killing the daemon. Now it is a
+        // 422 and the daemon keeps answering (the requests below).
+        let evil = d.dir + "/evil.vmdk"
+        try Data(("# Disk DescriptorFile\nversion=1\ncreateType=\"monolithicFlat\"\nRW 128 ZERO\n"
+                  + "RW 2048 FLAT \"evil.vmdk\" 36028797018963967\n").utf8).write(to: URL(fileURLWithPath: evil))
+        let hostile = try d.req("POST", "/v1/images", json: #"{"name":"z22","source":"\#(evil)"}"#)
+        #expect(hostile.status == 422 && hostile.text.contains("invalid-disk") && hostile.text.contains("overflows"), "\(hostile.text)")
         let cases: [(String, Int, String)] = [
             (#"{"name":"Bad","size_bytes":1048576}"#, 400, "invalid-name"),
             (#"{"name":"../../etc/x","size_bytes":1048576}"#, 400, "invalid-name"),
@@ -156,7 +174,7 @@ struct HostImageTests {
             (#"{"name":"z18","size_bytes":70368744177664,"provisioning":"thick"}"#, 507, "insufficient-space"),
             (#"{"name":"z19","source":"\#(tiny)"}"#, 422, "out-of-range"),
             (#"{"name":"z20","source":"\#(tiny)","provisioning":"thick"}"#, 422, "invalid-provisioning"),
-            (#"{"name":"z21","source":"/etc/hostname"}"#, 422, "outside-pools"),
+            (#"{"name":"z23","source":"/etc/hostname"}"#, 422, "outside-pools"),
             ("[1]", 400, "malformed-json"),
         ]
         for (body, status, code) in cases {

@@ -71,6 +71,13 @@ struct DiskFormatRunTests {
         let (s4, _, e4) = try run(["--disk", "path=\(vhd),format=raw"])
         #expect(s4 == 1 && e4.contains("declared raw but starts with a vhd signature"), "\(e4)")
         for e in [e1, e2, e3, e4] { #expect(!e.contains("Fatal error") && e.split(separator: "\n").count <= 2, "\(e)") }
+        // A guest that encrypted its whole raw disk wrote a LUKS header at sector 0: declared raw,
+        // it runs (LUKS names no other file); undeclared, it is not guessed.
+        let luks = file("enc.raw", [0x4C, 0x55, 0x4B, 0x53, 0xBA, 0xBE, 0x00, 0x01])
+        let (s5, _, e5) = try run(["--disk", "path=\(luks),format=raw"])
+        #expect(s5 == 0, "\(e5)")
+        let (s6, _, e6) = try run(["--disk", "path=\(luks)"])
+        #expect(s6 == 1 && e6.contains("LUKS"), "\(e6)")
     }
 
     @Test func runsAConfigurationFileAndRefusesABadOne() throws {
