@@ -31,6 +31,10 @@ public final class GuestMemory: @unchecked Sendable {
         case anonymous
         /// A memfd per region, so the memory can be shared with another process or saved.
         case memfd
+        /// A snapshot's memory file, mapped copy-on-write (MAP_PRIVATE): the regions lie in it
+        /// one after another in guest-physical order. Pages are read in when the guest first
+        /// touches them and stay shared, in the page cache, between VMs restored from one file.
+        case snapshotFile(String)
     }
 
     public struct Options: Sendable {
@@ -69,9 +73,21 @@ public final class GuestMemory: @unchecked Sendable {
             total += r.size
         }
         var mapped: [GuestRegion] = []
+        var file: OwnedFD?
+        if case let .snapshotFile(path) = options.backing {
+            let f = try OwnedFD.open(path, flags: O_RDONLY, purpose: "read the snapshot's memory from")
+            var st = stat()
+            guard fstat(f.rawValue, &st) == 0, st.st_size >= 0, UInt64(st.st_size) >= total else {
+                throw VireoError(.corrupt, "snapshot memory file \(path) is shorter than the guest's \(ByteSize.format(total)) of RAM",
+                                 hint: "the snapshot is incomplete; take it again")
+            }
+            file = f
+        }
         do {
+            var offset: UInt64 = 0
             for r in sorted {
-                mapped.append(try GuestMemory.map(base: r.base, size: r.size, options: options))
+                mapped.append(try GuestMemory.map(base: r.base, size: r.size, options: options, file: file.map { ($0.rawValue, offset) }))
+                offset += r.size
             }
         } catch {
             for m in mapped { GuestMemory.unmap(m) }
@@ -85,11 +101,17 @@ public final class GuestMemory: @unchecked Sendable {
         for r in regions { GuestMemory.unmap(r) }
     }
 
-    private static func map(base: UInt64, size: UInt64, options: Options) throws -> GuestRegion {
+    private static func map(base: UInt64, size: UInt64, options: Options, file: (fd: Int32, offset: UInt64)? = nil) throws -> GuestRegion {
         guard size <= UInt64(Int.max) else { throw VireoError(.outOfRange, "guest memory region too large") }
         var fd: Int32 = -1
         var flags = MAP_NORESERVE
-        if options.backing == .memfd {
+        var fileOffset: off_t = 0
+        if let file {
+            // The mapping keeps the file referenced; the descriptor is not kept.
+            fd = file.fd
+            fileOffset = off_t(file.offset)
+            flags |= MAP_PRIVATE
+        } else if case .memfd = options.backing {
             fd = vireo_memfd_create("vireo-guest-ram", VIREO_MFD_CLOEXEC)
             guard fd >= 0 else { throw VireoError.system("cannot create a memfd for guest memory") }
             guard ftruncate(fd, off_t(size)) == 0 else {
@@ -118,17 +140,17 @@ public final class GuestMemory: @unchecked Sendable {
                 at = UnsafeMutableRawPointer(bitPattern: aligned)
             }
         }
-        let p = mmap(at, Int(size), PROT_READ | PROT_WRITE, flags | (at == nil ? 0 : MAP_FIXED), fd, 0)
+        let p = mmap(at, Int(size), PROT_READ | PROT_WRITE, flags | (at == nil ? 0 : MAP_FIXED), fd, fileOffset)
         guard let p, p != MAP_FAILED else {
             let e = errno
             if let at { munmap(at, Int(size)) }
-            if fd >= 0 { close(fd) }
+            if fd >= 0, file == nil { close(fd) }
             throw VireoError.system("cannot map \(ByteSize.format(size)) of guest memory", errno: e,
                                     hint: "use a smaller --memory, or check ulimit -v and vm.overcommit_memory")
         }
         if options.mergeable { _ = madvise(p, Int(size), MADV_MERGEABLE) }
         if options.hugepages { _ = madvise(p, Int(size), MADV_HUGEPAGE) }
-        return GuestRegion(guestBase: base, size: size, host: p, memfd: fd >= 0 ? fd : nil)
+        return GuestRegion(guestBase: base, size: size, host: p, memfd: fd >= 0 && file == nil ? fd : nil)
     }
 
     private static func unmap(_ r: GuestRegion) {

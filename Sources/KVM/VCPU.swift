@@ -135,7 +135,7 @@ public final class VCPU: @unchecked Sendable {
     // MARK: - Register state
 
     @inline(__always)
-    private func ioctl(_ request: UInt, _ arg: UnsafeMutableRawPointer?, _ what: @autoclosure () -> String) throws {
+    func ioctl(_ request: UInt, _ arg: UnsafeMutableRawPointer?, _ what: @autoclosure () -> String) throws {
         _ = try retryingEINTR("vCPU \(id): " + what()) { vireo_ioctl_ptr(fd.rawValue, request, arg) }
     }
 

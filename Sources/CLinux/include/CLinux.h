@@ -63,6 +63,15 @@ static const unsigned long VIREO_KVM_SET_SREGS = KVM_SET_SREGS;
 static const unsigned long VIREO_KVM_GET_FPU = KVM_GET_FPU;
 static const unsigned long VIREO_KVM_SET_FPU = KVM_SET_FPU;
 static const unsigned long VIREO_KVM_SET_XCRS = KVM_SET_XCRS;
+// ---- machine state (snapshots)
+static const unsigned long VIREO_KVM_GET_XCRS = KVM_GET_XCRS;
+static const unsigned long VIREO_KVM_GET_XSAVE = KVM_GET_XSAVE;
+static const unsigned long VIREO_KVM_SET_XSAVE = KVM_SET_XSAVE;
+static const unsigned long VIREO_KVM_GET_DEBUGREGS = KVM_GET_DEBUGREGS;
+static const unsigned long VIREO_KVM_SET_DEBUGREGS = KVM_SET_DEBUGREGS;
+static const unsigned long VIREO_KVM_GET_PIT2 = KVM_GET_PIT2;
+static const unsigned long VIREO_KVM_SET_PIT2 = KVM_SET_PIT2;
+static const unsigned long VIREO_KVM_KVMCLOCK_CTRL = KVM_KVMCLOCK_CTRL;
 static const unsigned long VIREO_KVM_SET_CPUID2 = KVM_SET_CPUID2;
 static const unsigned long VIREO_KVM_GET_MSRS = KVM_GET_MSRS;
 static const unsigned long VIREO_KVM_SET_MSRS = KVM_SET_MSRS;

@@ -1,0 +1,171 @@
+import CLinux
+import GuestMemory
+import KVM
+import VireoConfig
+import VireoSupport
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What a machine restores from: the parsed state and its memory file.
+public struct RestoreSource: Sendable {
+    public var snapshot: MachineSnapshot
+    public var memoryPath: String
+
+    /// Reads `dir/state.vsnap` (checked: magic, version, length, CRC, layout) and finds
+    /// `dir/memory.bin`. Nothing is mapped or run yet.
+    public static func load(_ dir: String) throws -> RestoreSource {
+        let statePath = dir + "/" + SnapshotFile.stateName
+        let bytes = try OwnedFD.readFile(statePath, limit: UInt64(SnapshotFile.maxBody + SnapshotFile.headerSize), what: "snapshot state")
+        let snapshot = try SnapshotFile.decode(bytes, source: statePath)
+        let memoryPath = dir + "/" + SnapshotFile.memoryName
+        guard access(memoryPath, R_OK) == 0 else {
+            throw VireoError.system("snapshot \(dir) has no readable \(SnapshotFile.memoryName)", hint: "the snapshot is incomplete; take it again")
+        }
+        return RestoreSource(snapshot: snapshot, memoryPath: memoryPath)
+    }
+
+    /// The machine configuration to restore with: the snapshot's, with this run's wiring.
+    public func machineConfig(serial: MachineConfig.Serial) throws -> MachineConfig {
+        let boot: MachineConfig.Boot
+        if snapshot.boot.hasPrefix("probe:") {
+            boot = .probe(try ProbeWorkload.parse(String(snapshot.boot.dropFirst(6))))
+        } else {
+            throw VireoError(.unsupported, "snapshot boots '\(snapshot.boot.prefix(40))', which this release cannot restore")
+        }
+        let size = snapshot.memory.reduce(UInt64(0)) { $0 &+ $1.size }
+        var c = MachineConfig(boot: boot, cpus: snapshot.cpus, memorySize: size, serial: serial)
+        c.vm = snapshot.config
+        return c
+    }
+}
+
+/// Sizes of a snapshot just written.
+public struct SnapshotStats: Sendable {
+    public var stateBytes: Int
+    /// Guest pages written to the memory file (the rest are holes: never touched, or zero).
+    public var pagesWritten: UInt64
+    public var memoryBytes: UInt64
+}
+
+extension Machine {
+    /// Saves the machine into `dir` (created, or empty). The vCPUs must be parked (paused):
+    /// their state and RAM do not change while it is written. Files are written under
+    /// temporary names and renamed last, so an interrupted save leaves no snapshot that looks
+    /// whole.
+    public func writeSnapshot(to dir: String) throws -> SnapshotStats {
+        guard case let .probe(workload) = config.boot, let text = workload.configText else {
+            throw VireoError(.unsupported, "snapshots of Linux guests need every device's state, which this release does not save yet",
+                             hint: "snapshots cover probe-guest machines for now (docs/snapshots.md)")
+        }
+        guard pauseGate.isPaused, pauseGate.parked >= vcpus.count else {
+            throw VireoError(.conflict, "the machine must be paused while a snapshot is written")
+        }
+        if mkdir(dir, 0o700) != 0 && errno != EEXIST { throw VireoError.system("cannot create the snapshot directory \(dir)") }
+        let memTmp = dir + "/." + SnapshotFile.memoryName + ".tmp"
+        let stateTmp = dir + "/." + SnapshotFile.stateName + ".tmp"
+        defer { unlink(memTmp); unlink(stateTmp) }
+
+        let pages = try writeMemory(to: memTmp)
+        let msrs = try kvm.msrIndexList()
+        let states = try vcpus.map { try $0.captureState(msrIndices: msrs, withLAPIC: false) }
+        var devicesState: [String: MachineSnapshot.DeviceState] = [:]
+        if let probe = devices as? ProbeDevices { devicesState["probe"] = probe.snapshotState }
+        let snapshot = MachineSnapshot(format: MachineSnapshot.currentFormat, writer: "vireo " + VireoVersion.string, config: vmConfig,
+                                       cpus: vcpus.count, boot: "probe:" + text,
+                                       memory: memory.regions.map { .init(guestBase: $0.guestBase, size: $0.size) },
+                                       vcpus: states, chips: nil, devices: devicesState)
+        let bytes = try SnapshotFile.encode(snapshot)
+        try Self.writeAll(bytes, to: stateTmp)
+        guard rename(memTmp, dir + "/" + SnapshotFile.memoryName) == 0, rename(stateTmp, dir + "/" + SnapshotFile.stateName) == 0 else {
+            throw VireoError.system("cannot put the snapshot in place in \(dir)")
+        }
+        return SnapshotStats(stateBytes: bytes.count, pagesWritten: pages, memoryBytes: memory.totalSize)
+    }
+
+    /// Guest RAM into a sparse file: pages never touched (mincore) or all zero stay holes.
+    private func writeMemory(to path: String) throws -> UInt64 {
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw VireoError.system("cannot create \(path)") }
+        defer { close(fd) }
+        guard ftruncate(fd, off_t(memory.totalSize)) == 0 else { throw VireoError.system("cannot size \(path)") }
+        let page = 4096
+        var written: UInt64 = 0
+        var fileOffset: UInt64 = 0
+        for region in memory.regions {
+            let count = Int(region.size) / page
+            var resident = [UInt8](repeating: 1, count: count)
+            // SAFETY: region.host maps region.size bytes; `resident` has one byte per page.
+            _ = resident.withUnsafeMutableBufferPointer { mincore(region.host, Int(region.size), $0.baseAddress) }
+            var i = 0
+            while i < count {
+                guard resident[i] & 1 != 0, !Self.isZeroPage(region.host + i * page) else { i += 1; continue }
+                // A run of resident, non-zero pages goes in one write.
+                var j = i + 1
+                while j < count, resident[j] & 1 != 0, !Self.isZeroPage(region.host + j * page) { j += 1 }
+                let length = (j - i) * page
+                var done = 0
+                while done < length {
+                    // SAFETY: the range [i*page, j*page) lies inside the region's mapping.
+                    let n = pwrite(fd, region.host + i * page + done, length - done, off_t(fileOffset) + off_t(i * page + done))
+                    if n < 0 { if errno == EINTR { continue }; throw VireoError.system("cannot write guest memory to \(path)") }
+                    done += n
+                }
+                written += UInt64(j - i)
+                i = j
+            }
+            fileOffset += region.size
+        }
+        guard fsync(fd) == 0 else { throw VireoError.system("cannot sync \(path)") }
+        return written
+    }
+
+    private static func isZeroPage(_ p: UnsafeMutableRawPointer) -> Bool {
+        // SAFETY: p points at a whole mapped 4 KiB page.
+        let words = p.assumingMemoryBound(to: UInt64.self)
+        for k in 0..<512 where words[k] != 0 { return false }
+        return true
+    }
+
+    static func writeAll(_ bytes: [UInt8], to path: String) throws {
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw VireoError.system("cannot create \(path)") }
+        defer { close(fd) }
+        var off = 0
+        while off < bytes.count {
+            let n = bytes[off...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+            if n < 0 { if errno == EINTR { continue }; throw VireoError.system("cannot write \(path)") }
+            off += n
+        }
+        guard fsync(fd) == 0 else { throw VireoError.system("cannot sync \(path)") }
+    }
+}
+
+extension ProbeWorkload {
+    /// The workload as `--probe` text (what `parse` reads), for the snapshotable ones.
+    var configText: String? {
+        switch self {
+        case let .pioLoop(n): return "pio:\(n)"
+        case let .mmioLoop(n, address) where address == Self.defaultMMIOAddress: return "mmio:\(n)"
+        case let .dirty(p): return "dirty:\(p)"
+        case let .compute(n): return "compute:\(n)"
+        case .echo: return "echo"
+        default: return nil
+        }
+    }
+}
+
+extension ProbeDevices {
+    var snapshotState: MachineSnapshot.DeviceState { .probe(passes: passes.load(ordering: .relaxed)) }
+
+    func restore(_ devices: [String: MachineSnapshot.DeviceState]) throws {
+        guard case let .probe(n)? = devices["probe"] else { throw VireoError(.corrupt, "snapshot: no state for the probe device") }
+        passes.store(n, ordering: .relaxed)
+        // The first instruction ran before the snapshot: nothing to timestamp.
+    }
+}
+
+/// The version string snapshots record as their writer.
+public enum VireoVersion {
+    public static let string = "0.1.0"
+}
