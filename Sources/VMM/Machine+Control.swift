@@ -159,6 +159,7 @@ public final class ControlServer: @unchecked Sendable {
     static func handle(_ command: String, machine: Machine) -> String {
         let words = command.split(separator: " ")
         if words.first == "balloon" { return balloon(words.dropFirst().map(String.init), machine: machine) }
+        if words.first == "snapshot" { return snapshot(words.dropFirst().map(String.init), machine: machine) }
         switch command {
         case "config":
             // The configuration this VMM runs, whole (the daemon compares it with what it stored).
@@ -189,7 +190,7 @@ public final class ControlServer: @unchecked Sendable {
             machine.pauseGate.resume()
             return #"{"ok":true,"state":"stopping"}"#
         default:
-            return #"{"ok":false,"error":"unknown command; one of status, config, pause, resume, shutdown, stop, balloon [MIB]"}"#
+            return #"{"ok":false,"error":"unknown command; one of status, config, pause, resume, shutdown, stop, balloon [MIB], snapshot DIR"}"#
         }
     }
 
@@ -207,6 +208,43 @@ public final class ControlServer: @unchecked Sendable {
             balloon.setTarget(pages: UInt32(mib * 256))
         }
         return #"{"ok":true,"target_mib":\#(balloon.targetPages / 256),"actual_mib":\#(balloon.actualPages / 256)}"#
+    }
+
+    /// `snapshot DIR`: pauses the vCPUs (if running), writes the machine's state and RAM into
+    /// DIR, and resumes them if they were running. The guest sees a pause of the write's length.
+    static func snapshot(_ args: [String], machine: Machine) -> String {
+        guard args.count == 1, let dir = args.first, dir.hasPrefix("/") else {
+            return #"{"ok":false,"error":"snapshot takes one absolute directory path"}"#
+        }
+        let wasPaused = machine.pauseGate.isPaused
+        if !wasPaused {
+            guard machine.pauseGate.pause(vcpus: machine.vcpus, stop: machine.stop) else {
+                machine.pauseGate.resume()
+                return #"{"ok":false,"error":"the vCPUs did not stop within 2 s"}"#
+            }
+        }
+        defer { if !wasPaused { machine.pauseGate.resume() } }
+        let t0 = monotonicNanos()
+        do {
+            let s = try machine.writeSnapshot(to: dir)
+            let ms = (monotonicNanos() - t0) / 1_000_000
+            return #"{"ok":true,"dir":"\#(jsonEscaped(dir))","state_bytes":\#(s.stateBytes),"pages_written":\#(s.pagesWritten),"memory_bytes":\#(s.memoryBytes),"ms":\#(ms)}"#
+        } catch {
+            return #"{"ok":false,"error":"\#(jsonEscaped("\(error)"))"}"#
+        }
+    }
+
+    static func jsonEscaped(_ s: String) -> String {
+        var out = ""
+        for u in s.unicodeScalars {
+            switch u {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case _ where u.value < 0x20: out += "\\u" + String(repeating: "0", count: 4 - String(u.value, radix: 16).count) + String(u.value, radix: 16)
+            default: out.unicodeScalars.append(u)
+            }
+        }
+        return out
     }
 
     static func status(_ machine: Machine) -> String {

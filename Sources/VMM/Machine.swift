@@ -59,6 +59,13 @@ public final class Machine: @unchecked Sendable {
         return t == 0 ? nil : t
     }
 
+    /// For probe guests: when the first loop-port exit was handled (CLOCK_MONOTONIC ns).
+    public var probeFirstLoopExitNanos: UInt64? {
+        guard let p = devices as? ProbeDevices else { return nil }
+        let t = p.firstLoopExitNanos.load(ordering: .relaxed)
+        return t == 0 ? nil : t
+    }
+
     public static let tssAddress = X86MemoryLayout.tssAddress
     public static let identityMapAddress = X86MemoryLayout.identityMapAddress
 

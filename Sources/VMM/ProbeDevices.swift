@@ -14,6 +14,9 @@ final class ProbeDevices: ExitHandler, @unchecked Sendable {
     let benchStartNanos: UInt64?
     let firstInstructionNanos = Atomic<UInt64>(0)
     let passes = Atomic<UInt64>(0)
+    /// When the first exit on the loop port was handled (a restored PIO-loop machine's first
+    /// guest instruction after the restore; `vireo bench snapshot`).
+    let firstLoopExitNanos = Atomic<UInt64>(0)
     /// Called on every completed dirty pass (count so far).
     let onPass: (@Sendable (UInt64) -> Void)?
     /// Where other exits go (the PCI bus of a probe image with virtio devices). Set before
@@ -32,6 +35,7 @@ final class ProbeDevices: ExitHandler, @unchecked Sendable {
     func handlePortIO(_ io: IOExit, vcpu: Int) -> Bool {
         switch io.port {
         case ProbeGuest.loopPort:
+            if firstLoopExitNanos.load(ordering: .relaxed) == 0 { firstLoopExitNanos.store(monotonicNanos(), ordering: .relaxed) }
             return true
         case ProbeGuest.markerPort:
             guard io.isWrite, let marker = io.data.first else { return true }

@@ -26,6 +26,9 @@ struct RunCommand: ParsableCommand {
     @Option(help: "The VM's name in its configuration.")
     var name: String?
 
+    @Option(help: ArgumentHelp("Restore the machine saved in this snapshot directory (the control socket's `snapshot DIR`) instead of booting; it continues where it was saved. Probe-guest machines for now (docs/snapshots.md).", valueName: "dir"))
+    var restore: String?
+
     @Option(help: "Guest kernel: an ELF vmlinux or a bzImage.")
     var kernel: String?
 
@@ -95,6 +98,17 @@ struct RunCommand: ParsableCommand {
         wiring.serial = try parseSerial(serial)
         wiring.consoleSocket = consoleSocket
         let vm: VMConfig
+        if restore != nil, config != nil { throw ValidationError("give either --restore or --config: a snapshot carries its own configuration") }
+        if let restore {
+            let given = [("--kernel", kernel != nil), ("--initrd", initrd != nil), ("--cmdline", cmdline != nil), ("--cpus", cpus != nil),
+                         ("--memory", memory != nil), ("--disk", !disks.isEmpty), ("--net", !nets.isEmpty), ("--rng", rng),
+                         ("--balloon", balloon != nil), ("--vsock", vsock != nil), ("--console", console), ("--probe", probe != nil),
+                         ("--probe-image", probeImage != nil), ("--name", name != nil)].filter(\.1).map(\.0)
+            guard given.isEmpty else { throw ValidationError("--restore \(restore) brings the whole machine; leave out \(given.joined(separator: ", "))") }
+            var c = try RestoreSource.load(restore).machineConfig(serial: wiring.serial)
+            c.consoleSocket = wiring.consoleSocket
+            return try applySampler(c)
+        }
         if let config {
             let given = [("--kernel", kernel != nil), ("--initrd", initrd != nil), ("--cmdline", cmdline != nil), ("--cpus", cpus != nil),
                          ("--memory", memory != nil), ("--disk", !disks.isEmpty), ("--net", !nets.isEmpty), ("--rng", rng),
@@ -112,6 +126,12 @@ struct RunCommand: ParsableCommand {
         }
         var config = try MachineConfig(vm: vm, wiring: wiring)
         if let probeImage { config.boot = .probe(.image(path: probeImage)) }
+        return try applySampler(config)
+    }
+
+    /// The active-memory sampler's settings (`--active-memory-window`, `--active-memory-sample`).
+    func applySampler(_ c: MachineConfig) throws -> MachineConfig {
+        var config = c
         guard activeMemoryWindow <= 3600 else { throw ValidationError("--active-memory-window \(activeMemoryWindow) is more than an hour; give 1 to 3600 seconds, or 0 to turn the estimate off") }
         config.activeMemoryWindowSeconds = activeMemoryWindow
         // Logging starts one window in: a booting guest keeps its huge pages (see docs/PERFORMANCE.md).
@@ -207,11 +227,12 @@ struct RunCommand: ParsableCommand {
             var config = try makeConfig()
             config.consoleEscape = config.serial == .stdio && isatty(0) == 1 && takesConsoleInput(config.boot)
             let probeLog = probeConsole(config)
+            let restoring = try restore.map(RestoreSource.load)
             let machine = try Machine(config: config, onProbePass: { pass in
                 if pass == 1 { writeLine("probe_pass=1") }
                 // The probe guest has no UART: its pass markers are its console output.
                 if let probeLog, pass & (pass - 1) == 0 { probeLog.append("probe: dirty pass \(pass) done\n") }
-            })
+            }, restoring: restoring)
             let control = try apiSocket.map { try ControlServer(path: $0, machine: machine) }
             defer { control?.remove() }
             defer { if let consoleSocket { unlink(consoleSocket) } }

@@ -6,7 +6,7 @@ for sig in TERM INT; do
   pid=$!
   n=0
   until grep -q '^VIREO-GUEST-READY' /tmp/sig-$sig.log; do
-    n=$((n + 1)); [ $n -lt 120 ] || { kill -9 $pid; fail "guest never became ready"; }
+    n=$((n + 1)); [ $n -lt 240 ] || { kill -9 $pid; tail -5 /tmp/sig-$sig.log; fail "guest never became ready"; }
     sleep 1
   done
   sleep 1
