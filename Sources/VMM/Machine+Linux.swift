@@ -44,8 +44,9 @@ final class PlatformDevices: ExitHandler, @unchecked Sendable {
 
 extension Machine {
     /// Interrupt controllers, Linux's boot layout in guest memory, vCPU state, and the legacy devices.
-    func setUpLinux() throws {
+    func setUpLinux(restoring: RestoreSource? = nil) throws {
         guard case let .linux(kernelPath, initrdPath, cmdline) = config.boot else { return }
+        if let restoring { try restoreLinux(restoring); return }
 
         let kernelFD = try OwnedFD.open(kernelPath, flags: O_RDONLY, purpose: "read kernel")
         let initrdFD = try initrdPath.map { try OwnedFD.open($0, flags: O_RDONLY, purpose: "read initrd") }
@@ -101,8 +102,13 @@ extension Machine {
             if index == 0 { try Machine.load(plan.bsp, into: vcpu) }
         }
 
+        try setUpLinuxDevices()
+    }
+
+    /// The platform devices of a Linux machine (the same whether it boots or is restored).
+    func setUpLinuxDevices() throws {
         let platform = PlatformDevices()
-        try setUpSerial(on: platform, interrupt: KVMInterruptLine(vm: vm, irq: 4))
+        let serial = try setUpSerial(on: platform, interrupt: KVMInterruptLine(vm: vm, irq: 4))
         let stop = self.stop
         let i8042 = I8042(resetRequested: { stop.request(.reset("i8042 reset")) })
         try platform.ports.register(i8042, port: 0x60, count: 1, name: "i8042 data")
@@ -118,7 +124,30 @@ extension Machine {
         try platform.ports.register(sleep, port: ACPITables.sleepControlPort, count: 2, name: "ACPI sleep registers")
         powerButton = ACPIPowerButton(line: KVMInterruptLine(vm: vm, irq: ACPITables.powerButtonGSI))
         try setUpVirtio(platform: platform)
+        legacy = (serial, i8042, rtc)
         devices = platform
+    }
+
+    /// CPUID as at boot, then the saved state: the interrupt controllers, PIT and clock, each
+    /// vCPU, and the devices. Nothing is loaded from the kernel file: RAM is the snapshot's.
+    func restoreLinux(_ source: RestoreSource) throws {
+        let supported = try kvm.supportedCPUID().map {
+            CPUIDEntry(function: $0.function, index: $0.index, flags: $0.flags, eax: $0.eax, ebx: $0.ebx, ecx: $0.ecx, edx: $0.edx)
+        }
+        for (index, vcpu) in vcpus.enumerated() {
+            let leaves = CPUIDPolicy.entries(from: supported, vcpuIndex: index, vcpuCount: config.cpus).map {
+                CPUIDLeaf(function: $0.function, index: $0.index, flags: $0.flags, eax: $0.eax, ebx: $0.ebx, ecx: $0.ecx, edx: $0.edx)
+            }
+            try vcpu.setCPUID(leaves)
+        }
+        guard let chips = source.snapshot.chips else { throw VireoError(.corrupt, "snapshot: a Linux machine without interrupt-controller state") }
+        try vm.restoreChipState(chips)
+        for (vcpu, state) in zip(vcpus, source.snapshot.vcpus) {
+            guard state.lapic != nil else { throw VireoError(.corrupt, "snapshot: vCPU \(vcpu.id) has no LAPIC state") }
+            try vcpu.restoreState(state)
+        }
+        try setUpLinuxDevices()
+        try restoreDevices(source.snapshot.devices)
     }
 
     /// LVT0 as ExtINT (the PIC's output) and LVT1 as NMI, as firmware leaves them for Linux.

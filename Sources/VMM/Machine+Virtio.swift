@@ -109,6 +109,7 @@ extension Machine {
         let pci = try PCIBus.withHostBridge(mmio: platform.mmio, mmioWindow: window,
                                             resetRequested: { stop.request(.reset("PCI reset control (0xCF9)")) })
         try pci.register(on: platform.ports)
+        pciBus = pci
         let v = config.virtio
         guard !v.isEmpty else { return }
 

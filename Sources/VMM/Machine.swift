@@ -49,6 +49,9 @@ public final class Machine: @unchecked Sendable {
     var diskCounters: [(name: String, path: String, counters: BlockCounters)] = []
     var netCounters: [(name: String, counters: NetCounters)] = []
     var balloon: VirtioBalloon?
+    /// A Linux machine's legacy devices and PCI bus (their state goes into snapshots).
+    var legacy: (serial: Serial16550, i8042: I8042, rtc: CMOSRTC)?
+    var pciBus: PCIBus?
     /// How many unmapped accesses were printed (vCPU threads race on it; it only bounds the output).
     private let reportedUnmapped = Atomic<Int>(0)
 
@@ -157,12 +160,12 @@ public final class Machine: @unchecked Sendable {
                 probe.fallback = platform
             }
         case .linux:
-            if restoring != nil {
-                throw VireoError(.unsupported, "restoring a Linux guest needs every device's saved state, which this release does not write yet",
-                                 hint: "snapshots cover probe-guest machines for now (docs/snapshots.md)")
+            if restoring != nil, !config.virtio.isEmpty {
+                throw VireoError(.unsupported, "restoring a Linux guest with virtio devices needs their saved state, which this release does not write yet",
+                                 hint: "snapshots cover Linux guests without virtio devices for now (docs/snapshots.md)")
             }
             devices = UnclaimedDevices()
-            try setUpLinux()
+            try setUpLinux(restoring: restoring)
         }
     }
 

@@ -21,7 +21,7 @@ import Glibc
 public final class CMOSRTC: BusDevice {
     public typealias Clock = @Sendable () -> Int64
 
-    private struct State {
+    struct State {
         var index: UInt8 = 0
         var nmiDisabled = false
         var ram = [UInt8](repeating: 0, count: 128)
@@ -30,7 +30,7 @@ public final class CMOSRTC: BusDevice {
         var frozen: Int64? = nil
     }
 
-    private let state = Mutex(State())
+    let state = Mutex(State())
     private let clock: Clock
 
     /// `clock` returns seconds since the Unix epoch (UTC); the default is the host's realtime clock.

@@ -16,7 +16,7 @@ import Synchronization
 public final class I8042: BusDevice {
     public enum Status { public static let outputFull: UInt8 = 0x01, inputFull: UInt8 = 0x02, system: UInt8 = 0x04, command: UInt8 = 0x08, unlocked: UInt8 = 0x10, auxData: UInt8 = 0x20 }
 
-    private struct State {
+    struct State {
         var output: [UInt8] = []        // bytes waiting on port 0x60
         var commandByte: UInt8 = 0x65   // keyboard IRQ on, system flag, translation
         var pendingCommand: UInt8? = nil
@@ -24,7 +24,7 @@ public final class I8042: BusDevice {
         var resets: UInt64 = 0
     }
 
-    private let state = Mutex(State())
+    let state = Mutex(State())
     private let resetRequested: @Sendable () -> Void
     private let irq1: (any InterruptLine)?
 

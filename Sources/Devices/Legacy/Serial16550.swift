@@ -21,9 +21,9 @@ public final class Serial16550: BusDevice {
 
     /// Size of the host-side receive buffer behind RBR (bytes waiting for the guest).
     public let inputCapacity: Int
-    private let irq: any InterruptLine
+    let irq: any InterruptLine
     private let output: OutputSink
-    private let state: Mutex<State>
+    let state: Mutex<State>
 
     public init(interrupt: any InterruptLine, inputCapacity: Int = 4096, output: @escaping OutputSink) {
         self.irq = interrupt
@@ -41,7 +41,7 @@ public final class Serial16550: BusDevice {
     public enum LSR { public static let dr: UInt8 = 0x01, oe: UInt8 = 0x02, thre: UInt8 = 0x20, temt: UInt8 = 0x40 }
     public enum MSR { public static let dcts: UInt8 = 0x01, ddsr: UInt8 = 0x02, teri: UInt8 = 0x04, ddcd: UInt8 = 0x08, cts: UInt8 = 0x10, dsr: UInt8 = 0x20, ri: UInt8 = 0x40, dcd: UInt8 = 0x80 }
 
-    private struct State {
+    struct State {
         var rx = ByteRing(capacity: 0)
         var ier: UInt8 = 0
         var lcr: UInt8 = 0x03        // 8N1

@@ -1,4 +1,6 @@
 import CLinux
+import Devices
+import Virtio
 import GuestMemory
 import KVM
 import VireoConfig
@@ -30,6 +32,11 @@ public struct RestoreSource: Sendable {
         let boot: MachineConfig.Boot
         if snapshot.boot.hasPrefix("probe:") {
             boot = .probe(try ProbeWorkload.parse(String(snapshot.boot.dropFirst(6))))
+        } else if snapshot.boot == "linux" {
+            // Nothing is loaded from these files on restore (RAM holds the running kernel); they
+            // are kept so the machine describes itself as it did.
+            let k = snapshot.config?.kernel ?? ""
+            boot = .linux(kernel: k, initrd: snapshot.config?.initrd, cmdline: snapshot.config?.cmdline ?? MachineConfig.defaultCmdline)
         } else {
             throw VireoError(.unsupported, "snapshot boots '\(snapshot.boot.prefix(40))', which this release cannot restore")
         }
@@ -54,9 +61,19 @@ extension Machine {
     /// temporary names and renamed last, so an interrupted save leaves no snapshot that looks
     /// whole.
     public func writeSnapshot(to dir: String) throws -> SnapshotStats {
-        guard case let .probe(workload) = config.boot, let text = workload.configText else {
-            throw VireoError(.unsupported, "snapshots of Linux guests need every device's state, which this release does not save yet",
-                             hint: "snapshots cover probe-guest machines for now (docs/snapshots.md)")
+        let boot: String
+        switch config.boot {
+        case let .probe(workload):
+            guard let text = workload.configText else {
+                throw VireoError(.unsupported, "this probe workload cannot be snapshotted (a probe image or a test workload)")
+            }
+            boot = "probe:" + text
+        case .linux:
+            guard config.virtio.isEmpty else {
+                throw VireoError(.unsupported, "snapshots of a Linux guest with virtio devices need their state (queues, back ends), which this release does not save yet",
+                                 hint: "snapshots cover Linux guests without virtio devices for now (docs/snapshots.md)")
+            }
+            boot = "linux"
         }
         guard pauseGate.isPaused, pauseGate.parked >= vcpus.count else {
             throw VireoError(.conflict, "the machine must be paused while a snapshot is written")
@@ -66,21 +83,59 @@ extension Machine {
         let stateTmp = dir + "/." + SnapshotFile.stateName + ".tmp"
         defer { unlink(memTmp); unlink(stateTmp) }
 
-        let pages = try writeMemory(to: memTmp)
+        let linux = legacy != nil
         let msrs = try kvm.msrIndexList()
-        let states = try vcpus.map { try $0.captureState(msrIndices: msrs, withLAPIC: false) }
-        var devicesState: [String: MachineSnapshot.DeviceState] = [:]
-        if let probe = devices as? ProbeDevices { devicesState["probe"] = probe.snapshotState }
+        let states = try vcpus.map { try $0.captureState(msrIndices: msrs, withLAPIC: linux) }
+        let chips = linux ? try vm.captureChipState() : nil
+        let devicesState = saveDevices()
+        let pages = try writeMemory(to: memTmp)
         let snapshot = MachineSnapshot(format: MachineSnapshot.currentFormat, writer: "vireo " + VireoVersion.string, config: vmConfig,
-                                       cpus: vcpus.count, boot: "probe:" + text,
+                                       cpus: vcpus.count, boot: boot,
                                        memory: memory.regions.map { .init(guestBase: $0.guestBase, size: $0.size) },
-                                       vcpus: states, chips: nil, devices: devicesState)
+                                       vcpus: states, chips: chips, devices: devicesState)
         let bytes = try SnapshotFile.encode(snapshot)
         try Self.writeAll(bytes, to: stateTmp)
         guard rename(memTmp, dir + "/" + SnapshotFile.memoryName) == 0, rename(stateTmp, dir + "/" + SnapshotFile.stateName) == 0 else {
             throw VireoError.system("cannot put the snapshot in place in \(dir)")
         }
         return SnapshotStats(stateBytes: bytes.count, pagesWritten: pages, memoryBytes: memory.totalSize)
+    }
+
+    /// Every device's state under its stable id.
+    func saveDevices() -> [String: MachineSnapshot.DeviceState] {
+        var out: [String: MachineSnapshot.DeviceState] = [:]
+        if let probe = devices as? ProbeDevices { out["probe"] = probe.snapshotState }
+        if let legacy {
+            out["com1"] = .serial(legacy.serial.save())
+            out["i8042"] = .i8042(legacy.i8042.save())
+            out["rtc"] = .rtc(legacy.rtc.save())
+        }
+        if let pciBus { out["pci0"] = .pciBus(pciBus.save()) }
+        return out
+    }
+
+    /// Puts every device's saved state back; a device the machine has but the snapshot lacks
+    /// (or the other way round) refuses the snapshot.
+    func restoreDevices(_ saved: [String: MachineSnapshot.DeviceState]) throws {
+        let expected = Set(saveDevices().keys)
+        guard Set(saved.keys) == expected else {
+            throw VireoError(.corrupt, "snapshot: its devices (\(saved.keys.sorted().joined(separator: ", "))) are not this machine's (\(expected.sorted().joined(separator: ", ")))",
+                             hint: "restore with the configuration the snapshot was taken with")
+        }
+        do {
+            for (id, state) in saved {
+                switch (state, legacy) {
+                case let (.serial(v), l?) where id == "com1": try l.serial.restore(v)
+                case let (.i8042(v), l?) where id == "i8042": try l.i8042.restore(v)
+                case let (.rtc(v), l?) where id == "rtc": try l.rtc.restore(v)
+                case let (.pciBus(v), _) where id == "pci0": pciBus?.restore(v)
+                case (.probe, _) where id == "probe": break   // ProbeDevices restores its own
+                default: throw VireoError(.corrupt, "snapshot: device \(id) has state of another kind")
+                }
+            }
+        } catch let e as DeviceStateError {
+            throw VireoError(.corrupt, "snapshot: \(e)")
+        }
     }
 
     /// Guest RAM into a sparse file: pages never touched (mincore) or all zero stay holes.

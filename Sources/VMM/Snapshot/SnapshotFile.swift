@@ -3,7 +3,9 @@ import FoundationEssentials
 #else
 import Foundation
 #endif
+import Devices
 import KVM
+import Virtio
 import VireoConfig
 import VireoSupport
 #if canImport(Glibc)
@@ -42,6 +44,10 @@ public struct MachineSnapshot: Codable, Sendable, Equatable {
     /// refuses the snapshot rather than restoring a machine without it.
     public enum DeviceState: Codable, Sendable, Equatable {
         case probe(passes: UInt64)
+        case serial(Serial16550.Saved)
+        case i8042(I8042.Saved)
+        case rtc(CMOSRTC.Saved)
+        case pciBus(PCIBus.Saved)
     }
 }
 

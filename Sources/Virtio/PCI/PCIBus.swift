@@ -26,12 +26,12 @@ public final class PCIBus: BusDevice {
         public var newAddress: UInt64?
     }
 
-    private struct Slot {
+    struct Slot {
         var device: any PCIDevice
         var mapped: [Int: (address: UInt64, size: UInt64)] = [:]
     }
 
-    private struct State {
+    struct State {
         var address: UInt32 = 0
         var resetControl: UInt8 = 0
         var slots: [Int: Slot] = [:]
@@ -41,7 +41,7 @@ public final class PCIBus: BusDevice {
 
     public let mmio: MMIOBus
     public let window: (base: UInt64, size: UInt64)
-    private let state: Mutex<State>
+    let state: Mutex<State>
     private let routing = Mutex(())          // serialises BAR re-mapping
     private let resetRequested: @Sendable () -> Void
 
@@ -208,4 +208,20 @@ public final class PCIBus: BusDevice {
             }
         }
     }
+}
+
+extension PCIBus {
+    /// The bus's own registers (the CONFIG_ADDRESS latch at 0xCF8, the reset control at 0xCF9),
+    /// for snapshots. Functions' config spaces are saved with their devices.
+    public struct Saved: Codable, Sendable, Equatable {
+        public var address: UInt32
+        public var resetControl: UInt8
+    }
+
+    public func save() -> Saved { state.withLock { Saved(address: $0.address, resetControl: $0.resetControl) } }
+
+    public func restore(_ v: Saved) { state.withLock { $0.address = v.address; $0.resetControl = v.resetControl } }
+
+    /// How many functions are on the bus besides the host bridge.
+    public var functionsBesidesHostBridge: Int { state.withLock { $0.slots.keys.filter { $0 != 0 }.count } }
 }
