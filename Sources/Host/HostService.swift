@@ -93,7 +93,7 @@ actor HostService {
 
     // MARK: Per-VM lock
 
-    private func withVMLock<T: Sendable>(_ name: String, _ body: () async throws -> T) async throws -> T {
+    func withVMLock<T: Sendable>(_ name: String, _ body: () async throws -> T) async throws -> T {
         while busy.contains(name) {
             await withCheckedContinuation { waiters[name, default: []].append($0) }
         }
@@ -109,7 +109,7 @@ actor HostService {
         return try await body()
     }
 
-    private func record(_ name: String) throws -> VMRecord {
+    func record(_ name: String) throws -> VMRecord {
         guard VMLimits.isValidName(name), let r = try inventory.get(name) else { throw HTTPError.notFound(name) }
         return r
     }
@@ -212,6 +212,9 @@ actor HostService {
             try inventory.delete(name)
             for f in [consolePath(name), socketPath(name), consoleSocketPath(name), vsockSocketPath(name), exitPath(name), vmmLogPath(name),
                       linkedClonePath(name), configPath(name), virtioConsolePath(name), lockPath(name)] { unlink(f) }
+            for snap in Self.directoryEntries(snapshotsDir(name)) { Self.removeTree(snapshotDir(name, snap)) }
+            rmdir(snapshotsDir(name))
+            Self.removeTree(suspendDir(name))
             rmdir(vmDir(name))
             lastStart[name] = nil; quickFailures[name] = nil
             event(name, "deleted", "")
@@ -235,12 +238,19 @@ actor HostService {
                 event(name, "disk-format-detected", detected.joined(separator: ", "))
             }
             quickFailures[name] = 0
-            do { try launch(&r) } catch is VMMAlreadyRunning {
+            let resuming = isSuspended(name)
+            do { try launch(&r, restoreFrom: resuming ? suspendDir(name) : nil) } catch is VMMAlreadyRunning {
                 // Its VMM runs already (the record had lost it): adopt it, never start a second.
                 if await adoptOrphan(&r) { return view(r) }
                 throw HTTPError.conflict("VM '\(name)': a VMM held its lock a moment ago; try again")
             }
-            return view(try await awaitReady(&r))
+            let ready = try await awaitReady(&r)
+            if resuming, ready.state.hasProcess {
+                // The VMM maps the state it resumed from; the files can go (the mapping keeps them).
+                Self.removeTree(suspendDir(name))
+                event(name, "resumed-from-suspend", "")
+            }
+            return view(ready)
         }
     }
 
@@ -338,7 +348,9 @@ actor HostService {
     }
 
     /// Spawns the VMM for `r` and records it as starting.
-    private func launch(_ r: inout VMRecord) throws {
+    /// Spawns the VMM for `r` and records it as starting. With `restoreFrom`, the VMM restores
+    /// that snapshot directory instead of booting the stored configuration.
+    func launch(_ r: inout VMRecord, restoreFrom: String? = nil) throws {
         let name = r.name
         try Self.makeDirectory(vmDir(name))
         // One VMM per VM: its lock first. Held means a VMM of this VM already runs (the
@@ -351,7 +363,7 @@ actor HostService {
             try inventory.update(r)
             throw HTTPError(500, "spawn-failed", "cannot write the VMM configuration for '\(name)': \(error)")
         }
-        var argv = VMMCommand.arguments(vmmBinary: vmmBinary, configPath: configPath(name), console: consolePath(name),
+        var argv = VMMCommand.arguments(vmmBinary: vmmBinary, configPath: configPath(name), restore: restoreFrom, console: consolePath(name),
                                         apiSocket: socketPath(name), exitFile: exitPath(name), consoleSocket: consoleSocketPath(name),
                                         vsockSocket: r.definition.vsockCID == nil ? nil : vsockSocketPath(name),
                                         virtioConsoleLog: r.definition.virtioConsole == true ? virtioConsolePath(name) : nil)
@@ -414,7 +426,7 @@ actor HostService {
     }
 
     /// Waits (up to 10 s) for a starting VMM's control socket to answer, or for it to exit.
-    private func awaitReady(_ r: inout VMRecord) async throws -> VMRecord {
+    func awaitReady(_ r: inout VMRecord) async throws -> VMRecord {
         let name = r.name
         for _ in 0..<200 {
             if let status = exitStatusIfGone(r) {
@@ -441,7 +453,7 @@ actor HostService {
     }
 
     /// Asks the VMM to stop (or SIGKILLs it), waits for it to end, records the exit.
-    private func stopProcess(_ r: inout VMRecord, kill hard: Bool) async throws {
+    func stopProcess(_ r: inout VMRecord, kill hard: Bool) async throws {
         let name = r.name
         stopRequested[name] = hard ? "killed by request" : "stopped by request"
         guard let pid = r.pid, ProcFS.isAlive(pid: pid, startTime: r.pidStartTime) || children.contains(pid) else {
@@ -493,7 +505,7 @@ actor HostService {
     }
 
     /// Marks `r` stopped or failed after its VMM ended with `status`.
-    private func recordExit(_ r: inout VMRecord, status: Int32) {
+    func recordExit(_ r: inout VMRecord, status: Int32) {
         let name = r.name
         let requested = stopRequested[name]
         let file = readExitFile(name)

@@ -48,6 +48,8 @@ public struct Router: Sendable {
         ("POST", "/v1/vms/{name}/start"), ("POST", "/v1/vms/{name}/stop"), ("POST", "/v1/vms/{name}/kill"),
         ("POST", "/v1/vms/{name}/pause"), ("POST", "/v1/vms/{name}/resume"), ("POST", "/v1/vms/{name}/reboot"),
         ("GET", "/v1/vms/{name}/console"), ("GET", "/v1/vms/{name}/console/attach"), ("GET", "/v1/vms/{name}/stats"), ("GET", "/v1/vms/{name}/config"),
+        ("GET", "/v1/vms/{name}/snapshots"), ("POST", "/v1/vms/{name}/snapshots"), ("DELETE", "/v1/vms/{name}/snapshots/{snapshot}"),
+        ("POST", "/v1/vms/{name}/snapshots/{snapshot}/revert"), ("POST", "/v1/vms/{name}/suspend"),
         ("GET", "/v1/vms/{name}/balloon"), ("POST", "/v1/vms/{name}/balloon"),
         ("GET", "/v1/templates"), ("POST", "/v1/templates"), ("GET", "/v1/templates/{name}"), ("DELETE", "/v1/templates/{name}"),
     ] + imageRoutes
@@ -139,6 +141,12 @@ public struct Router: Sendable {
                 let target = try await service.balloonTarget(name)
                 return .json(200, try BalloonControl.apply(target, targetMiB: mib))
             }
+            if parts[3] == "snapshots" {
+                try allow("GET", "POST")
+                if m == "GET" { return .json(200, SnapshotList(snapshots: try await service.listSnapshots(name))) }
+                let c = try APIJSON.decodeStrict(SnapshotCreate.self, from: req.body, allowed: SnapshotCreate.fields)
+                return .json(201, try await service.createSnapshot(name, c))
+            }
             if parts[3] == "config" {
                 try allow("GET")
                 let target = try await service.configTarget(name)
@@ -160,8 +168,16 @@ public struct Router: Sendable {
             case "pause": return .json(200, try await service.pause(name))
             case "resume": return .json(200, try await service.resume(name))
             case "reboot": return .json(200, try await service.reboot(name))
+            case "suspend": return .json(200, try await service.suspend(name))
             default: break
             }
+        case 5 where parts[0] == "v1" && parts[1] == "vms" && parts[3] == "snapshots":
+            try allow("DELETE")
+            try await service.deleteSnapshot(parts[2], parts[4])
+            return HTTPResponse(status: 204, contentType: "application/json", body: [])
+        case 6 where parts[0] == "v1" && parts[1] == "vms" && parts[3] == "snapshots" && parts[5] == "revert":
+            try allow("POST")
+            return .json(200, try await service.revertSnapshot(parts[2], parts[4]))
         case 5 where parts[0] == "v1" && parts[1] == "vms" && parts[3] == "console" && parts[4] == "attach":
             try allow("GET")
             return try await ConsoleAttach.withoutUpgrade(parts[2], service: service)   // upgrades never get here

@@ -9,10 +9,16 @@ import Glibc
 /// this run's wiring (where the console log, the control, console and vsock sockets and the exit
 /// file go), none of the VM's description. Nothing the API accepted is rebuilt on the way.
 public enum VMMCommand {
-    public static func arguments(vmmBinary: String, configPath: String, console: String, apiSocket: String, exitFile: String,
+    /// With `restore`, the VMM restores that snapshot directory (which carries the configuration
+    /// the VM ran when it was taken) instead of booting `configPath`.
+    public static func arguments(vmmBinary: String, configPath: String, restore: String? = nil, console: String, apiSocket: String, exitFile: String,
                                  consoleSocket: String? = nil, vsockSocket: String? = nil, virtioConsoleLog: String? = nil) -> [String] {
-        var argv = [vmmBinary, "run", "--config", configPath,
-                    "--serial", "file=\(console)", "--api-socket", apiSocket, "--exit-file", exitFile]
+        var argv = [vmmBinary, "run"] + (restore.map { ["--restore", $0] } ?? ["--config", configPath])
+            + ["--serial", "file=\(console)", "--api-socket", apiSocket, "--exit-file", exitFile]
+        if restore != nil {
+            if let consoleSocket { argv += ["--console-socket", consoleSocket] }
+            return argv
+        }
         if let consoleSocket { argv += ["--console-socket", consoleSocket] }
         if let vsockSocket { argv += ["--vsock-socket", vsockSocket] }
         if let virtioConsoleLog { argv += ["--console-log", virtioConsoleLog] }

@@ -140,9 +140,15 @@ public final class ControlServer: @unchecked Sendable {
             _ = setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
             var line: [UInt8] = []
             var byte: UInt8 = 0
-            while line.count < 256, read(c, &byte, 1) == 1, byte != 10 { line.append(byte) }
+            var complete = false
+            while line.count < 4096, read(c, &byte, 1) == 1 {
+                if byte == 10 { complete = true; break }
+                line.append(byte)
+            }
             let command = String(decoding: line, as: UTF8.self).trimmingSpaces
-            let reply = handle(command, machine: machine) + "\n"
+            // A line cut short is refused, never acted on (a truncated path names another place).
+            let reply = (complete || line.count < 4096 ? handle(command, machine: machine)
+                         : #"{"ok":false,"error":"the command is longer than 4096 bytes"}"#) + "\n"
             // A reply (a whole configuration) may take more than one send.
             let bytes = Array(reply.utf8)
             var off = 0

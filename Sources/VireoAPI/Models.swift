@@ -353,3 +353,35 @@ public struct VMConfigReport: Codable, Sendable, Equatable {
 
     enum CodingKeys: String, CodingKey { case stored, running, inSync = "in_sync" }
 }
+
+/// POST /v1/vms/{name}/snapshots.
+public struct SnapshotCreate: Codable, Sendable, Equatable {
+    public var name: String
+    public init(name: String) { self.name = name }
+    public static let fields: Set<String> = ["name"]
+}
+
+/// One saved running state of a VM (GET /v1/vms/{name}/snapshots).
+public struct Snapshot: Codable, Sendable, Equatable {
+    public var name: String
+    public var vm: String
+    public var createdAt: String
+    /// What the VM was when it was taken (running or paused); revert brings it back so.
+    public var vmState: VMState
+    /// Bytes on disk (the state and the guest pages written; untouched RAM takes none).
+    public var sizeBytes: Int64
+    public var memoryBytes: Int64
+
+    public init(name: String, vm: String, createdAt: String, vmState: VMState, sizeBytes: Int64, memoryBytes: Int64) {
+        self.name = name; self.vm = vm; self.createdAt = createdAt; self.vmState = vmState; self.sizeBytes = sizeBytes; self.memoryBytes = memoryBytes
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case name, vm, createdAt = "created_at", vmState = "vm_state", sizeBytes = "size_bytes", memoryBytes = "memory_bytes"
+    }
+}
+
+public struct SnapshotList: Codable, Sendable, Equatable {
+    public var snapshots: [Snapshot]
+    public init(snapshots: [Snapshot]) { self.snapshots = snapshots }
+}

@@ -20,7 +20,7 @@ struct VMCommand: ParsableCommand {
                       VMActionCommand<Start>.self, VMStopCommand.self, VMActionCommand<Kill>.self,
                       VMActionCommand<Pause>.self, VMActionCommand<Resume>.self, VMActionCommand<Reboot>.self,
                       VMBalloonCommand.self, VMDeleteCommand.self, VMConsoleCommand.self, VMLogsCommand.self,
-                      VMStatsCommand.self, VMConfigCommand.self])
+                      VMStatsCommand.self, VMConfigCommand.self, VMSnapshotCommand.self, VMActionCommand<Suspend>.self])
 }
 
 struct VMCreateCommand: ParsableCommand {
@@ -156,6 +156,7 @@ enum Kill: VMAction { static let verb = "kill"; static let abstract = "Kill a VM
 enum Pause: VMAction { static let verb = "pause"; static let abstract = "Pause a running VM (its vCPUs stop)." }
 enum Resume: VMAction { static let verb = "resume"; static let abstract = "Resume a paused VM." }
 enum Reboot: VMAction { static let verb = "reboot"; static let abstract = "Stop and start a VM's VMM." }
+enum Suspend: VMAction { static let verb = "suspend"; static let abstract = "Save a running VM's state to disk and end its VMM; `vireo vm start` resumes it where it was." }
 
 struct VMActionCommand<A: VMAction>: ParsableCommand {
     static var configuration: CommandConfiguration { CommandConfiguration(commandName: A.verb, abstract: A.abstract) }

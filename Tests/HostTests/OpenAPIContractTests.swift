@@ -81,6 +81,15 @@ struct OpenAPIContractTests {
                       ("PATCH", "/v1/vms/c1", "/v1/vms/{name}", #"{"vcpus":2}"#),
                       ("POST", "/v1/vms/c1/pause", "/v1/vms/{name}/pause", nil), ("POST", "/v1/vms/c1/resume", "/v1/vms/{name}/resume", nil),
                       ("POST", "/v1/vms/c1/reboot", "/v1/vms/{name}/reboot", nil), ("DELETE", "/v1/vms/c1", "/v1/vms/{name}", nil),
+                      ("POST", "/v1/vms/c1/snapshots", "/v1/vms/{name}/snapshots", #"{"name":"s1"}"#),
+                      ("POST", "/v1/vms/c1/snapshots", "/v1/vms/{name}/snapshots", #"{"name":"s1"}"#),       // 409
+                      ("GET", "/v1/vms/c1/snapshots", "/v1/vms/{name}/snapshots", nil),
+                      ("POST", "/v1/vms/c1/snapshots/s1/revert", "/v1/vms/{name}/snapshots/{snapshot}/revert", nil),
+                      ("POST", "/v1/vms/c1/snapshots/zz/revert", "/v1/vms/{name}/snapshots/{snapshot}/revert", nil), // 404
+                      ("DELETE", "/v1/vms/c1/snapshots/s1", "/v1/vms/{name}/snapshots/{snapshot}", nil),
+                      ("POST", "/v1/vms/c1/suspend", "/v1/vms/{name}/suspend", nil),
+                      ("POST", "/v1/vms/c1/suspend", "/v1/vms/{name}/suspend", nil),                             // 409: stopped
+                      ("POST", "/v1/vms/c1/start", "/v1/vms/{name}/start", nil),
                       ("POST", "/v1/vms/c1/kill", "/v1/vms/{name}/kill", nil)]
         }
         calls += [("DELETE", "/v1/vms/c1", "/v1/vms/{name}", nil), ("POST", "/v1/vms/c1/kill", "/v1/vms/{name}/kill", nil)]

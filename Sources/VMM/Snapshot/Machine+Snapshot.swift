@@ -67,6 +67,10 @@ extension Machine {
             guard let text = workload.configText else {
                 throw VireoError(.unsupported, "this probe workload cannot be snapshotted (a probe image or a test workload)")
             }
+            guard config.virtio.isEmpty else {
+                throw VireoError(.unsupported, "snapshots of a machine with virtio devices (disks, NICs, ...) need their state, which this release does not save yet",
+                                 hint: "snapshots cover machines without virtio devices for now (docs/snapshots.md)")
+            }
             boot = "probe:" + text
         case .linux:
             guard config.virtio.isEmpty else {
