@@ -95,6 +95,9 @@ public struct OpenOptions: Sendable {
     public var openBacking: Bool
     /// Repair a qcow2 image left dirty by lazy refcounts when opening read-write (as QEMU does).
     public var repairDirty: Bool
+    /// Take QEMU-compatible image locks (FileLocking.swift) on the image and its backing chain:
+    /// a writer excludes every other user, readers share.
+    public var locking = false
     public init(readOnly: Bool = false, backingPolicy: BackingPolicy = .any, cache: CacheMode = .writeback,
                 openBacking: Bool = true, repairDirty: Bool = true) {
         self.readOnly = readOnly; self.backingPolicy = backingPolicy; self.cache = cache
@@ -140,6 +143,7 @@ public enum DiskImage {
         }
         chain.append(canon)
         let file = try ImageFile.open(path, writable: !options.readOnly)
+        if options.locking { try FileLocking.acquire(fd: file.fd, path: path, mode: options.readOnly ? .reader : .writer) }
         let fmt: DiskImageFormat
         if let format { fmt = format } else { fmt = try probe(file: file) }
         switch fmt {

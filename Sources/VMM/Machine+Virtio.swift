@@ -169,7 +169,7 @@ extension Machine {
             case .forbidden: policy = .forbidden
             }
             let image = try DiskImage.open(path: disk.path, format: .qcow2, readOnly: disk.isReadOnly,
-                                           options: OpenOptions(readOnly: disk.isReadOnly, backingPolicy: policy))
+                                           options: { var o = OpenOptions(readOnly: disk.isReadOnly, backingPolicy: policy); o.locking = true; return o }())
             guard image.virtualSize >= 512 else {
                 throw VireoError(.invalidArgument, "--disk \(disk.path) is smaller than one 512-byte sector", hint: "grow it with vireo disk resize \(disk.path) 1G")
             }
@@ -182,7 +182,7 @@ extension Machine {
             guard (st.st_mode & S_IFMT) == S_IFREG || (st.st_mode & S_IFMT) == S_IFBLK else {
                 throw VireoError(.invalidArgument, "--disk \(disk.path) is not a regular file or block device")
             }
-            let backend = try FileBlockBackend(path: disk.path, readOnly: disk.isReadOnly, identifier: disk.id ?? "vireo-disk\(index)")
+            let backend = try FileBlockBackend(path: disk.path, readOnly: disk.isReadOnly, identifier: disk.id ?? "vireo-disk\(index)", locking: true)
             guard backend.size >= 512 else {
                 throw VireoError(.invalidArgument, "--disk \(disk.path) is smaller than one 512-byte sector", hint: "grow it with truncate -s 1G \(disk.path)")
             }

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import DiskImage
 import Synchronization
 import VireoSupport
 
@@ -85,8 +86,9 @@ public final class FileBlockBackend: BlockBackend, @unchecked Sendable {
     public var supportsDiscard: Bool { false }
     public var supportsWriteZeroes: Bool { true }
 
-    public init(path: String, readOnly: Bool, identifier: String? = nil) throws {
+    public init(path: String, readOnly: Bool, identifier: String? = nil, locking: Bool = false) throws {
         fd = try OwnedFD.open(path, flags: readOnly ? O_RDONLY : O_RDWR, purpose: "open disk image")
+        if locking { try FileLocking.acquire(fd: fd.rawValue, path: path, mode: readOnly ? .reader : .writer) }
         let end = lseek(fd.rawValue, 0, SEEK_END)
         guard end >= 0 else { throw VireoError.system("cannot size disk image \(path)") }
         size = UInt64(end) / 512 * 512
