@@ -100,20 +100,14 @@ struct RunCommand: ParsableCommand {
         let vm: VMConfig
         if restore != nil, config != nil { throw ValidationError("give either --restore or --config: a snapshot carries its own configuration") }
         if let restore {
-            let given = [("--kernel", kernel != nil), ("--initrd", initrd != nil), ("--cmdline", cmdline != nil), ("--cpus", cpus != nil),
-                         ("--memory", memory != nil), ("--disk", !disks.isEmpty), ("--net", !nets.isEmpty), ("--rng", rng),
-                         ("--balloon", balloon != nil), ("--vsock", vsock != nil), ("--console", console), ("--probe", probe != nil),
-                         ("--probe-image", probeImage != nil), ("--name", name != nil)].filter(\.1).map(\.0)
+            let given = descriptionFlagsGiven
             guard given.isEmpty else { throw ValidationError("--restore \(restore) brings the whole machine; leave out \(given.joined(separator: ", "))") }
             var c = try RestoreSource.load(restore).machineConfig(serial: wiring.serial)
             c.consoleSocket = wiring.consoleSocket
             return try applySampler(c)
         }
         if let config {
-            let given = [("--kernel", kernel != nil), ("--initrd", initrd != nil), ("--cmdline", cmdline != nil), ("--cpus", cpus != nil),
-                         ("--memory", memory != nil), ("--disk", !disks.isEmpty), ("--net", !nets.isEmpty), ("--rng", rng),
-                         ("--balloon", balloon != nil), ("--vsock", vsock != nil), ("--console", console), ("--probe", probe != nil),
-                         ("--probe-image", probeImage != nil), ("--name", name != nil)].filter(\.1).map(\.0)
+            let given = descriptionFlagsGiven
             guard given.isEmpty else {
                 throw ValidationError("--config \(config) describes the whole VM; leave out \(given.joined(separator: ", ")) (or edit the file)")
             }
@@ -141,6 +135,15 @@ struct RunCommand: ParsableCommand {
         }
         config.activeMemorySampleOneIn = activeMemorySample
         return config
+    }
+
+    /// The flags that describe the VM itself, of those given (a --config file or a --restore
+    /// snapshot brings the whole description, so none may be given with them).
+    var descriptionFlagsGiven: [String] {
+        [("--kernel", kernel != nil), ("--initrd", initrd != nil), ("--cmdline", cmdline != nil), ("--cpus", cpus != nil),
+            ("--memory", memory != nil), ("--disk", !disks.isEmpty), ("--net", !nets.isEmpty), ("--rng", rng),
+            ("--balloon", balloon != nil), ("--vsock", vsock != nil), ("--console", console), ("--probe", probe != nil),
+            ("--probe-image", probeImage != nil), ("--name", name != nil)].filter(\.1).map(\.0)
     }
 
     /// Reads and checks a configuration file (VMConfig JSON).
