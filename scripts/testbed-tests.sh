@@ -36,7 +36,7 @@ trap 'rm -rf "$work"' EXIT
 echo "VIREO-TEST-START $n"
 sh /root/tests/$n.sh > /tmp/test-$n.log 2>&1
 rc=\$?
-if [ \$rc -ne 0 ]; then sed 's/^/  | /' /tmp/test-$n.log | tail -n 40; fi
+if [ \$rc -ne 0 ]; then sed 's/^/  | /' /tmp/test-$n.log | tail -n 40; df -k /tmp | sed 's/^/  | /'; free -k | sed 's/^/  | /'; fi
 grep -E '^(ok|FAIL):' /tmp/test-$n.log | sed 's/^/  /'
 echo "VIREO-TEST-RESULT $n \$rc"
 EOS

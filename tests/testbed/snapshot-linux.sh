@@ -43,3 +43,4 @@ echo "restored: first count $F, last $E (snapshot taken at <= $L)"
 [ "$E" -ge $((F + 9)) ] || fail "the restored guest's count went from $F to $E only"
 grep -Eq 'soft lockup|Oops|BUG:|Call Trace' /tmp/sl2.clean && { grep -E 'soft lockup|Oops|BUG:' /tmp/sl2.clean | head -3; fail "the restored kernel complains"; }
 pass "restored from the snapshot: counting resumed at $F (saved at <= $L), reached $E, no kernel complaints"
+rm -rf /tmp/sl-snap /tmp/sl2.clean   # the memory file is as large as the guest's RAM; later scenarios need the room

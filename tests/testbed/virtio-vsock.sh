@@ -4,6 +4,8 @@
 # initramfs): host->guest: the host connects to PATH, sends "CONNECT 5000", gets "OK <port>",
 # and a line round-trips through the guest's listener; guest->host: the guest connects to
 # CID 2 port 6000, which arrives on PATH_6000 where a host listener echoes it.
+# The guest gets 512 MiB: its initramfs holds the whole static vireo binary, unpacked in RAM
+# (256 MiB stopped being enough as vireo grew: "Initramfs unpacking failed: write error").
 SOCK=/tmp/virtio-vsock.sock
 LOG=/tmp/virtio-vsock.log; HL=/tmp/virtio-vsock-host.log; HC=/tmp/virtio-vsock-client.log
 rm -f $SOCK ${SOCK}_6000
@@ -17,7 +19,7 @@ vireo-l2-initrd /tmp/virtio-vsock-l2.gz "$@" || { echo "FAIL: cannot build the L
 timeout 60 vireo vsock-probe unix-listen ${SOCK}_6000 >$HL 2>&1 &
 SCRIPT='vireo vsock-probe listen 5000 & i=0; while [ $i -lt 30 ]; do kill -0 $! 2>/dev/null || break; sleep 1; i=$((i+1)); done; vireo vsock-probe connect 2 6000 hello-from-guest'
 B64=$(printf '%s' "$SCRIPT" | base64 | tr -d '\n')
-timeout 60 vireo run --kernel /guest/vmlinuz --initrd /tmp/virtio-vsock-l2.gz --cpus 2 --memory 256M \
+timeout 60 vireo run --kernel /guest/vmlinuz --initrd /tmp/virtio-vsock-l2.gz --cpus 2 --memory 512M \
 	--cmdline "console=ttyS0 panic=-1 quiet vireo.script=b64:$B64" --vsock cid=3,socket=$SOCK >$LOG 2>&1 &
 PID=$!
 n=0; while ! grep -q 'LISTENING 5000' $LOG; do sleep 1; n=$((n+1)); [ $n -gt 40 ] && break; done
