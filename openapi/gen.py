@@ -164,7 +164,8 @@ doc = {
     "Snapshot": {"type": "object", "required": ["name", "vm", "created_at", "vm_state", "size_bytes", "memory_bytes"], "properties": {
         "name": {"type": "string"}, "vm": {"type": "string"}, "created_at": {"type": "string", "format": "date-time"},
         "vm_state": ref("VMState"), "size_bytes": {"type": "integer", "description": "bytes on disk (state and the guest pages written)"},
-        "memory_bytes": {"type": "integer", "description": "the VM's RAM"}}},
+        "memory_bytes": {"type": "integer", "description": "the VM's RAM"},
+        "disk_snapshot": {"type": "string", "description": "the internal qcow2 snapshot keeping the VM's read-write disks as they were (absent without such disks)"}}},
     "SnapshotList": {"type": "object", "required": ["snapshots"], "properties": {"snapshots": {"type": "array", "items": ref("Snapshot")}}},
     "VMConfigReport": {"type": "object", "required": ["stored"], "properties": {
         "stored": {"type": "object", "description": "the VM configuration the daemon stored (the VM body's configuration fields, with config_version)"},

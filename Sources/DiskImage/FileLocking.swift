@@ -37,6 +37,19 @@ public enum FileLocking {
         }
     }
 
+    /// Gives up every lock `fd` holds (a live migration hands the disk to the destination VMM,
+    /// which takes them; `acquire` takes them back if the migration fails).
+    public static func release(fd: Int32) {
+        for byte in [permBase, permBase + 1, permBase + 2, sharedBase, sharedBase + 1, sharedBase + 2] {
+            var l = flock()
+            l.l_type = Int16(F_UNLCK)
+            l.l_whence = Int16(SEEK_SET)
+            l.l_start = off_t(byte)
+            l.l_len = 1
+            _ = fcntl(fd, ofdSetLock, &l)
+        }
+    }
+
     private static func set(_ fd: Int32, _ byte: Int64, _ path: String) throws(VireoError) {
         var l = flock()
         l.l_type = Int16(F_RDLCK)

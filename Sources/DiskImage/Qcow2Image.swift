@@ -609,3 +609,11 @@ public final class Qcow2Image: BlockImage, @unchecked Sendable {
         noteWritten(UInt64(n))
     }
 }
+
+extension Qcow2Image {
+    /// Gives up (false) or takes back (true) this image file's write locks; the backing chain,
+    /// read-only, keeps its shared read locks. For the hand-over of a live migration.
+    public func setWriteLocksHeld(_ held: Bool) throws(VireoError) {
+        if held { try FileLocking.acquire(fd: file.fd, path: path, mode: .writer) } else { FileLocking.release(fd: file.fd) }
+    }
+}

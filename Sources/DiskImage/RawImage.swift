@@ -108,3 +108,10 @@ final class ImageLock: @unchecked Sendable {
     @inline(__always) func lock() { pthread_mutex_lock(&m) }
     @inline(__always) func unlock() { pthread_mutex_unlock(&m) }
 }
+
+extension RawImage {
+    /// Gives up (false) or takes back (true) the file's write locks (a live migration's hand-over).
+    public func setWriteLocksHeld(_ held: Bool) throws(VireoError) {
+        if held { try FileLocking.acquire(fd: file.fd, path: path, mode: .writer) } else { FileLocking.release(fd: file.fd) }
+    }
+}

@@ -1,4 +1,5 @@
 import CLinux
+import Synchronization
 import VireoSupport
 #if canImport(Glibc)
 import Glibc
@@ -50,6 +51,11 @@ public final class GuestMemory: @unchecked Sendable {
 
     public let regions: [GuestRegion]
     public let totalSize: UInt64
+    /// Pages the VMM itself may have written (device DMA: a disk read, a received frame), per
+    /// region, while a live migration needs them: KVM's dirty log sees only the guest's writes.
+    /// Nil when off (the usual case costs one relaxed atomic load per access).
+    private let vmmWriteLog = Mutex<[[UInt64]]?>(nil)
+    private let vmmWriteLogOn = Atomic<Bool>(false)
     /// The x86 huge page (and the alignment of RAM mapped with `hugepages`).
     public static let hugePageSize: UInt64 = 2 << 20
 
@@ -174,12 +180,14 @@ public final class GuestMemory: @unchecked Sendable {
         region(containing: gpa, count: count) != nil
     }
 
-    /// A host view of `[gpa, gpa+count)`. Throws when any byte is outside guest RAM.
+    /// A host view of `[gpa, gpa+count)`. Throws when any byte is outside guest RAM. While the
+    /// VMM-write log is on, the range counts as written (the caller may write through it).
     @inline(__always)
     public func buffer(at gpa: UInt64, count: UInt64) throws -> UnsafeMutableRawBufferPointer {
         guard let r = region(containing: gpa, count: count) else {
             throw VireoError(.guest, "guest address range \(hex(gpa))+\(count) is outside guest memory")
         }
+        if vmmWriteLogOn.load(ordering: .relaxed) { noteWritten(gpa, count) }
         // SAFETY: region(containing:) proved offset + count <= r.size, so the view is inside
         // the live mapping, which outlives `self`'s users (unmapped only in deinit).
         return UnsafeMutableRawBufferPointer(start: r.host + Int(gpa &- r.guestBase), count: Int(count))
@@ -222,6 +230,45 @@ public final class GuestMemory: @unchecked Sendable {
             }
             if n == 0 { throw VireoError(.corrupt, "\(what) is truncated: expected \(count) bytes at offset \(offset)") }
             done += n
+        }
+    }
+
+    // MARK: - The VMM-write log (live migration)
+
+    /// Starts recording the pages the VMM touches through `buffer(at:count:)` and the accessors
+    /// built on it. Ranges handed out before this call (cached ring pointers) are not seen: the
+    /// caller adds those itself.
+    public func startVMMWriteLog() {
+        vmmWriteLog.withLock { $0 = regions.map { [UInt64](repeating: 0, count: Int(($0.size / 4096 + 63) / 64)) } }
+        vmmWriteLogOn.store(true, ordering: .releasing)
+    }
+
+    /// The pages recorded since the last take (one bitmap per region, bit i = page i), cleared.
+    public func takeVMMWriteLog() -> [[UInt64]] {
+        vmmWriteLog.withLock { log in
+            guard let current = log else { return regions.map { _ in [] } }
+            log = current.map { [UInt64](repeating: 0, count: $0.count) }
+            return current
+        }
+    }
+
+    public func stopVMMWriteLog() {
+        vmmWriteLogOn.store(false, ordering: .releasing)
+        vmmWriteLog.withLock { $0 = nil }
+    }
+
+    private func noteWritten(_ gpa: UInt64, _ count: UInt64) {
+        guard count > 0, let index = regions.firstIndex(where: { gpa >= $0.guestBase && gpa &- $0.guestBase < $0.size }) else { return }
+        let r = regions[index]
+        let first = (gpa &- r.guestBase) / 4096
+        let last = min((gpa &- r.guestBase &+ count &- 1) / 4096, r.size / 4096 &- 1)
+        vmmWriteLog.withLock { log in
+            guard let n = log?.count, index < n else { return }
+            var page = first
+            while page <= last {
+                log?[index][Int(page / 64)] |= UInt64(1) << (page % 64)
+                page += 1
+            }
         }
     }
 

@@ -3,6 +3,7 @@ import FoundationEssentials
 #else
 import Foundation
 #endif
+import DiskImage
 import VireoAPI
 import VireoSupport
 #if canImport(Glibc)
@@ -56,7 +57,8 @@ extension HostService {
             }
             let size = Self.allocatedBytes(dir + "/state.vsnap") + Self.allocatedBytes(dir + "/memory.bin")
             let memory = Int64(Self.jsonField(reply, "memory_bytes").flatMap { Int64($0) } ?? 0)
-            let snap = Snapshot(name: c.name, vm: name, createdAt: WallClock.now(), vmState: r.state, sizeBytes: size, memoryBytes: memory)
+            let snap = Snapshot(name: c.name, vm: name, createdAt: WallClock.now(), vmState: r.state, sizeBytes: size, memoryBytes: memory,
+                                diskSnapshot: Self.jsonField(reply, "disk_snapshot"))
             try Self.writeMeta(snap, to: dir + "/snapshot.json")
             event(name, "snapshot-created", "\(c.name): \(size) bytes in \(Self.jsonField(reply, "ms") ?? "?") ms")
             return snap
@@ -66,11 +68,39 @@ extension HostService {
     func deleteSnapshot(_ name: String, _ snap: String) async throws {
         try await withVMLock(name) {
             _ = try record(name)
-            guard VMLimits.isValidName(snap), readSnapshotMeta(name, snap) != nil else {
+            let r = try record(name)
+            guard VMLimits.isValidName(snap), let meta = readSnapshotMeta(name, snap) else {
                 throw HTTPError(404, "not-found", "VM '\(name)' has no snapshot named '\(snap.prefix(80))'; `vireo vm snapshot list \(name)` shows them")
             }
+            if let tag = meta.diskSnapshot { try await forgetDiskSnapshot(r, tag) }
             Self.removeTree(snapshotDir(name, snap))
             event(name, "snapshot-deleted", snap)
+        }
+    }
+
+    /// Deletes the internal disk snapshot `tag` that a machine snapshot made in the VM's
+    /// read-write qcow2 disks: through the VMM while one runs (it holds the disks), else in the
+    /// image files. A disk that no longer has it is fine; any other failure keeps the snapshot.
+    func forgetDiskSnapshot(_ r: VMRecord, _ tag: String) async throws {
+        if r.state.hasProcess {
+            let reply = try await controlOffActor(socketPath(r.name), "forget-disk-snapshot \(tag)", timeoutSeconds: 120)
+            guard reply.contains(#""ok":true"#) else {
+                throw HTTPError.conflict("VM '\(r.name)': its disks' snapshot \(tag) could not be deleted: \(Self.jsonField(reply, "error") ?? reply)")
+            }
+            return
+        }
+        guard let bytes = try? OwnedFD.readFile(configPath(r.name), limit: 1 << 20, what: "VM configuration"),
+              let config = try? VMConfig.decode(bytes, source: configPath(r.name)) else { return }
+        for disk in config.disks where !disk.isReadOnly && disk.format == .qcow2 {
+            do {
+                let image = try Qcow2Image.open(path: disk.path)
+                defer { try? image.close() }
+                try image.deleteSnapshot(name: tag)
+            } catch where error.code == .notFound {
+                continue
+            } catch {
+                throw HTTPError.conflict("VM '\(r.name)': the snapshot \(tag) in \(disk.path) could not be deleted: \(error.message)")
+            }
         }
     }
 
@@ -82,7 +112,8 @@ extension HostService {
             guard VMLimits.isValidName(snap), let meta = readSnapshotMeta(name, snap) else {
                 throw HTTPError(404, "not-found", "VM '\(name)' has no snapshot named '\(snap.prefix(80))'; `vireo vm snapshot list \(name)` shows them")
             }
-            if r.state.hasProcess { try await stopProcess(&r, kill: true) }
+            // Stopped, not killed: the VMM closes its disks, so nothing it queued is lost.
+            if r.state.hasProcess { try await stopProcess(&r, kill: false) }
             try launch(&r, restoreFrom: snapshotDir(name, snap))
             r = try await awaitReady(&r)
             if meta.vmState == .paused, r.state == .running,
@@ -110,7 +141,10 @@ extension HostService {
                 Self.removeTree(dir)
                 throw HTTPError.conflict("VM '\(name)' was not suspended: \(Self.jsonField(reply, "error") ?? reply)")
             }
-            try await stopProcess(&r, kill: true)
+            if let tag = Self.jsonField(reply, "disk_snapshot") {
+                try? Self.writeSmallFile(Array(tag.utf8), to: dir + "/disk_snapshot")
+            }
+            try await stopProcess(&r, kill: false)
             r.reason = "suspended to disk; `vireo vm start \(name)` resumes it where it was"
             r.state = .stopped
             try inventory.update(r)
@@ -146,6 +180,13 @@ extension HostService {
     }
 
     /// Removes a snapshot directory (flat: the daemon's and the VMM's files only).
+    static func writeSmallFile(_ bytes: [UInt8], to path: String) throws {
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw VireoError.system("cannot create \(path)") }
+        defer { close(fd) }
+        guard bytes.withUnsafeBytes({ write(fd, $0.baseAddress, $0.count) }) == bytes.count else { throw VireoError.system("cannot write \(path)") }
+    }
+
     static func removeTree(_ dir: String) {
         for entry in directoryEntries(dir) { unlink(dir + "/" + entry) }
         rmdir(dir)

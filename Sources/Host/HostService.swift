@@ -246,7 +246,11 @@ actor HostService {
             }
             let ready = try await awaitReady(&r)
             if resuming, ready.state.hasProcess {
-                // The VMM maps the state it resumed from; the files can go (the mapping keeps them).
+                // The VMM maps the state it resumed from; the files can go (the mapping keeps them),
+                // and so can the disks' snapshot the suspend made.
+                if let tag = try? OwnedFD.readFile(suspendDir(name) + "/disk_snapshot", limit: 4096, what: "disk snapshot name") {
+                    try? await forgetDiskSnapshot(ready, String(decoding: tag, as: UTF8.self))
+                }
                 Self.removeTree(suspendDir(name))
                 event(name, "resumed-from-suspend", "")
             }
@@ -347,7 +351,6 @@ actor HostService {
         }
     }
 
-    /// Spawns the VMM for `r` and records it as starting.
     /// Spawns the VMM for `r` and records it as starting. With `restoreFrom`, the VMM restores
     /// that snapshot directory instead of booting the stored configuration.
     func launch(_ r: inout VMRecord, restoreFrom: String? = nil) throws {
@@ -355,7 +358,18 @@ actor HostService {
         try Self.makeDirectory(vmDir(name))
         // One VMM per VM: its lock first. Held means a VMM of this VM already runs (the
         // caller adopts it: `VMMAlreadyRunning`).
-        guard let lock = try VMMLock.acquire(lockPath(name)) else { throw VMMAlreadyRunning() }
+        // A VMM this daemon just killed may hold it a moment longer: its main thread shows as a
+        // zombie while its other threads (a vCPU leaving KVM_RUN) still exit, and the lock goes
+        // with the last one. So a held lock is looked at again for up to half a second before it
+        // means a live VMM.
+        var held = try VMMLock.acquire(lockPath(name))
+        var tries = 0
+        while held == nil && tries < 25 {
+            usleep(20_000)
+            tries += 1
+            held = try VMMLock.acquire(lockPath(name))
+        }
+        guard let lock = held else { throw VMMAlreadyRunning() }
         unlink(exitPath(name)); unlink(socketPath(name))
         // The VMM gets the definition's configuration whole, as a file (never rebuilt as flags).
         do { try VMMCommand.writeConfig(r.definition.config, to: configPath(name)) } catch {

@@ -15,10 +15,6 @@ public enum VMMCommand {
                                  consoleSocket: String? = nil, vsockSocket: String? = nil, virtioConsoleLog: String? = nil) -> [String] {
         var argv = [vmmBinary, "run"] + (restore.map { ["--restore", $0] } ?? ["--config", configPath])
             + ["--serial", "file=\(console)", "--api-socket", apiSocket, "--exit-file", exitFile]
-        if restore != nil {
-            if let consoleSocket { argv += ["--console-socket", consoleSocket] }
-            return argv
-        }
         if let consoleSocket { argv += ["--console-socket", consoleSocket] }
         if let vsockSocket { argv += ["--vsock-socket", vsockSocket] }
         if let virtioConsoleLog { argv += ["--console-log", virtioConsoleLog] }

@@ -73,6 +73,10 @@ public final class ActiveMemorySampler: Sendable {
 
     public var snapshot: Snapshot { state.withLock { $0 } }
 
+    /// Set while a live migration owns the dirty log (its fetches would take this sampler's
+    /// bits): the sampler skips its windows and starts afresh once it is cleared.
+    let suspended = Atomic<Bool>(false)
+
     /// The thread body: fetch (discarding what the guest wrote before), then once per window
     /// fetch and record the count, until `stop`.
     func run(stop: StopSignal) {
@@ -84,20 +88,34 @@ public final class ActiveMemorySampler: Sendable {
         if startDelaySeconds > 0 {
             guard Self.sleep(seconds: startDelaySeconds, stop: stop) else { return }
         }
-        do {
-            if startDelaySeconds > 0 { try enableLogging() }
+        func arm() throws {
             _ = try log.fetch()
             if sampleOneIn > 1 {
                 let s = log.randomSample(oneIn: sampleOneIn, using: &rng)
                 try log.rearm(s)
                 sample = s
             }
+        }
+        do {
+            if startDelaySeconds > 0 { try enableLogging() }
+            try arm()
         } catch {
             state.withLock { $0.failure = "\(error)" }
             return
         }
         var start = monotonicNanos()
+        var wasSuspended = false
         while !stop.isStopping {
+            if suspended.load(ordering: .acquiring) {
+                wasSuspended = true
+                guard Self.sleepNanos(200_000_000, stop: stop) else { return }
+                continue
+            }
+            if wasSuspended {
+                wasSuspended = false
+                do { try arm() } catch { state.withLock { $0.failure = "\(error)"; $0.activeBytes = nil }; return }
+                start = monotonicNanos()
+            }
             let elapsed = monotonicNanos() - start
             let window = UInt64(windowSeconds) * 1_000_000_000
             if elapsed < window {

@@ -69,6 +69,15 @@ public final class PauseGate: @unchecked Sendable {
         var waited = 0
         while parked < vcpus.count && !stop.isStopping && waited < timeoutMs {
             usleep(1000); waited += 1
+            // A vCPU thread that was still starting (not yet registered, or about to clear its
+            // immediate-exit flag) missed the first kick: kick again every 10 ms.
+            if waited % 10 == 0 {
+                let now = threads.withLock { $0 }
+                for (i, vcpu) in vcpus.enumerated() {
+                    vcpu.setImmediateExit(true)
+                    if let t = now[i] { _ = pthread_kill(t.thread, SIGUSR1) }
+                }
+            }
         }
         return parked >= vcpus.count
     }
@@ -166,6 +175,8 @@ public final class ControlServer: @unchecked Sendable {
         let words = command.split(separator: " ")
         if words.first == "balloon" { return balloon(words.dropFirst().map(String.init), machine: machine) }
         if words.first == "snapshot" { return snapshot(words.dropFirst().map(String.init), machine: machine) }
+        if words.first == "migrate" { return migrate(words.dropFirst().map(String.init), machine: machine) }
+        if words.first == "forget-disk-snapshot" { return forgetDiskSnapshot(words.dropFirst().map(String.init), machine: machine) }
         switch command {
         case "config":
             // The configuration this VMM runs, whole (the daemon compares it with what it stored).
@@ -191,12 +202,18 @@ public final class ControlServer: @unchecked Sendable {
             }
             button.press()
             return #"{"ok":true,"state":"shutting-down","presses":\#(button.pressCount)}"#
+        case "migrate-status":
+            return migrationStatus(machine)
+        case "migrate-cancel":
+            guard machine.migration.isActive else { return #"{"ok":false,"error":"no migration is running"}"# }
+            machine.migration.cancelRequested.store(true, ordering: .releasing)
+            return #"{"ok":true,"state":"cancelling"}"#
         case "stop":
             machine.stop.request(.signal(SIGTERM))
             machine.pauseGate.resume()
             return #"{"ok":true,"state":"stopping"}"#
         default:
-            return #"{"ok":false,"error":"unknown command; one of status, config, pause, resume, shutdown, stop, balloon [MIB], snapshot DIR"}"#
+            return #"{"ok":false,"error":"unknown command; one of status, config, pause, resume, shutdown, stop, balloon [MIB], snapshot DIR, forget-disk-snapshot TAG, migrate ADDRESS [downtime-ms=N], migrate-status, migrate-cancel"}"#
         }
     }
 
@@ -234,10 +251,68 @@ public final class ControlServer: @unchecked Sendable {
         do {
             let s = try machine.writeSnapshot(to: dir)
             let ms = (monotonicNanos() - t0) / 1_000_000
-            return #"{"ok":true,"dir":"\#(jsonEscaped(dir))","state_bytes":\#(s.stateBytes),"pages_written":\#(s.pagesWritten),"memory_bytes":\#(s.memoryBytes),"ms":\#(ms)}"#
+            let disk = s.diskSnapshot.map { ",\"disk_snapshot\":\"" + jsonEscaped($0) + "\"" } ?? ""
+            return #"{"ok":true,"dir":"\#(jsonEscaped(dir))","state_bytes":\#(s.stateBytes),"pages_written":\#(s.pagesWritten),"memory_bytes":\#(s.memoryBytes),"ms":\#(ms)\#(disk)}"#
         } catch {
             return #"{"ok":false,"error":"\#(jsonEscaped("\(error)"))"}"#
         }
+    }
+
+    /// `migrate tcp:HOST:PORT|unix:PATH [downtime-ms=N]`: starts a live migration to a VMM
+    /// waiting with `vireo run --incoming`; answers at once, `migrate-status` follows it.
+    static func migrate(_ args: [String], machine: Machine) -> String {
+        guard let target = args.first, args.count <= 3 else {
+            return #"{"ok":false,"error":"migrate takes a destination (tcp:HOST:PORT or unix:PATH), then optionally downtime-ms=N and max-bandwidth-mib=N"}"#
+        }
+        var downtime: UInt64 = 50
+        var bandwidth: UInt64 = 0
+        for arg in args.dropFirst() {
+            if arg.hasPrefix("downtime-ms=") {
+                guard let ms = UInt64(arg.dropFirst(12)), ms >= 1, ms <= 600_000 else {
+                    return #"{"ok":false,"error":"downtime-ms wants a number of milliseconds from 1 to 600000"}"#
+                }
+                downtime = ms
+            } else if arg.hasPrefix("max-bandwidth-mib=") {
+                guard let mib = UInt64(arg.dropFirst(18)), mib >= 1, mib <= 1 << 20 else {
+                    return #"{"ok":false,"error":"max-bandwidth-mib wants MiB per second from 1 to 1048576"}"#
+                }
+                bandwidth = mib << 20
+            } else {
+                return #"{"ok":false,"error":"migrate: unknown option '\#(jsonEscaped(String(arg.prefix(40))))' (downtime-ms=N, max-bandwidth-mib=N)"}"#
+            }
+        }
+        do {
+            let address = try MigrationAddress.parse(target)
+            try machine.startMigration(to: address, downtimeMs: downtime, maxBandwidth: bandwidth)
+            return #"{"ok":true,"state":"migrating","destination":"\#(jsonEscaped(address.description))","downtime_target_ms":\#(downtime)}"#
+        } catch {
+            return #"{"ok":false,"error":"\#(jsonEscaped("\(error)"))"}"#
+        }
+    }
+
+    static func migrationStatus(_ machine: Machine) -> String {
+        let s = machine.migration.snapshot
+        var out = #"{"ok":true,"phase":"\#(s.phase)","destination":"\#(jsonEscaped(s.destination))","round":\#(s.round),"#
+        out += #""bytes_sent":\#(s.bytesSent),"pages_sent":\#(s.pagesSent),"zero_pages":\#(s.zeroPages),"dirty_pages":\#(s.dirtyPages),"#
+        out += #""dirty_bytes_per_s":\#(s.dirtyBytesPerSecond),"bandwidth_bytes_per_s":\#(s.bandwidthBytesPerSecond),"#
+        out += #""expected_downtime_ms":\#(s.expectedDowntimeMs),"downtime_target_ms":\#(s.downtimeTargetMs),"total_ms":\#(s.totalMs)"#
+        if let d = s.downtimeMs { out += #","downtime_ms":\#(d)"# }
+        if let e = s.error { out += #","error":"\#(jsonEscaped(e))""# }
+        return out + "}"
+    }
+
+    /// `forget-disk-snapshot TAG`: deletes the internal snapshot TAG that a machine snapshot
+    /// made in this VM's read-write disks (the daemon deletes a machine snapshot while the VM
+    /// runs, so the disks' space comes back). Disks without it are left alone.
+    static func forgetDiskSnapshot(_ args: [String], machine: Machine) -> String {
+        guard args.count == 1, let tag = args.first, tag.hasPrefix("vireo-") else {
+            return #"{"ok":false,"error":"forget-disk-snapshot takes one disk snapshot name (vireo-...)"}"#
+        }
+        var n = 0
+        do { try machine.whileVirtioQuiesced { n = machine.forgetDiskSnapshot(tag) } } catch {
+            return #"{"ok":false,"error":"\#(jsonEscaped("\(error)"))"}"#
+        }
+        return #"{"ok":true,"disks":\#(n)}"#
     }
 
     static func jsonEscaped(_ s: String) -> String {

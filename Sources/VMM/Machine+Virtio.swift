@@ -18,13 +18,18 @@ import Glibc
 /// forwarded to the same eventfds, so back ends only ever run on the event-loop thread.
 final class VirtioPCISlot: @unchecked Sendable {
     let name: String
+    /// The device's stable id in snapshots: "rng", "disk:ID", "net:ID", "console", "balloon", "vsock".
+    let id: String
+    let address: PCIAddress
     let transport: VirtioPCIDevice
     let doorbells: [EventFD]
     private let vm: VirtualMachine
     private let bound = Mutex<[(queue: Int, address: UInt64, length: UInt32)]>([])
 
-    init(name: String, transport: VirtioPCIDevice, vm: VirtualMachine) throws {
+    init(name: String, id: String, address: PCIAddress, transport: VirtioPCIDevice, vm: VirtualMachine) throws {
         self.name = name
+        self.id = id
+        self.address = address
         self.transport = transport
         self.vm = vm
         doorbells = try (0..<transport.numberOfQueues).map { _ in try EventFD() }
@@ -69,10 +74,13 @@ final class VirtioWiring: @unchecked Sendable {
 
     /// Plugs `device` into the next PCI slot; its doorbells run `processQueue` on the event loop.
     /// With a `limiter`, a throttled queue is re-kicked once the limiter allows more.
-    func attach(_ device: any VirtioDevice, name: String, limiter: RateLimiter? = nil) throws -> VirtioPCISlot {
+    func attach(_ device: any VirtioDevice, name: String, id: String, limiter: RateLimiter? = nil) throws -> VirtioPCISlot {
+        guard !slots.contains(where: { $0.id == id }) else {
+            throw VireoError(.invalidArgument, "two virtio devices have the id \(id)", hint: "give each disk and NIC its own id")
+        }
         let transport = try VirtioPCIDevice(device: device, memory: memory, msi: router, intx: nil)
-        let slot = try VirtioPCISlot(name: name, transport: transport, vm: vm)
         let address = try pci.add(transport)
+        let slot = try VirtioPCISlot(name: name, id: id, address: address, transport: transport, vm: vm)
         let source = address.msiSource
         let router = self.router
         transport.setRoutingObserver { [unowned transport] in router.update(source: source, routes: transport.interruptRoutes()) }
@@ -115,18 +123,19 @@ extension Machine {
 
         let wiring = VirtioWiring(vm: vm, memory: memory, pci: pci, loop: try EventLoop(stopFD: stop.eventFD))
 
-        if v.rng { _ = try wiring.attach(VirtioRNG(), name: "virtio-rng") }
+        if v.rng { _ = try wiring.attach(VirtioRNG(), name: "virtio-rng", id: "rng") }
         for (i, disk) in v.disks.enumerated() {
             let (backend, format) = try openDisk(disk, index: i)
             if vmConfig?.disks.indices.contains(i) == true { vmConfig?.disks[i].format = DiskFormat(rawValue: format.rawValue) }
             let block = VirtioBlock(backend: backend)
             block.limiter = disk.rateLimit.flatMap(Self.limiter)
-            _ = try wiring.attach(block, name: "virtio-blk \(disk.id ?? disk.path)", limiter: block.limiter)
+            _ = try wiring.attach(block, name: "virtio-blk \(disk.id ?? disk.path)", id: "disk:" + (disk.id ?? "disk\(i)"), limiter: block.limiter)
             diskCounters.append((disk.id ?? "disk\(i)", disk.path, block.counters))
+            openDisks.append(OpenDisk(id: disk.id ?? "disk\(i)", path: disk.path, format: format, readOnly: disk.isReadOnly, backend: backend))
         }
         if let console = v.console {
             let sink = try virtioConsoleSink(console)
-            _ = try wiring.attach(VirtioConsole(output: sink), name: "virtio-console")
+            _ = try wiring.attach(VirtioConsole(output: sink), name: "virtio-console", id: "console")
         }
         try setUpBalloon(v.balloon, wiring: wiring)
         for (i, net) in v.nets.enumerated() { try setUpNet(net, index: i, wiring: wiring) }
@@ -135,6 +144,7 @@ extension Machine {
         let all = wiring.slots
         pci.setBARChangeHandler { _ in for s in all { s.bindDoorbells() } }
         resources.append(wiring)
+        virtioWiring = wiring
         eventLoop = wiring.loop
     }
 
@@ -173,8 +183,13 @@ extension Machine {
             guard image.virtualSize >= 512 else {
                 throw VireoError(.invalidArgument, "--disk \(disk.path) is smaller than one 512-byte sector", hint: "grow it with vireo disk resize \(disk.path) 1G")
             }
+            try revertForRestore(image, disk: disk, index: index)
             return (DiskImageBlockBackend(image: image, identifier: disk.id ?? "vireo-disk\(index)"), .qcow2)
         case .raw:
+            if isRestoring && !disk.isReadOnly {
+                throw VireoError(.corrupt, "snapshot: it holds no contents for the read-write raw disk \(disk.id ?? "disk\(index)")",
+                                 hint: "restore with the configuration the snapshot was taken with")
+            }
             var st = stat()
             guard stat(disk.path, &st) == 0 else {
                 throw VireoError.system("--disk \(disk.path): cannot open the disk image", hint: "give an existing file (create one with truncate -s 1G FILE)")
@@ -190,6 +205,26 @@ extension Machine {
         default:
             throw VireoError(.unsupported, "--disk \(disk.path) is a \(decision.format) image; a VM runs on qcow2 or raw disks",
                              hint: "convert it: vireo disk convert -O qcow2 \(disk.path) OUT.qcow2")
+        }
+    }
+
+    /// On restore, a read-write disk goes back to the internal snapshot the machine snapshot
+    /// made of it, so the disk holds what the restored guest's memory expects.
+    private func revertForRestore(_ opened: any BlockImage, disk: VirtioConfig.Disk, index: Int) throws {
+        guard isRestoring, !disk.isReadOnly else { return }
+        guard let image = opened as? Qcow2Image else {
+            throw VireoError(.corrupt, "snapshot: disk \(disk.id ?? "disk\(index)") is not a qcow2 image, so it cannot go back to its contents at the snapshot")
+        }
+        let id = disk.id ?? "disk\(index)"
+        guard let record = restoredDisks.first(where: { $0.id == id }), let tag = record.diskSnapshot else {
+            throw VireoError(.corrupt, "snapshot: it holds no contents for the read-write disk \(id)",
+                             hint: "restore with the configuration the snapshot was taken with")
+        }
+        do {
+            try image.applySnapshot(name: tag)
+        } catch {
+            throw VireoError(error.code, "disk \(id) (\(disk.path)): cannot go back to its contents at the snapshot: \(error.message)",
+                             hint: error.code == .notFound ? "the disk's internal snapshot \(tag) was deleted (vireo disk snapshot -l \(disk.path) lists them); this machine snapshot cannot be restored" : error.hint)
         }
     }
 

@@ -17,7 +17,7 @@ extension Machine {
         }
         let balloon = VirtioBalloon(targetPages: UInt32(config.targetMiB * 256), stats: config.stats,
                                     deflateOnOOM: config.deflateOnOOM, reporting: config.reporting)
-        let slot = try wiring.attach(balloon, name: "virtio-balloon")
+        let slot = try wiring.attach(balloon, name: "virtio-balloon", id: "balloon")
         self.balloon = balloon
         let transport = slot.transport
         if config.stats {
@@ -39,7 +39,7 @@ extension Machine {
         let mac = config.mac.flatMap(VMConfig.macBytes) ?? Machine.derivedMAC(seed: "\(config.tap)/\(index)/\(self.config.cpus)/\(memory.totalSize)")
         let net = VirtioNet(backend: tap, mac: mac)
         net.limiter = config.rateLimit.flatMap(Machine.limiter)
-        let slot = try wiring.attach(net, name: "virtio-net \(config.tap)", limiter: net.limiter)
+        let slot = try wiring.attach(net, name: "virtio-net \(config.tap)", id: "net:" + (config.id ?? "net\(index)"), limiter: net.limiter)
         netCounters.append((config.tap, net.counters))
         // Frames from the TAP: edge-triggered; the receive path drains until EAGAIN or until the
         // guest runs out of buffers (then the guest's next rx doorbell resumes it).

@@ -11,7 +11,7 @@ extension Machine {
     func setUpVsock(_ config: VirtioConfig.Vsock?, wiring: VirtioWiring) throws {
         guard let config else { return }
         let vsock = try VirtioVsock(guestCID: config.cid, socketPath: config.socketPath)
-        let slot = try wiring.attach(vsock, name: "virtio-vsock cid \(config.cid)")
+        let slot = try wiring.attach(vsock, name: "virtio-vsock cid \(config.cid)", id: "vsock")
         let rx = slot.doorbells[0]
         let loop = wiring.loop
         vsock.watch = { fd in

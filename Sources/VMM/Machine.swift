@@ -52,6 +52,17 @@ public final class Machine: @unchecked Sendable {
     /// A Linux machine's legacy devices and PCI bus (their state goes into snapshots).
     var legacy: (serial: Serial16550, i8042: I8042, rtc: CMOSRTC)?
     var pciBus: PCIBus?
+    /// The live migration out of this machine, if one was started (Migration/).
+    public let migration = MigrationStatus()
+    /// The virtio devices' wiring (nil without virtio devices).
+    var virtioWiring: VirtioWiring?
+    /// The disks the virtio-blk devices run on, for snapshots.
+    var openDisks: [OpenDisk] = []
+    /// When restoring: the snapshot's disks, whose internal snapshots the disks revert to as
+    /// they open.
+    let restoredDisks: [MachineSnapshot.Disk]
+    /// Whether read-write disks revert to the snapshot's contents as they open (a restore, not a migration).
+    let isRestoring: Bool
     /// How many unmapped accesses were printed (vCPU threads race on it; it only bounds the output).
     private let reportedUnmapped = Atomic<Int>(0)
 
@@ -88,6 +99,8 @@ public final class Machine: @unchecked Sendable {
                              hint: "this host's KVM allows 1 to \(min(maxCPUs, 254)) vCPUs per VM")
         }
         try Machine.validateMemorySize(config.memorySize)
+        restoredDisks = restoring?.snapshot.disks ?? []
+        isRestoring = restoring?.revertsDisks ?? false
         stop = try StopSignal()
         vm = try kvm.createVM()
         try vm.setTSSAddress(Machine.tssAddress)
@@ -98,9 +111,16 @@ public final class Machine: @unchecked Sendable {
             guard restoring.snapshot.memory.map({ [$0.guestBase, $0.size] }) == Machine.ramLayout(memorySize: config.memorySize).map({ [$0.base, $0.size] }) else {
                 throw VireoError(.corrupt, "snapshot: its memory layout does not match a \(ByteSize.format(config.memorySize)) machine")
             }
-            memoryOptions.backing = .snapshotFile(restoring.memoryPath)
+            if restoring.receivedMemory == nil { memoryOptions.backing = .snapshotFile(restoring.memoryPath) }
         }
-        memory = try GuestMemory(layout: Machine.ramLayout(memorySize: config.memorySize), options: memoryOptions)
+        if let received = restoring?.receivedMemory {
+            guard received.regions.map({ [$0.guestBase, $0.size] }) == Machine.ramLayout(memorySize: config.memorySize).map({ [$0.base, $0.size] }) else {
+                throw VireoError(.corrupt, "migration: the RAM received does not have a \(ByteSize.format(config.memorySize)) machine's layout")
+            }
+            memory = received
+        } else {
+            memory = try GuestMemory(layout: Machine.ramLayout(memorySize: config.memorySize), options: memoryOptions)
+        }
         let wantLog = config.trackDirtyPages || config.activeMemoryWindowSeconds > 0
         (dirtyLog, dirtyLogUnavailable) = try Machine.mapRAM(memory, into: vm, logDirtyPages: wantLog,
                                                              manualProtect: config.activeMemorySampleOneIn > 1)
@@ -160,10 +180,6 @@ public final class Machine: @unchecked Sendable {
                 probe.fallback = platform
             }
         case .linux:
-            if restoring != nil, !config.virtio.isEmpty {
-                throw VireoError(.unsupported, "restoring a Linux guest with virtio devices needs their saved state, which this release does not write yet",
-                                 hint: "snapshots cover Linux guests without virtio devices for now (docs/snapshots.md)")
-            }
             devices = UnclaimedDevices()
             try setUpLinux(restoring: restoring)
         }

@@ -133,10 +133,12 @@ public enum MachineExit: Sendable, Equatable, CustomStringConvertible {
     case signal(Int32)
     /// Something failed: one line saying what, with the details a bug report needs.
     case failed(String)
+    /// The machine moved to another VMM (live migration) and runs there now.
+    case migrated(String)
 
     public var exitStatus: Int32 {
         switch self {
-        case .reset, .poweroff, .probeDone: return 0
+        case .reset, .poweroff, .probeDone, .migrated: return 0
         case let .signal(s): return 128 + s
         case .failed: return 1
         }
@@ -149,6 +151,7 @@ public enum MachineExit: Sendable, Equatable, CustomStringConvertible {
         case .probeDone: return "probe workload finished"
         case let .signal(s): return "stopped by signal \(s)"
         case let .failed(why): return why
+        case let .migrated(to): return "migrated to \(to)"
         }
     }
 }

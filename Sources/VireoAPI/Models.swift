@@ -371,13 +371,18 @@ public struct Snapshot: Codable, Sendable, Equatable {
     /// Bytes on disk (the state and the guest pages written; untouched RAM takes none).
     public var sizeBytes: Int64
     public var memoryBytes: Int64
+    /// The internal snapshot holding the VM's read-write qcow2 disks as they were (nil when the
+    /// VM has none); deleting the snapshot deletes it from the disks.
+    public var diskSnapshot: String?
 
-    public init(name: String, vm: String, createdAt: String, vmState: VMState, sizeBytes: Int64, memoryBytes: Int64) {
+    public init(name: String, vm: String, createdAt: String, vmState: VMState, sizeBytes: Int64, memoryBytes: Int64, diskSnapshot: String? = nil) {
         self.name = name; self.vm = vm; self.createdAt = createdAt; self.vmState = vmState; self.sizeBytes = sizeBytes; self.memoryBytes = memoryBytes
+        self.diskSnapshot = diskSnapshot
     }
 
     enum CodingKeys: String, CodingKey {
         case name, vm, createdAt = "created_at", vmState = "vm_state", sizeBytes = "size_bytes", memoryBytes = "memory_bytes"
+        case diskSnapshot = "disk_snapshot"
     }
 }
 

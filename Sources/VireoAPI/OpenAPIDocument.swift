@@ -2419,6 +2419,10 @@ public enum OpenAPIDocument {
           "memory_bytes": {
             "type": "integer",
             "description": "the VM's RAM"
+          },
+          "disk_snapshot": {
+            "type": "string",
+            "description": "the internal qcow2 snapshot keeping the VM's read-write disks as they were (absent without such disks)"
           }
         }
       },

@@ -26,8 +26,11 @@ struct RunCommand: ParsableCommand {
     @Option(help: "The VM's name in its configuration.")
     var name: String?
 
-    @Option(help: ArgumentHelp("Restore the machine saved in this snapshot directory (the control socket's `snapshot DIR`) instead of booting; it continues where it was saved. Probe-guest machines for now (docs/snapshots.md).", valueName: "dir"))
+    @Option(help: ArgumentHelp("Restore the machine saved in this snapshot directory (the control socket's `snapshot DIR`) instead of booting; it continues where it was saved (docs/snapshots.md).", valueName: "dir"))
     var restore: String?
+
+    @Option(help: ArgumentHelp("Wait for a live migration on tcp:HOST:PORT or unix:PATH and run the machine it brings (the source's control socket: `migrate ADDRESS`); docs/migration.md.", valueName: "address"))
+    var incoming: String?
 
     @Option(help: "Guest kernel: an ELF vmlinux or a bzImage.")
     var kernel: String?
@@ -93,16 +96,25 @@ struct RunCommand: ParsableCommand {
 
     /// The machine to run: the VM configuration (from --config, or built from the flags: one
     /// type either way) in the machine's terms, plus this run's wiring and sampler settings.
-    func makeConfig() throws -> MachineConfig {
+    func makeConfig(incoming: RestoreSource? = nil) throws -> MachineConfig {
         var wiring = MachineConfig.Wiring()
         wiring.serial = try parseSerial(serial)
         wiring.consoleSocket = consoleSocket
+        if let incoming {
+            wiring.vsockSocket = vsockSocket
+            wiring.virtioConsoleLog = consoleLog
+            var c = try incoming.machineConfig(wiring: wiring)
+            c.consoleSocket = wiring.consoleSocket
+            return try applySampler(c)
+        }
         let vm: VMConfig
         if restore != nil, config != nil { throw ValidationError("give either --restore or --config: a snapshot carries its own configuration") }
         if let restore {
             let given = descriptionFlagsGiven
             guard given.isEmpty else { throw ValidationError("--restore \(restore) brings the whole machine; leave out \(given.joined(separator: ", "))") }
-            var c = try RestoreSource.load(restore).machineConfig(serial: wiring.serial)
+            wiring.vsockSocket = vsockSocket
+            wiring.virtioConsoleLog = consoleLog
+            var c = try RestoreSource.load(restore).machineConfig(wiring: wiring)
             c.consoleSocket = wiring.consoleSocket
             return try applySampler(c)
         }
@@ -227,15 +239,38 @@ struct RunCommand: ParsableCommand {
     func run() throws {
         var wasRaw = false
         let exit = try reportingErrors { () throws -> MachineExit in
-            var config = try makeConfig()
+            var migration: IncomingMigration? = nil
+            if let incoming {
+                let given = descriptionFlagsGiven
+                guard given.isEmpty, restore == nil, config == nil else {
+                    throw ValidationError("--incoming brings the whole machine from the source; leave out \((given + (restore == nil ? [] : ["--restore"]) + (config == nil ? [] : ["--config"])).joined(separator: ", "))")
+                }
+                let address = try MigrationAddress.parse(incoming)
+                printError("vireo: waiting for a migration on \(address)")
+                migration = try IncomingMigration.receive(on: address)
+            }
+            var config = try makeConfig(incoming: migration?.source)
             config.consoleEscape = config.serial == .stdio && isatty(0) == 1 && takesConsoleInput(config.boot)
             let probeLog = probeConsole(config)
-            let restoring = try restore.map(RestoreSource.load)
-            let machine = try Machine(config: config, onProbePass: { pass in
-                if pass == 1 { writeLine("probe_pass=1") }
-                // The probe guest has no UART: its pass markers are its console output.
-                if let probeLog, pass & (pass - 1) == 0 { probeLog.append("probe: dirty pass \(pass) done\n") }
-            }, restoring: restoring)
+            let restoring = try migration?.source ?? restore.map(RestoreSource.load)
+            let machine: Machine
+            do {
+                machine = try Machine(config: config, onProbePass: { pass in
+                    if pass == 1 { writeLine("probe_pass=1") }
+                    // The probe guest has no UART: its pass markers are its console output.
+                    if let probeLog, pass & (pass - 1) == 0 { probeLog.append("probe: dirty pass \(pass) done\n") }
+                }, restoring: restoring)
+            } catch {
+                try? migration?.ready(error: "\(error)")
+                throw error
+            }
+            if let migration {
+                // The source hands the guest over only now; until its word, the guest is there.
+                try migration.ready(error: nil)
+                do { try migration.awaitGo() } catch {
+                    throw VireoError(.io, "the source did not hand the VM over (\(error)); it runs on there, not here")
+                }
+            }
             let control = try apiSocket.map { try ControlServer(path: $0, machine: machine) }
             defer { control?.remove() }
             defer { if let consoleSocket { unlink(consoleSocket) } }
@@ -247,7 +282,12 @@ struct RunCommand: ParsableCommand {
             let terminal = config.consoleEscape ? RawTerminal.enter() : nil
             defer { terminal?.restore() }
             wasRaw = terminal != nil
+            migration?.confirmRunning()
             let exit = machine.run()
+            if case .migrated = exit {
+                let m = machine.migration.snapshot
+                printError("vireo: migrated to \(m.destination): \(m.round) rounds, \(ByteSize.format(m.bytesSent)) sent (\(m.pagesSent) pages, \(m.zeroPages) zero pages skipped) in \(m.totalMs) ms; the guest paused \(m.downtimeMs.map { "\($0) ms" } ?? "?")")
+            }
             terminal?.restore()
             if let exitFile { writeExitFile(exitFile, exit) }
             return exit

@@ -12,8 +12,11 @@ struct Machine {
     let msi = RecordingMSI()
     let resets = Flag()
 
-    init() throws {
-        memory = try makeMemory()
+    init() throws { try self.init(memory: makeMemory()) }
+
+    /// A second machine over the same RAM: what a restore builds around a snapshot's memory.
+    init(memory: GuestMemory) throws {
+        self.memory = memory
         let r = resets
         pci = try PCIBus.withHostBridge(mmio: mmio, mmioWindow: (0xC000_0000, 0xFEC0_0000 - 0xC000_0000), resetRequested: { r.bump() })
         try pci.register(on: ports)

@@ -1,5 +1,6 @@
 import CLinux
 import Devices
+import DiskImage
 import Virtio
 import GuestMemory
 import KVM
@@ -13,6 +14,11 @@ import Glibc
 public struct RestoreSource: Sendable {
     public var snapshot: MachineSnapshot
     public var memoryPath: String
+    /// Guest RAM already filled (an incoming live migration): used instead of `memoryPath`.
+    public var receivedMemory: GuestMemory? = nil
+    /// Whether read-write disks go back to the internal snapshot the machine snapshot made of
+    /// them (a restore), or are taken as they are (a migration: the source's disks, handed over).
+    public var revertsDisks = true
 
     /// Reads `dir/state.vsnap` (checked: magic, version, length, CRC, layout) and finds
     /// `dir/memory.bin`. Nothing is mapped or run yet.
@@ -27,8 +33,28 @@ public struct RestoreSource: Sendable {
         return RestoreSource(snapshot: snapshot, memoryPath: memoryPath)
     }
 
-    /// The machine configuration to restore with: the snapshot's, with this run's wiring.
+    /// The machine configuration with only a serial wired (benchmarks, tests).
     public func machineConfig(serial: MachineConfig.Serial) throws -> MachineConfig {
+        var w = MachineConfig.Wiring()
+        w.serial = serial
+        return try machineConfig(wiring: w)
+    }
+
+    /// The machine configuration to restore with: the snapshot's, with this run's wiring (its
+    /// serial, console and vsock sockets, virtio console log).
+    public func machineConfig(wiring: MachineConfig.Wiring) throws -> MachineConfig {
+        let size = snapshot.memory.reduce(UInt64(0)) { $0 &+ $1.size }
+        if snapshot.boot == "linux", let vm = snapshot.config {
+            // The devices come from the VM configuration the snapshot carries, as at boot.
+            var c = try MachineConfig(vm: vm, wiring: wiring)
+            guard c.memorySize == size, c.cpus == snapshot.cpus else {
+                throw VireoError(.corrupt, "snapshot: its configuration (\(c.cpus) vCPUs, \(ByteSize.format(c.memorySize))) does not match its state (\(snapshot.cpus) vCPUs, \(ByteSize.format(size)))",
+                                 hint: "take the snapshot again")
+            }
+            c.memoryOptions.hugepages = false   // RAM maps the memory file
+            return c
+        }
+        let serial = wiring.serial
         let boot: MachineConfig.Boot
         if snapshot.boot.hasPrefix("probe:") {
             boot = .probe(try ProbeWorkload.parse(String(snapshot.boot.dropFirst(6))))
@@ -40,7 +66,6 @@ public struct RestoreSource: Sendable {
         } else {
             throw VireoError(.unsupported, "snapshot boots '\(snapshot.boot.prefix(40))', which this release cannot restore")
         }
-        let size = snapshot.memory.reduce(UInt64(0)) { $0 &+ $1.size }
         var c = MachineConfig(boot: boot, cpus: snapshot.cpus, memorySize: size, serial: serial)
         c.vm = snapshot.config
         return c
@@ -53,6 +78,8 @@ public struct SnapshotStats: Sendable {
     /// Guest pages written to the memory file (the rest are holes: never touched, or zero).
     public var pagesWritten: UInt64
     public var memoryBytes: UInt64
+    /// The internal snapshot made in the read-write disks (nil without such disks).
+    public var diskSnapshot: String? = nil
 }
 
 extension Machine {
@@ -73,14 +100,15 @@ extension Machine {
             }
             boot = "probe:" + text
         case .linux:
-            guard config.virtio.isEmpty else {
-                throw VireoError(.unsupported, "snapshots of a Linux guest with virtio devices need their state (queues, back ends), which this release does not save yet",
-                                 hint: "snapshots cover Linux guests without virtio devices for now (docs/snapshots.md)")
-            }
             boot = "linux"
         }
         guard pauseGate.isPaused, pauseGate.parked >= vcpus.count else {
             throw VireoError(.conflict, "the machine must be paused while a snapshot is written")
+        }
+        // A raw disk cannot hold its own snapshot; refuse before anything is written.
+        if let raw = openDisks.first(where: { !$0.readOnly && $0.format != .qcow2 }) {
+            throw VireoError(.unsupported, "disk \(raw.id) (\(raw.path)) is \(raw.format) and read-write: its contents at the snapshot could not be kept",
+                             hint: "convert it to qcow2 (vireo disk convert -O qcow2 \(raw.path) NEW.qcow2) or attach it read-only")
         }
         if mkdir(dir, 0o700) != 0 && errno != EEXIST { throw VireoError.system("cannot create the snapshot directory \(dir)") }
         let memTmp = dir + "/." + SnapshotFile.memoryName + ".tmp"
@@ -91,18 +119,94 @@ extension Machine {
         let msrs = try kvm.msrIndexList()
         let states = try vcpus.map { try $0.captureState(msrIndices: msrs, withLAPIC: linux) }
         let chips = linux ? try vm.captureChipState() : nil
-        let devicesState = saveDevices()
-        let pages = try writeMemory(to: memTmp)
+        // The virtio back ends stop (the event loop waits) while their state, the disks and RAM
+        // are saved, so the saved ring positions, the disk snapshots and RAM agree.
+        var devicesState: [String: MachineSnapshot.DeviceState] = [:]
+        var pages: UInt64 = 0
+        var disks: [MachineSnapshot.Disk] = []
+        let tag = Self.diskSnapshotTag(dir: dir)
+        try whileVirtioQuiesced {
+            devicesState = saveDevices()
+            disks = try snapshotDisks(tag: tag)
+            do {
+                pages = try writeMemory(to: memTmp)
+            } catch {
+                forgetDiskSnapshot(tag)
+                throw error
+            }
+        }
         let snapshot = MachineSnapshot(format: MachineSnapshot.currentFormat, writer: "vireo " + VireoVersion.string, config: vmConfig,
                                        cpus: vcpus.count, boot: boot,
                                        memory: memory.regions.map { .init(guestBase: $0.guestBase, size: $0.size) },
-                                       vcpus: states, chips: chips, devices: devicesState)
-        let bytes = try SnapshotFile.encode(snapshot)
-        try Self.writeAll(bytes, to: stateTmp)
-        guard rename(memTmp, dir + "/" + SnapshotFile.memoryName) == 0, rename(stateTmp, dir + "/" + SnapshotFile.stateName) == 0 else {
-            throw VireoError.system("cannot put the snapshot in place in \(dir)")
+                                       vcpus: states, chips: chips, devices: devicesState, disks: disks.isEmpty ? nil : disks)
+        do {
+            let bytes = try SnapshotFile.encode(snapshot)
+            try Self.writeAll(bytes, to: stateTmp)
+            guard rename(memTmp, dir + "/" + SnapshotFile.memoryName) == 0, rename(stateTmp, dir + "/" + SnapshotFile.stateName) == 0 else {
+                throw VireoError.system("cannot put the snapshot in place in \(dir)")
+            }
+            return SnapshotStats(stateBytes: bytes.count, pagesWritten: pages, memoryBytes: memory.totalSize,
+                                 diskSnapshot: disks.contains { $0.diskSnapshot != nil } ? tag : nil)
+        } catch {
+            forgetDiskSnapshot(tag)
+            throw error
         }
-        return SnapshotStats(stateBytes: bytes.count, pagesWritten: pages, memoryBytes: memory.totalSize)
+    }
+
+    /// The internal disk-snapshot name a machine snapshot in `dir` uses: unique per snapshot
+    /// taken (the directory's name and the time), so snapshots of one VM never collide.
+    static func diskSnapshotTag(dir: String) -> String {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        let base = dir.split(separator: "/").last.map(String.init) ?? "snapshot"
+        return "vireo-\(base.prefix(64))-\(ts.tv_sec)\(String(ts.tv_nsec / 1000).leftPadded(6))"
+    }
+
+    /// Runs `body` with every virtio back end quiesced (nested: each device's back-end lock).
+    func whileVirtioQuiesced(_ body: () throws -> Void) throws {
+        let slots = virtioWiring?.slots ?? []
+        func nest(_ i: Int) throws {
+            guard i < slots.count else { try body(); return }
+            try slots[i].transport.whileQuiesced { try nest(i + 1) }
+        }
+        try nest(0)
+    }
+
+    /// Flushes every disk and keeps each read-write one's contents as an internal snapshot
+    /// named `tag`. On failure the snapshots already made are removed again.
+    func snapshotDisks(tag: String) throws -> [MachineSnapshot.Disk] {
+        var out: [MachineSnapshot.Disk] = []
+        do {
+            for d in openDisks {
+                try d.backend.flush()
+                var name: String? = nil
+                if !d.readOnly {
+                    guard let image = (d.backend as? DiskImageBlockBackend)?.image as? Qcow2Image else {
+                        throw VireoError(.unsupported, "disk \(d.id) cannot hold a snapshot")
+                    }
+                    try image.createSnapshot(name: tag)
+                    name = tag
+                }
+                out.append(.init(id: d.id, path: d.path, format: d.format.rawValue, readOnly: d.readOnly, virtualSize: d.backend.size, diskSnapshot: name))
+            }
+        } catch {
+            forgetDiskSnapshot(tag)
+            throw error
+        }
+        return out
+    }
+
+    /// Deletes the internal disk snapshot `tag` from every read-write qcow2 disk that has it
+    /// (a snapshot that failed half-way, or one deleted while the VM runs). Returns how many
+    /// disks had it.
+    @discardableResult
+    func forgetDiskSnapshot(_ tag: String) -> Int {
+        var n = 0
+        for d in openDisks where !d.readOnly {
+            guard let image = (d.backend as? DiskImageBlockBackend)?.image as? Qcow2Image else { continue }
+            if (try? image.deleteSnapshot(name: tag)) != nil { n += 1 }
+        }
+        return n
     }
 
     /// Every device's state under its stable id.
@@ -115,13 +219,15 @@ extension Machine {
             out["rtc"] = .rtc(legacy.rtc.save())
         }
         if let pciBus { out["pci0"] = .pciBus(pciBus.save()) }
+        for slot in virtioWiring?.slots ?? [] { out["virtio:" + slot.id] = .virtio(slot.transport.savedWhileQuiesced()) }
         return out
     }
 
     /// Puts every device's saved state back; a device the machine has but the snapshot lacks
     /// (or the other way round) refuses the snapshot.
     func restoreDevices(_ saved: [String: MachineSnapshot.DeviceState]) throws {
-        let expected = Set(saveDevices().keys)
+        var expected: Set<String> = []
+        try whileVirtioQuiesced { expected = Set(saveDevices().keys) }
         guard Set(saved.keys) == expected else {
             throw VireoError(.corrupt, "snapshot: its devices (\(saved.keys.sorted().joined(separator: ", "))) are not this machine's (\(expected.sorted().joined(separator: ", ")))",
                              hint: "restore with the configuration the snapshot was taken with")
@@ -134,11 +240,26 @@ extension Machine {
                 case let (.rtc(v), l?) where id == "rtc": try l.rtc.restore(v)
                 case let (.pciBus(v), _) where id == "pci0": pciBus?.restore(v)
                 case (.probe, _) where id == "probe": break   // ProbeDevices restores its own
+                case let (.virtio(v), _) where id.hasPrefix("virtio:"):
+                    guard let slot = virtioWiring?.slots.first(where: { "virtio:" + $0.id == id }) else {
+                        throw VireoError(.corrupt, "snapshot: this machine has no device \(id)")
+                    }
+                    do { try slot.transport.restore(v) } catch let e as VirtioStateError {
+                        throw VireoError(.corrupt, "snapshot: device \(id): \(e)", hint: "restore with the configuration the snapshot was taken with")
+                    }
                 default: throw VireoError(.corrupt, "snapshot: device \(id) has state of another kind")
                 }
             }
         } catch let e as DeviceStateError {
             throw VireoError(.corrupt, "snapshot: \(e)")
+        }
+        // The BARs go where the guest had put them (re-binding the doorbells), and every queue
+        // is looked at once when the loop starts (work the guest posted, a pending event).
+        if let wiring = virtioWiring {
+            for slot in wiring.slots {
+                wiring.pci.updateMappings(slot: Int(slot.address.device))
+                for bell in slot.doorbells { bell.signal() }
+            }
         }
     }
 
@@ -179,7 +300,7 @@ extension Machine {
         return written
     }
 
-    private static func isZeroPage(_ p: UnsafeMutableRawPointer) -> Bool {
+    static func isZeroPage(_ p: UnsafeMutableRawPointer) -> Bool {
         // SAFETY: p points at a whole mapped 4 KiB page.
         let words = p.assumingMemoryBound(to: UInt64.self)
         for k in 0..<512 where words[k] != 0 { return false }
@@ -227,4 +348,17 @@ extension ProbeDevices {
 /// The version string snapshots record as their writer.
 public enum VireoVersion {
     public static let string = "0.1.0"
+}
+
+/// A disk a virtio-blk device runs on.
+struct OpenDisk {
+    let id: String
+    let path: String
+    let format: DiskImageFormat
+    let readOnly: Bool
+    let backend: any BlockBackend
+}
+
+extension String {
+    func leftPadded(_ n: Int) -> String { count >= n ? self : String(repeating: "0", count: n - count) + self }
 }

@@ -33,6 +33,27 @@ public struct MachineSnapshot: Codable, Sendable, Equatable {
     public var chips: VMChipState?
     /// Each device's state, keyed by its stable id.
     public var devices: [String: DeviceState]
+    /// The disks as they were when the snapshot was taken (nil in snapshots without disks).
+    public var disks: [Disk]?
+
+    /// A disk of the machine. A read-write disk's contents at the snapshot are kept as an
+    /// internal qcow2 snapshot named `disk_snapshot` inside the image itself; a restore reverts
+    /// the disk to it, so guest RAM (its page cache) and the disk agree.
+    public struct Disk: Codable, Sendable, Equatable {
+        public var id: String
+        public var path: String
+        public var format: String
+        public var readOnly: Bool
+        public var virtualSize: UInt64
+        public var diskSnapshot: String?
+        public init(id: String, path: String, format: String, readOnly: Bool, virtualSize: UInt64, diskSnapshot: String?) {
+            self.id = id; self.path = path; self.format = format; self.readOnly = readOnly
+            self.virtualSize = virtualSize; self.diskSnapshot = diskSnapshot
+        }
+        enum CodingKeys: String, CodingKey {
+            case id, path, format, readOnly = "read_only", virtualSize = "virtual_size", diskSnapshot = "disk_snapshot"
+        }
+    }
 
     public struct MemoryRegion: Codable, Sendable, Equatable {
         public var guestBase: UInt64
@@ -48,6 +69,7 @@ public struct MachineSnapshot: Codable, Sendable, Equatable {
         case i8042(I8042.Saved)
         case rtc(CMOSRTC.Saved)
         case pciBus(PCIBus.Saved)
+        case virtio(VirtioPCIDevice.Saved)
     }
 }
 

@@ -24,6 +24,13 @@ public protocol BlockBackend: AnyObject {
     func flush() throws
     func discard(at offset: UInt64, count: UInt64) throws
     func writeZeroes(at offset: UInt64, count: UInt64, mayUnmap: Bool) throws
+    /// Gives up (false) or takes back (true) the image's write locks: a live migration hands the
+    /// disk to the destination VMM. Back ends without locks do nothing.
+    func setWriteLocksHeld(_ held: Bool) throws
+}
+
+extension BlockBackend {
+    public func setWriteLocksHeld(_ held: Bool) throws {}
 }
 
 /// A RAM disk (tests, scratch disks).
@@ -86,7 +93,15 @@ public final class FileBlockBackend: BlockBackend, @unchecked Sendable {
     public var supportsDiscard: Bool { false }
     public var supportsWriteZeroes: Bool { true }
 
+    /// The file's path (for lock messages).
+    public let path: String
+
+    public func setWriteLocksHeld(_ held: Bool) throws {
+        if held { try FileLocking.acquire(fd: fd.rawValue, path: path, mode: .writer) } else { FileLocking.release(fd: fd.rawValue) }
+    }
+
     public init(path: String, readOnly: Bool, identifier: String? = nil, locking: Bool = false) throws {
+        self.path = path
         fd = try OwnedFD.open(path, flags: readOnly ? O_RDONLY : O_RDWR, purpose: "open disk image")
         if locking { try FileLocking.acquire(fd: fd.rawValue, path: path, mode: readOnly ? .reader : .writer) }
         let end = lseek(fd.rawValue, 0, SEEK_END)

@@ -35,5 +35,9 @@ public final class DiskImageBlockBackend: BlockBackend, @unchecked Sendable {
         try image.writeZeroes(offset: offset, length: count)
     }
 
+    public func setWriteLocksHeld(_ held: Bool) throws {
+        if let q = image as? Qcow2Image { try q.setWriteLocksHeld(held) } else if let r = image as? RawImage { try r.setWriteLocksHeld(held) }
+    }
+
     deinit { try? image.close() }
 }

@@ -138,6 +138,23 @@ public final class VirtioBalloon: VirtioDevice, @unchecked Sendable {
         shared.withLock { $0.interrupt = nil; $0.actualPages = 0; $0.wantStats = false; $0.statsQueue = nil }
     }
 
+    public func saveState() -> VirtioBackendState {
+        let (target, actual) = shared.withLock { ($0.targetPages, $0.actualPages) }
+        return .balloon(targetPages: target, actualPages: actual, statsHead: statsHead)
+    }
+
+    public func restoreState(_ state: VirtioBackendState) throws {
+        guard case let .balloon(target, actual, head) = state else { throw VirtioStateError("a balloon device has no state of kind \(state.kind)") }
+        if let head {
+            guard let q = roles.firstIndex(of: .stats), let queue = queues[q] else {
+                throw VirtioStateError("virtio-balloon: a held stats buffer without a stats queue")
+            }
+            _ = try queue.walkChain(head: head)
+        }
+        statsHead = head
+        shared.withLock { $0.targetPages = target; $0.actualPages = actual }
+    }
+
     public func processQueue(_ index: Int) throws -> Bool {
         guard index >= 0, index < queues.count, index < roles.count, let queue = queues[index],
               let role = roles[index], let memory, let interrupt else { return false }

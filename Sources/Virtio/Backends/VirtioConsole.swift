@@ -84,6 +84,16 @@ public final class VirtioConsole: VirtioDevice {
         interrupt = nil
     }
 
+    public func saveState() -> VirtioBackendState {
+        shared.withLock { .console(input: $0.input, cols: $0.cols, rows: $0.rows) }
+    }
+
+    public func restoreState(_ state: VirtioBackendState) throws {
+        guard case let .console(input, cols, rows) = state else { throw VirtioStateError("a console device has no state of kind \(state.kind)") }
+        let capacity = inputCapacity
+        shared.withLock { s in s.input = Array(input.prefix(capacity)); s.cols = cols; s.rows = rows }
+    }
+
     public func processQueue(_ index: Int) throws -> Bool {
         guard let memory, let interrupt else { return false }
         if shared.withLock({ s in defer { s.sizeChanged = false }; return s.sizeChanged }) { interrupt.signalConfigChange() }

@@ -111,6 +111,16 @@ public final class VirtioNet: VirtioDevice {
         if backend.supportsOffloads { backend.setReceiveOffloads(0) }
     }
 
+    public func saveState() -> VirtioBackendState { .net(heldHeads: heldChains.map(\.head)) }
+
+    public func restoreState(_ state: VirtioBackendState) throws {
+        guard case let .net(heads) = state else { throw VirtioStateError("a network device has no state of kind \(state.kind)") }
+        guard heads.count <= Int(queueMaxSizes[0]) else { throw VirtioStateError("virtio-net: \(heads.count) held receive buffers") }
+        guard !heads.isEmpty else { heldChains = []; return }
+        guard let queue = queues.first ?? nil else { throw VirtioStateError("virtio-net: held receive buffers without a receive queue") }
+        heldChains = try heads.map { try queue.walkChain(head: $0) }
+    }
+
     public func processQueue(_ index: Int) throws -> Bool {
         switch index {
         case 0: return try receive()

@@ -58,6 +58,9 @@ public final class VirtioVsock: VirtioDevice, @unchecked Sendable {
     private var conns: [Int32: Conn] = [:]
     private var control: [VsockHeader] = []
     private var heldChain: DescriptorChain?
+    /// Set on restore: the guest's connections are gone with the old process, so the guest is
+    /// sent VIRTIO_VSOCK_EVENT_TRANSPORT_RESET on the event queue.
+    private var transportResetPending = false
     private var nextHostPort: UInt32 = 1 << 30
     private let ready = Mutex<[Int32]>([])
     private var queues: [VirtqueueSplit?] = []
@@ -108,11 +111,37 @@ public final class VirtioVsock: VirtioDevice, @unchecked Sendable {
 
     public func reset() {
         for c in conns.values { drop(c) }
-        conns = [:]; control = []; heldChain = nil; queues = []; memory = nil; interrupt = nil
+        conns = [:]; control = []; heldChain = nil; queues = []; memory = nil; interrupt = nil; transportResetPending = false
+    }
+
+    public func saveState() -> VirtioBackendState { .vsock(heldHead: heldChain?.head) }
+
+    public func restoreState(_ state: VirtioBackendState) throws {
+        guard case let .vsock(head) = state else { throw VirtioStateError("a vsock device has no state of kind \(state.kind)") }
+        if let head {
+            guard let queue = queues.first ?? nil else { throw VirtioStateError("virtio-vsock: a held buffer without a receive queue") }
+            heldChain = try queue.walkChain(head: head)
+        }
+        transportResetPending = true
+    }
+
+    /// Sends the pending transport reset on the event queue (queue 2) when the driver gave it a buffer.
+    private func sendTransportReset() throws {
+        guard transportResetPending, queues.count > 2, let queue = queues[2], let memory, let interrupt else { return }
+        guard let chain = try queue.popAvailableChain() else { return }
+        var cursor = ChainCursor.writer(chain, memory)
+        guard cursor.remaining >= 4 else {
+            throw VirtqueueError.unexpectedBufferDirection("virtio-vsock event buffers must be device-writable and hold 4 bytes")
+        }
+        try cursor.write([0, 0, 0, 0])     // VIRTIO_VSOCK_EVENT_TRANSPORT_RESET
+        queue.addUsed(head: chain.head, length: 4)
+        transportResetPending = false
+        if queue.needsNotification() { interrupt.signalQueue(2) }
     }
 
     public func processQueue(_ index: Int) throws -> Bool {
         guard memory != nil else { return false }
+        if transportResetPending { try sendTransportReset() }
         if index == 1 { try transmit() }
         if index == 0 || index == 1 { return try receive() }
         return false

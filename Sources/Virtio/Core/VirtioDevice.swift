@@ -55,4 +55,52 @@ public protocol VirtioDevice: AnyObject {
     func processQueue(_ index: Int) throws -> Bool
     /// Return to the initial state; drop queues and activation.
     func reset()
+    /// The back end's own state for a snapshot, beyond its queues' positions (which the
+    /// transport saves). Called with the device quiesced (no `processQueue` running).
+    func saveState() -> VirtioBackendState
+    /// Puts saved state back, right after `activate` on restore (the queues already continue
+    /// from their saved positions). Throws when the state is not this kind of device's.
+    func restoreState(_ state: VirtioBackendState) throws
+}
+
+extension VirtioDevice {
+    /// Back ends whose whole state is their queues.
+    public func saveState() -> VirtioBackendState { .none }
+    public func restoreState(_ state: VirtioBackendState) throws {
+        guard state == .none else { throw VirtioStateError("a \(deviceType) device has no state of kind \(state.kind)") }
+    }
+}
+
+/// A back end's state beyond its queues, in a snapshot (docs/snapshots.md). Descriptor chains a
+/// back end had taken from a ring and still holds are saved as their head indices and walked
+/// again on restore (the driver leaves them untouched while the device owns them).
+public enum VirtioBackendState: Codable, Sendable, Equatable {
+    case none
+    /// virtio-net: receive buffers taken and not yet filled. A frame read from the host side
+    /// and not yet delivered is not saved (a dropped frame, which networks tolerate).
+    case net(heldHeads: [UInt16])
+    /// virtio-balloon: the host's target, the driver's `actual`, the stats buffer held for the
+    /// next request.
+    case balloon(targetPages: UInt32, actualPages: UInt32, statsHead: UInt16?)
+    /// virtio-console: host input not yet delivered, and the console size.
+    case console(input: [UInt8], cols: UInt16, rows: UInt16)
+    /// virtio-vsock: a receive buffer held. Connections do not survive a restore: the guest is
+    /// told with a transport-reset event and its sockets see the reset.
+    case vsock(heldHead: UInt16?)
+
+    public var kind: String {
+        switch self {
+        case .none: return "none"
+        case .net: return "net"
+        case .balloon: return "balloon"
+        case .console: return "console"
+        case .vsock: return "vsock"
+        }
+    }
+}
+
+/// A snapshot's device state that does not fit the device it is restored into.
+public struct VirtioStateError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ d: String) { description = d }
 }

@@ -157,6 +157,22 @@ public struct PCIConfigSpace: Sendable {
 
     public var command: UInt16 { get16(Offset.command) }
 
+    /// Puts saved register bytes back (restore). The identity (vendor, device, class, header
+    /// type, capability layout) must be this function's: only bits the guest can write, and the
+    /// RW1C status bits, are taken from the saved bytes.
+    public mutating func restoreBytes(_ saved: [UInt8]) -> Bool {
+        guard saved.count == Self.size else { return false }
+        for i in 0..<Self.size {
+            let m = writableMask[i] | clearOnWriteMask[i]
+            if (saved[i] & ~m) != (bytes[i] & ~m) && !isDeviceOwned(i) { return false }
+            bytes[i] = saved[i]
+        }
+        return true
+    }
+
+    /// Bytes the device itself changes at run time (the interrupt-status bit of the status register).
+    private func isDeviceOwned(_ offset: Int) -> Bool { offset == Offset.status }
+
     /// BARs the guest currently has decoding (memory space enabled, non-zero, not wrapping).
     public func decodedBARs() -> [(bar: BAR, address: UInt64)] {
         guard command & Command.memorySpace != 0 else { return [] }

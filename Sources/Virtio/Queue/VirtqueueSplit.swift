@@ -42,6 +42,35 @@ public final class VirtqueueSplit: @unchecked Sendable {
     private var signalledUsed: UInt16 = 0
     private var signalledValid = false
 
+    /// Where the device stands in the rings: what a snapshot saves beside the layout (the rings
+    /// themselves are in guest RAM).
+    public struct Position: Codable, Sendable, Equatable {
+        public var nextAvailable: UInt16
+        public var nextUsed: UInt16
+        public var signalledUsed: UInt16
+        public var signalledValid: Bool
+        public init(nextAvailable: UInt16, nextUsed: UInt16, signalledUsed: UInt16, signalledValid: Bool) {
+            self.nextAvailable = nextAvailable; self.nextUsed = nextUsed
+            self.signalledUsed = signalledUsed; self.signalledValid = signalledValid
+        }
+        enum CodingKeys: String, CodingKey {
+            case nextAvailable = "next_available", nextUsed = "next_used", signalledUsed = "signalled_used", signalledValid = "signalled_valid"
+        }
+    }
+
+    public var position: Position {
+        Position(nextAvailable: nextAvailable, nextUsed: nextUsed, signalledUsed: signalledUsed, signalledValid: signalledValid)
+    }
+
+    /// Continues from a saved position (restore). Any 16-bit values are acceptable: the ring
+    /// checks in `popAvailableChain` bound what a bad position can do to a guest fault.
+    public func restore(_ p: Position) {
+        nextAvailable = p.nextAvailable
+        nextUsed = p.nextUsed
+        signalledUsed = p.signalledUsed
+        signalledValid = p.signalledValid
+    }
+
     /// Validates `layout` and binds the rings. `eventIndex`/`indirectDescriptors` are the
     /// negotiated VIRTIO_F_EVENT_IDX / VIRTIO_F_INDIRECT_DESC.
     public init(layout: VirtqueueLayout, maxSize: UInt16, memory: GuestMemory, eventIndex: Bool, indirectDescriptors: Bool) throws {

@@ -6,7 +6,7 @@ import Devices
 /// A value type kept under the transport's state lock. Methods return the messages to send;
 /// the caller delivers them after releasing the lock.
 public struct MSIXTable: Sendable {
-    public struct Entry: Sendable, Equatable {
+    public struct Entry: Codable, Sendable, Equatable {
         public var addressLow: UInt32 = 0
         public var addressHigh: UInt32 = 0
         public var data: UInt32 = 0
@@ -48,6 +48,14 @@ public struct MSIXTable: Sendable {
             out.append((UInt16(v), entries[v].message))
         }
         return out
+    }
+
+    /// Puts saved entries and pending bits back (restore); the counts must be this table's.
+    public mutating func restore(entries: [Entry], pending: [Bool]) -> Bool {
+        guard entries.count == self.entries.count, pending.count == self.pending.count else { return false }
+        self.entries = entries.map { var e = $0; e.addressLow &= ~3; e.control &= 1; return e }
+        self.pending = pending
+        return true
     }
 
     /// A dword read of the table (offset relative to the table start).

@@ -85,13 +85,16 @@ public final class VirtioPCIDevice: PCIDevice, BusDevice, @unchecked Sendable {
     public let memory: GuestMemory
     public let offeredFeatures: UInt64
     public let deviceType: VirtioDeviceType
-    private let queueCount: Int
+    let queueCount: Int
     private let configSize: Int
     private let msi: any MSIDelivery
     private let intx: (any InterruptLine)?
-    private let backendLock = Mutex(())
+    let backendLock = Mutex(())
     let state: Mutex<State>
-    private var interruptHandle: TransportInterrupt? = nil   // set once in init
+    /// The queues handed to the back end at activation (guarded by `backendLock`), kept so a
+    /// snapshot can read where the device stands in each ring.
+    var liveQueues: [VirtqueueSplit?] = []
+    private(set) var interruptHandle: TransportInterrupt? = nil   // set once in init
 
     /// - Parameters:
     ///   - intx: the INTx line (for drivers that do not enable MSI-X); nil advertises no pin.
@@ -579,6 +582,7 @@ public final class VirtioPCIDevice: PCIDevice, BusDevice, @unchecked Sendable {
             }
             guard let interruptHandle else { return }
             try device.activate(VirtioActivation(memory: memory, features: features, queues: queues, interrupt: interruptHandle))
+            liveQueues = queues
             state.withLock { $0.active = true }
         } catch {
             deviceFault("activation: \(error)")
@@ -588,6 +592,7 @@ public final class VirtioPCIDevice: PCIDevice, BusDevice, @unchecked Sendable {
     /// Caller holds `backendLock`.
     private func resetDevice() {
         device.reset()
+        liveQueues = []
         let lower = state.withLock { s -> Bool in
             s.status = 0
             s.active = false
