@@ -23,6 +23,8 @@ public enum HostDaemon {
         public var activeMemorySample: UInt32?
         /// Directories besides the data directory where VM files may live (StoragePools.swift).
         public var pools: [String] = []
+        /// Provisioned guest memory admitted per byte of host RAM + swap (nil: 1.5; Admission.swift).
+        public var memoryOvercommit: Double?
         public init(socketPath: String, dataDir: String, listen: String?, tokenFile: String?, vmmBinary: String) {
             self.socketPath = socketPath; self.dataDir = dataDir; self.listen = listen; self.tokenFile = tokenFile; self.vmmBinary = vmmBinary
         }
@@ -80,6 +82,7 @@ public enum HostDaemon {
 
         let service = try HostService(dataDir: o.dataDir, vmmBinary: o.vmmBinary, pools: o.pools)
         await service.configureActiveMemory(window: o.activeMemoryWindow, sample: o.activeMemorySample)
+        await service.configureAdmission(memoryOvercommit: o.memoryOvercommit)
         await service.migrateDefinitions()
         await service.adoptAll()
 

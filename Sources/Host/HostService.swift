@@ -30,6 +30,8 @@ actor HostService {
     /// `vireo run --active-memory-window` / `--active-memory-sample` for every VMM started (nil: the VMM's default).
     var activeMemoryWindow: UInt32?
     var activeMemorySample: UInt32?
+    /// The host's memory overcommit policy (Admission.swift; `vireo host --memory-overcommit`).
+    var admission = MemoryAdmission.forThisHost(ratio: nil)
 
     /// Live event subscribers (GET /v1/events?follow=true).
     let eventHub = EventHub()
@@ -166,7 +168,7 @@ actor HostService {
             try makeLinkedClone(vm: c.name, template: c.template ?? "")
         }
         do {
-            try Validation.check(def, socketPath: consoleSocketPath(def.name))
+            try Validation.check(def, socketPath: consoleSocketPath(def.name), admission: admission)
             // Every file inside the storage pools, symlinks resolved (the canonical path is kept).
             try confineFiles(&def.config)
             // Every disk's format is recorded now, checked against the file's signature.
@@ -195,7 +197,7 @@ actor HostService {
             if let v = u.cmdline { d.cmdline = v }
             if let v = u.balloonMiB { d.balloonMiB = v }
             if let v = u.restartPolicy { d.restartPolicy = v }
-            try Validation.check(d, socketPath: consoleSocketPath(name))
+            try Validation.check(d, socketPath: consoleSocketPath(name), admission: admission)
             r.definition = d
             try inventory.update(r)
             event(name, "updated", "definition changed")
@@ -352,6 +354,7 @@ actor HostService {
     /// that snapshot directory instead of booting the stored configuration.
     func launch(_ r: inout VMRecord, restoreFrom: String? = nil) throws {
         let name = r.name
+        try admitMemory(r)
         try Self.makeDirectory(vmDir(name))
         // One VMM per VM: its lock first. Held means a VMM of this VM already runs (the
         // caller adopts it: `VMMAlreadyRunning`).
@@ -391,6 +394,18 @@ actor HostService {
         r.pidStartTime = ProcFS.startTime(pid: pid)
         try inventory.update(r)
         event(name, "starting", "VMM pid \(pid)")
+    }
+
+    /// The memory admission at start: `r`'s memory plus what every other VM with a VMM holds
+    /// must fit the host's capacity (Admission.swift). Throws 422 with the numbers.
+    func admitMemory(_ r: VMRecord) throws {
+        let holders = try inventory.all().filter { $0.state.hasProcess && $0.name != r.name }
+        var held = 0
+        for h in holders {
+            let (sum, overflow) = held.addingReportingOverflow(h.definition.memoryMiB)
+            held = overflow ? Int.max : sum   // saturates: past any capacity
+        }
+        try admission.checkStart(name: r.name, memoryMiB: r.definition.memoryMiB, heldMiB: held, holders: holders.count)
     }
 
     /// A VMM of this VM holds its lock, though the record does not know its pid (a daemon

@@ -31,7 +31,7 @@ extension HostService {
                                  kernel: c.kernel, initrd: c.initrd, cmdline: c.cmdline)
         if let base = c.baseDisk { probe.disks = [DiskSpec(path: base, readonly: true)] }
         probe.config.configVersion = VMConfig.currentVersion
-        try Validation.check(probe, socketPath: "")
+        try Validation.check(probe, socketPath: "", admission: admission, what: "template")
         // The template's files inside the storage pools (canonical paths are kept).
         c.kernel = try pools.confine(c.kernel, field: "kernel")
         c.initrd = try c.initrd.map { try pools.confine($0, field: "initrd") }
