@@ -32,6 +32,11 @@ actor HostService {
     var activeMemorySample: UInt32?
     /// The host's memory overcommit policy (Admission.swift; `vireo host --memory-overcommit`).
     var admission = MemoryAdmission.forThisHost(ratio: nil)
+    /// This host's KVM is the PVM backend (`KVMSystem.isPVM`, as `vireo host check` detects it):
+    /// it cannot boot stock Linux kernels usefully; kernel VMs are refused unless
+    /// `allowEmulatedKernels` (`vireo host --allow-emulated-kernels`).
+    var kvmIsPVM = false
+    var allowEmulatedKernels = false
 
     /// Live event subscribers (GET /v1/events?follow=true).
     let eventHub = EventHub()
@@ -354,6 +359,7 @@ actor HostService {
     /// that snapshot directory instead of booting the stored configuration.
     func launch(_ r: inout VMRecord, restoreFrom: String? = nil) throws {
         let name = r.name
+        try checkHostCanBoot(r)
         try admitMemory(r)
         try Self.makeDirectory(vmDir(name))
         // One VMM per VM: its lock first. Held means a VMM of this VM already runs (the
@@ -394,6 +400,15 @@ actor HostService {
         r.pidStartTime = ProcFS.startTime(pid: pid)
         try inventory.update(r)
         event(name, "starting", "VMM pid \(pid)")
+    }
+
+    /// A Linux kernel on a PVM host (nested, page-table based KVM: guest kernels run at CPL 3 and
+    /// stock kernels are emulated instruction by instruction) would show "running" with an empty
+    /// console forever: refused with the reason and the way out, unless the daemon opted in.
+    func checkHostCanBoot(_ r: VMRecord) throws {
+        guard kvmIsPVM, !allowEmulatedKernels, r.definition.kernel != nil else { return }
+        throw HTTPError.invalid("kvm-cannot-boot-kernels",
+            "VM '\(r.name)' boots a Linux kernel, but this host's KVM is the PVM backend (nested, page-table based; `vireo host check` says so): it runs guest kernels at CPL 3 and emulates stock kernels instruction by instruction, so the guest would never boot usefully. Run Linux guests in the nested testbed (scripts/testbed.sh -- COMMAND) or on a host with hardware virtualization (VT-x/AMD-V); probe VMs run here. To start it anyway, start the daemon with --allow-emulated-kernels")
     }
 
     /// The memory admission at start: `r`'s memory plus what every other VM with a VMM holds

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Host
+import KVM
 import VireoAPI
 import VireoSupport
 #if canImport(Glibc)
@@ -43,6 +44,9 @@ struct HostServeCommand: ParsableCommand {
     @Option(name: .customLong("memory-overcommit"), help: ArgumentHelp("Provisioned guest memory this host admits per byte of RAM + swap (0.01 to 100; default 1.5): a VM starts only if its memory plus that of the VMs running fits (RAM + swap) x RATIO.", valueName: "ratio"))
     var memoryOvercommit: Double?
 
+    @Flag(name: .customLong("allow-emulated-kernels"), help: "On a host whose KVM is the PVM backend (`vireo host check` says so), start Linux-kernel VMs anyway; they are refused there otherwise, since stock kernels are emulated and do not boot usefully.")
+    var allowEmulatedKernels = false
+
     func run() throws {
         try reportingErrors {
             if let r = memoryOvercommit, !(0.01...100).contains(r) {
@@ -61,6 +65,8 @@ struct HostServeCommand: ParsableCommand {
             options.activeMemorySample = activeMemorySample
             options.pools = pools
             options.memoryOvercommit = memoryOvercommit
+            options.kvmIsPVM = KVMSystem.isPVM
+            options.allowEmulatedKernels = allowEmulatedKernels
             try HostDaemon.runBlocking(options)
         }
     }
