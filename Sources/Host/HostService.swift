@@ -27,6 +27,9 @@ actor HostService {
     /// Monotonic time of each VM's last start, and its count of quick failures (restart back-off).
     private var lastStart: [String: Double] = [:]
     private var quickFailures: [String: Int] = [:]
+    /// Where each VMM this daemon started began writing in its VM's vmm.log (the log is appended
+    /// to across runs): only lines after it can be that VMM's own words.
+    private var logStart: [String: UInt64] = [:]
     /// `vireo run --active-memory-window` / `--active-memory-sample` for every VMM started (nil: the VMM's default).
     var activeMemoryWindow: UInt32?
     var activeMemorySample: UInt32?
@@ -386,6 +389,7 @@ actor HostService {
         r.reason = nil
         r.exitStatus = nil
         try inventory.update(r)
+        logStart[name] = ProcFS.fileSize(vmmLogPath(name))
         let pid: pid_t
         do { pid = try VMMProcess.spawn(argv, logPath: vmmLogPath(name), lockFD: lock.fd) } catch {
             r.state = .failed; r.reason = "\(error)"; r.pid = nil
@@ -542,16 +546,29 @@ actor HostService {
         var reason: String
         if let file { reason = file.reason }
         else if status > 128 { reason = "the VMM was killed by signal \(status - 128)" }
-        else if let log = ProcFS.read(vmmLogPath(name)), let last = log.split(separator: "\n").last(where: { !$0.isEmpty }) {
-            reason = String((last.hasPrefix("vireo: ") ? last.dropFirst(7) : last).prefix(500))
-        } else { reason = "the VMM exited with status \(status) and no reason" }
+        else if status < 0 {
+            // Not our child (it ended while this daemon was down, or after a restart re-adopted
+            // it): neither its status nor its words are known. vmm.log's last line may be any
+            // output of any run (a probe's "probe_pass=1"), so it is not a reason.
+            reason = "how the VMM ended is unknown: it left no exit file (\(exitPath(name))), and this daemon, which did not start it (it was down, or has restarted since), cannot get its exit status; its output is in \(vmmLogPath(name))"
+        } else if let said = lastErrorLine(name) { reason = said }
+        else { reason = "the VMM exited with status \(status) without saying why; its output is in \(vmmLogPath(name))" }
         if let requested { reason = requested + (file == nil ? "" : " (\(file?.reason ?? ""))") }
         r.exitStatus = status >= 0 ? Int(status) : nil
         r.state = (requested != nil || status == 0) ? .stopped : .failed
         r.reason = reason
         r.pid = nil
         r.pidStartTime = nil
+        logStart[name] = nil
         unlink(socketPath(name))
+    }
+
+    /// The last error line (`vireo: WHY`, how `vireo run` reports an error before its machine
+    /// runs, when no exit file exists yet) that the VMM this daemon started wrote to vmm.log.
+    private func lastErrorLine(_ name: String) -> String? {
+        guard let start = logStart[name], let text = ProcFS.read(vmmLogPath(name), from: start) else { return nil }
+        guard let line = text.split(separator: "\n").last(where: { $0.hasPrefix("vireo: ") }) else { return nil }
+        return String(line.dropFirst(7).prefix(500))
     }
 
     // MARK: Supervision
