@@ -515,6 +515,10 @@ actor HostService {
         }
         event(name, hard ? "killed" : "stopped", r.reason ?? "")
         try inventory.update(r)
+        // A killed VMM's group leader shows as ended while its other threads still close its
+        // files, the VM's lock among them: a launch right after (reboot, revert) would find the
+        // lock held and take it for another VMM. Wait (up to 2 s) for the lock to go.
+        for _ in 0..<100 where VMMLock.isHeld(lockPath(name)) { try? await Task.sleep(for: .milliseconds(20)) }
     }
 
     /// If the VMM of `r` has ended: its exit status (from waitpid, else its exit file, else -1).
