@@ -124,10 +124,17 @@ actor HostService {
         return r
     }
 
-    func event(_ vm: String, _ type: String, _ message: String) {
+    /// Records an event about `subject` (a VM unless `kind` says otherwise) and sends it to followers.
+    func event(_ subject: String, kind: EventSubjectKind = .vm, _ type: String, _ message: String) {
         let time = WallClock.now()
-        guard let seq = try? inventory.addEvent(vm: vm, type: type, message: message, time: time) else { return }
-        eventHub.publish(Event(seq: seq, time: time, vm: vm, type: type, message: message))
+        guard let seq = try? inventory.addEvent(kind: kind, subject: subject, type: type, message: message, time: time) else { return }
+        eventHub.publish(Event(seq: seq, time: time, subjectKind: kind, subject: subject, type: type, message: message))
+    }
+
+    /// Progress (an image import at 40%): sent to followers only, never stored (seq 0), so the
+    /// history keeps what happened, not how it went.
+    func progressEvent(_ subject: String, kind: EventSubjectKind, _ type: String, _ message: String) {
+        eventHub.publish(Event(seq: 0, time: WallClock.now(), subjectKind: kind, subject: subject, type: type, message: message))
     }
 
     // MARK: Read-only
@@ -136,8 +143,8 @@ actor HostService {
 
     func show(_ name: String) throws -> VM { view(try record(name)) }
 
-    func events(since: Int, vm: String?, limit: Int) throws -> [Event] {
-        try inventory.events(since: since, vm: vm, limit: limit)
+    func events(since: Int, filter: EventFilter, limit: Int) throws -> [Event] {
+        try inventory.events(since: since, filter: filter, limit: limit)
     }
 
     /// The serial log from `offset`, at most `limit` bytes, and the offset after it.
@@ -373,6 +380,7 @@ actor HostService {
         do { try VMMCommand.writeConfig(r.definition.config, to: configPath(name)) } catch {
             r.state = .failed; r.reason = "\(error)"; r.pid = nil
             try inventory.update(r)
+            event(name, "failed", "cannot write the VMM configuration: \(error)")
             throw HTTPError(500, "spawn-failed", "cannot write the VMM configuration for '\(name)': \(error)")
         }
         var argv = VMMCommand.arguments(vmmBinary: vmmBinary, configPath: configPath(name), restore: restoreFrom, console: consolePath(name),
@@ -394,6 +402,7 @@ actor HostService {
         do { pid = try VMMProcess.spawn(argv, logPath: vmmLogPath(name), lockFD: lock.fd) } catch {
             r.state = .failed; r.reason = "\(error)"; r.pid = nil
             try inventory.update(r)
+            event(name, "failed", "cannot start the VMM: \(error)")
             throw HTTPError(500, "spawn-failed", "cannot start the VMM for '\(name)': \(error)")
         }
         withExtendedLifetime(lock) {}   // closed here: the VMM's copy keeps the lock
@@ -467,6 +476,7 @@ actor HostService {
                 recordExit(&r, status: status)
                 try inventory.update(r)
                 if r.state == .failed {
+                    event(name, "failed", r.reason ?? "the VMM exited")
                     throw HTTPError.invalid("start-failed", "VM '\(name)' failed to start: \(r.reason ?? "the VMM exited"); `vireo vm logs \(name)` shows its console")
                 }
                 return r

@@ -45,7 +45,7 @@ extension HostService {
         let t = Template(name: c.name, kernel: c.kernel, initrd: c.initrd, cmdline: c.cmdline, baseDisk: c.baseDisk,
                          baseFormat: format, vcpus: probe.vcpus, memoryMiB: probe.memoryMiB, createdAt: WallClock.now(), baseImage: c.baseImage)
         try inventory.insertTemplate(t)
-        event(c.name, "template-created", c.baseDisk.map { "base disk \($0)" } ?? "")
+        event(c.name, kind: .template, "template-created", c.baseDisk.map { "base disk \($0)" } ?? "")
         return t
     }
 
@@ -56,7 +56,7 @@ extension HostService {
             throw HTTPError.conflict("template '\(name)' is used by VM\(users.count > 1 ? "s" : "") \(users.joined(separator: ", ")); delete those first")
         }
         try inventory.deleteTemplate(name)
-        event(name, "template-deleted", "")
+        event(name, kind: .template, "template-deleted", "")
     }
 
     /// The VM definition a template gives, and (with a base disk) its linked clone: a qcow2

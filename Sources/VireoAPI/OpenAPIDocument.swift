@@ -126,11 +126,33 @@ public enum OpenAPIDocument {
             }
           },
           {
+            "name": "subject",
+            "in": "query",
+            "schema": {
+              "type": "string"
+            },
+            "description": "only events about the VM, template or image of this name"
+          },
+          {
             "name": "vm",
             "in": "query",
             "schema": {
               "type": "string"
-            }
+            },
+            "description": "the first API's name for subject (the same filter, any kind)"
+          },
+          {
+            "name": "subject_kind",
+            "in": "query",
+            "schema": {
+              "type": "string",
+              "enum": [
+                "vm",
+                "template",
+                "image"
+              ]
+            },
+            "description": "only events about VMs, templates or images"
           }
         ],
         "responses": {
@@ -3175,23 +3197,41 @@ public enum OpenAPIDocument {
           "time",
           "vm",
           "type",
-          "message"
+          "message",
+          "subject_kind",
+          "subject"
         ],
+        "description": "Something that happened to a VM, template or image. Stored events have a seq; progress lines (an image import's percentages) go to followers only, with seq 0, as do the stream's control lines (stream-dropped, daemon-stopping, whose subject_kind is empty).",
         "properties": {
           "seq": {
-            "type": "integer"
+            "type": "integer",
+            "minimum": 0
           },
           "time": {
             "type": "string"
           },
           "vm": {
-            "type": "string"
+            "type": "string",
+            "description": "the subject's name whatever its kind (the first API's field, kept for its clients): read subject_kind and subject"
           },
           "type": {
             "type": "string"
           },
           "message": {
             "type": "string"
+          },
+          "subject_kind": {
+            "type": "string",
+            "enum": [
+              "vm",
+              "template",
+              "image",
+              ""
+            ]
+          },
+          "subject": {
+            "type": "string",
+            "description": "the name of the VM, template or image"
           }
         }
       },
