@@ -203,8 +203,15 @@ actor HostService {
     func update(_ name: String, _ u: VMUpdate) async throws -> VM {
         try await withVMLock(name) {
             var r = try record(name)
-            guard !r.state.hasProcess else {
-                throw HTTPError.conflict("VM '\(name)' is \(r.state.rawValue); stop it before changing its definition")
+            // What the VMM was started with changes only at its next start; the restart policy
+            // is the daemon's own and may change any time.
+            var needsRestart: [String] = []
+            if u.vcpus != nil { needsRestart.append("vCPUs") }
+            if u.memoryMiB != nil { needsRestart.append("memory") }
+            if u.cmdline != nil { needsRestart.append("the kernel command line") }
+            if u.balloonMiB != nil { needsRestart.append("the balloon device") }
+            guard !r.state.hasProcess || needsRestart.isEmpty else {
+                throw HTTPError.conflict("VM '\(name)' is \(r.state.rawValue), and its VMM keeps \(needsRestart.joined(separator: ", ")) until it restarts: stop it (`vireo vm stop \(name)`), change it, then start it again" + (u.balloonMiB != nil ? " (`vireo vm balloon \(name) SIZE` sets a running balloon's target)" : ""))
             }
             var d = r.definition
             if let v = u.vcpus { d.vcpus = v }
@@ -213,9 +220,15 @@ actor HostService {
             if let v = u.balloonMiB { d.balloonMiB = v }
             if let v = u.restartPolicy { d.restartPolicy = v }
             try Validation.check(d, socketPath: consoleSocketPath(name), admission: admission)
+            var changed: [String] = []
+            if d.vcpus != r.definition.vcpus { changed.append("vcpus \(r.definition.vcpus) -> \(d.vcpus)") }
+            if d.memoryMiB != r.definition.memoryMiB { changed.append("memory \(r.definition.memoryMiB) -> \(d.memoryMiB) MiB") }
+            if d.cmdline != r.definition.cmdline { changed.append("cmdline") }
+            if d.balloonMiB != r.definition.balloonMiB { changed.append("balloon \(r.definition.balloonMiB.map { "\($0) MiB" } ?? "none") -> \(d.balloonMiB.map { "\($0) MiB" } ?? "none")") }
+            if d.restartPolicy != r.definition.restartPolicy { changed.append("restart policy \(r.definition.restartPolicy.rawValue) -> \(d.restartPolicy.rawValue)") }
             r.definition = d
             try inventory.update(r)
-            event(name, "updated", "definition changed")
+            event(name, "updated", changed.isEmpty ? "nothing changed" : changed.joined(separator: ", "))
             return view(r)
         }
     }

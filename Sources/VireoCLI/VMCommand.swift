@@ -16,7 +16,7 @@ struct VMCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vm",
         abstract: "Create, run and inspect VMs managed by the host daemon (`vireo host`).",
-        subcommands: [VMCreateCommand.self, VMListCommand.self, VMShowCommand.self,
+        subcommands: [VMCreateCommand.self, VMListCommand.self, VMShowCommand.self, VMUpdateCommand.self,
                       VMActionCommand<Start>.self, VMStopCommand.self, VMActionCommand<Kill>.self,
                       VMActionCommand<Pause>.self, VMActionCommand<Resume>.self, VMActionCommand<Reboot>.self,
                       VMBalloonCommand.self, VMDeleteCommand.self, VMConsoleCommand.self, VMLogsCommand.self,
@@ -275,6 +275,9 @@ func streamConsole(client: APIClient, name: String, from: Int, follow: Bool) thr
 func pathSafe(_ name: String) -> String {
     String(name.map { $0 == "/" || $0 == "?" || $0 == "#" || $0 == "%" || $0 == " " ? "_" : $0 })
 }
+
+/// "1 vCPU", "2 vCPUs".
+func vcpuText(_ n: Int) -> String { n == 1 ? "1 vCPU" : "\(n) vCPUs" }
 
 func printTable(_ rows: [[String]]) {
     guard let first = rows.first else { return }
