@@ -196,7 +196,7 @@ actor HostService {
         let r = VMRecord(definition: def, state: .stopped, reason: nil, pid: nil, pidStartTime: nil, exitStatus: nil,
                          restartCount: 0, createdAt: WallClock.now())
         try inventory.insert(r)
-        event(def.name, "created", "\(def.vcpus) vCPUs, \(def.memoryMiB) MiB")
+        event(def.name, "created", "\(def.vcpus == 1 ? "1 vCPU" : "\(def.vcpus) vCPUs"), \(MemoryAdmission.mib(def.memoryMiB))")
         return view(r)
     }
 

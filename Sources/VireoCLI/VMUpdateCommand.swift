@@ -37,8 +37,8 @@ struct VMUpdateCommand: ParsableCommand {
             }
             let vm = try client.makeClient().call("PATCH", "/v1/vms/\(pathSafe(name))", body: APIJSON.encode(u), as: VM.self)
             if client.json { print(String(decoding: APIJSON.encode(vm, pretty: true), as: UTF8.self)); return }
-            var facts = [vcpuText(vm.vcpus), ByteSize.format(UInt64(vm.memoryMiB) << 20)]
-            if let b = vm.balloonMiB { facts.append("balloon \(ByteSize.format(UInt64(b) << 20))") }
+            var facts = [vcpuText(vm.vcpus), memoryText(vm.memoryMiB)]
+            if let b = vm.balloonMiB { facts.append("balloon \(memoryText(b))") }
             facts.append("restart \(vm.restartPolicy.rawValue)")
             print("updated \(vm.name): \(facts.joined(separator: ", "))")
         }
