@@ -10,7 +10,7 @@ name_param = {"name": "name", "in": "path", "required": True, "schema": {"type":
 def vm_action(verb, summary, extra):
     codes = {"200": ok("the VM after the action", ref("VM")), "404": err("no such VM"), "409": err(extra)}
     if verb == "start":
-        codes["422"] = err("the definition's files vanished, or the VMM failed at once (reason in message)")
+        codes["422"] = err("the definition's files vanished; insufficient-memory: the VM does not fit beside the running ones (memory admission); kvm-cannot-boot-kernels: a Linux VM on a PVM host; or the VMM failed at once (reason in message)")
     codes["401"] = err("missing or wrong bearer token (TCP listener only)")
     codes["500"] = err("the VMM did not respond")
     op = {"operationId": f"{verb}VM", "summary": summary, "parameters": [name_param], "responses": codes}
@@ -60,10 +60,10 @@ doc = {
                              "422": err("a value out of range, a missing file, conflicting boot sources"), **unauth}}},
     "/v1/vms/{name}": {
       "get": {"operationId": "getVM", "summary": "One VM", "parameters": [name_param], "responses": {"200": ok("the VM", ref("VM")), "404": err("no such VM"), **unauth}},
-      "patch": {"operationId": "updateVM", "summary": "Change a stopped VM's definition", "parameters": [name_param],
+      "patch": {"operationId": "updateVM", "summary": "Change a VM's definition: vcpus, memory_mib, cmdline and balloon_mib while it is stopped, restart_policy any time", "parameters": [name_param],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": ref("VMUpdate")}}},
                 "responses": {"200": ok("the VM", ref("VM")), "400": err("malformed JSON or unknown field"), "404": err("no such VM"),
-                              "409": err("the VM is running"), "422": err("a value out of range"), **unauth}},
+                              "409": err("the VM is running and the change needs its VMM restarted"), "422": err("a value out of range, or more memory than the host admits"), **unauth}},
       "delete": {"operationId": "deleteVM", "summary": "Delete a stopped VM and its logs", "parameters": [name_param],
                  "responses": {"204": {"description": "deleted"}, "404": err("no such VM"), "409": err("the VM is running"), **unauth}}},
     "/v1/vms/{name}/start": vm_action("start", "Start the VM's VMM process", "the VM is already running"),

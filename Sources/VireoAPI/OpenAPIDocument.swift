@@ -358,7 +358,7 @@ public enum OpenAPIDocument {
       },
       "patch": {
         "operationId": "updateVM",
-        "summary": "Change a stopped VM's definition",
+        "summary": "Change a VM's definition: vcpus, memory_mib, cmdline and balloon_mib while it is stopped, restart_policy any time",
         "parameters": [
           {
             "name": "name",
@@ -412,7 +412,7 @@ public enum OpenAPIDocument {
             }
           },
           "409": {
-            "description": "the VM is running",
+            "description": "the VM is running and the change needs its VMM restarted",
             "content": {
               "application/json": {
                 "schema": {
@@ -422,7 +422,7 @@ public enum OpenAPIDocument {
             }
           },
           "422": {
-            "description": "a value out of range",
+            "description": "a value out of range, or more memory than the host admits",
             "content": {
               "application/json": {
                 "schema": {
@@ -541,7 +541,7 @@ public enum OpenAPIDocument {
             }
           },
           "422": {
-            "description": "the definition's files vanished, or the VMM failed at once (reason in message)",
+            "description": "the definition's files vanished; insufficient-memory: the VM does not fit beside the running ones (memory admission); kvm-cannot-boot-kernels: a Linux VM on a PVM host; or the VMM failed at once (reason in message)",
             "content": {
               "application/json": {
                 "schema": {
