@@ -10,7 +10,7 @@ name_param = {"name": "name", "in": "path", "required": True, "schema": {"type":
 def vm_action(verb, summary, extra):
     codes = {"200": ok("the VM after the action", ref("VM")), "404": err("no such VM"), "409": err(extra)}
     if verb == "start":
-        codes["422"] = err("the definition's files vanished, or the VMM failed at once (reason in message)")
+        codes["422"] = err("the definition's files vanished; insufficient-memory: the VM does not fit beside the running ones (memory admission); kvm-cannot-boot-kernels: a Linux VM on a PVM host; or the VMM failed at once (reason in message)")
     codes["401"] = err("missing or wrong bearer token (TCP listener only)")
     codes["500"] = err("the VMM did not respond")
     op = {"operationId": f"{verb}VM", "summary": summary, "parameters": [name_param], "responses": codes}
@@ -45,7 +45,9 @@ doc = {
                         "description": "keep the response open: the backlog after since, then each new event as it happens, one JSON Event per line (application/x-ndjson, chunked); limit does not apply. A client that falls 1024 events behind gets a last line of type stream-dropped and the stream ends."},
                        {"name": "since", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 2147483647}, "description": "only events with seq greater than this"},
                        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 10000}},
-                       {"name": "vm", "in": "query", "schema": {"type": "string"}}],
+                       {"name": "subject", "in": "query", "schema": {"type": "string"}, "description": "only events about the VM, template or image of this name"},
+                       {"name": "vm", "in": "query", "schema": {"type": "string"}, "description": "the first API's name for subject (the same filter, any kind)"},
+                       {"name": "subject_kind", "in": "query", "schema": {"type": "string", "enum": ["vm", "template", "image"]}, "description": "only events about VMs, templates or images"}],
         "responses": {"200": {"description": "events (with follow=true: a stream of Event lines)",
                               "content": {"application/json": {"schema": ref("EventList")}, "application/x-ndjson": {"schema": ref("Event")}}},
                       "400": err("bad query parameter"), **unauth}}},
@@ -58,10 +60,10 @@ doc = {
                              "422": err("a value out of range, a missing file, conflicting boot sources"), **unauth}}},
     "/v1/vms/{name}": {
       "get": {"operationId": "getVM", "summary": "One VM", "parameters": [name_param], "responses": {"200": ok("the VM", ref("VM")), "404": err("no such VM"), **unauth}},
-      "patch": {"operationId": "updateVM", "summary": "Change a stopped VM's definition", "parameters": [name_param],
+      "patch": {"operationId": "updateVM", "summary": "Change a VM's definition: vcpus, memory_mib, cmdline and balloon_mib while it is stopped, restart_policy any time", "parameters": [name_param],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": ref("VMUpdate")}}},
                 "responses": {"200": ok("the VM", ref("VM")), "400": err("malformed JSON or unknown field"), "404": err("no such VM"),
-                              "409": err("the VM is running"), "422": err("a value out of range"), **unauth}},
+                              "409": err("the VM is running and the change needs its VMM restarted"), "422": err("a value out of range, or more memory than the host admits"), **unauth}},
       "delete": {"operationId": "deleteVM", "summary": "Delete a stopped VM and its logs", "parameters": [name_param],
                  "responses": {"204": {"description": "deleted"}, "404": err("no such VM"), "409": err("the VM is running"), **unauth}}},
     "/v1/vms/{name}/start": vm_action("start", "Start the VM's VMM process", "the VM is already running"),
@@ -264,8 +266,13 @@ doc = {
                 "properties": {"name": {"type": "string", "description": "the TAP device"},
         "rx_frames": {"type": "integer", "minimum": 0}, "rx_bytes": {"type": "integer", "minimum": 0}, "rx_drops": {"type": "integer", "minimum": 0},
         "tx_frames": {"type": "integer", "minimum": 0}, "tx_bytes": {"type": "integer", "minimum": 0}, "tx_drops": {"type": "integer", "minimum": 0}}},
-    "Event": {"type": "object", "required": ["seq", "time", "vm", "type", "message"],
-              "properties": {"seq": {"type": "integer"}, "time": {"type": "string"}, "vm": {"type": "string"}, "type": {"type": "string"}, "message": {"type": "string"}}},
+    "Event": {"type": "object", "required": ["seq", "time", "vm", "type", "message", "subject_kind", "subject"],
+              "description": "Something that happened to a VM, template or image. Stored events have a seq; progress lines (an image import's percentages) go to followers only, with seq 0, as do the stream's control lines (stream-dropped, daemon-stopping, whose subject_kind is empty).",
+              "properties": {"seq": {"type": "integer", "minimum": 0}, "time": {"type": "string"},
+                             "vm": {"type": "string", "description": "the subject's name whatever its kind (the first API's field, kept for its clients): read subject_kind and subject"},
+                             "type": {"type": "string"}, "message": {"type": "string"},
+                             "subject_kind": {"type": "string", "enum": ["vm", "template", "image", ""]},
+                             "subject": {"type": "string", "description": "the name of the VM, template or image"}}},
     "EventList": {"type": "object", "required": ["events"], "properties": {"events": {"type": "array", "items": ref("Event")}}},
   }},
 }

@@ -90,7 +90,7 @@ enum ConsoleAttach {
                     }
             } catch {
                 try await outbound.write(closeFrame(.unexpectedServerError,
-                    "cannot reach the console socket of VM '\(vm)' (\(path)): \(error); a VMM started by an older vireo has none: restart the VM"))
+                    "cannot reach the console socket of VM '\(vm)' (\(path)): \(error); its VMM may be stopping (`vireo vm show \(vm)` says)"))
                 return
             }
             try await vmm.executeThenClose { fromVMM, toVMM in

@@ -9,7 +9,7 @@ final class EventHub: Sendable {
     static let bufferLines = 1024
 
     private struct Subscriber {
-        let vm: String?
+        let filter: EventFilter
         let continuation: AsyncStream<[UInt8]>.Continuation
         /// seq of the last event queued for it.
         var lastQueued: Int
@@ -33,13 +33,13 @@ final class EventHub: Sendable {
     /// Clients following the stream now (the `vireo_event_subscribers` gauge).
     var count: Int { state.withLock { $0.subscribers.count } }
 
-    /// A new subscriber for events of `vm` (all when nil) after seq `after`: its id and its stream of NDJSON lines.
-    func subscribe(vm: String?, after: Int) -> (id: Int, lines: AsyncStream<[UInt8]>) {
+    /// A new subscriber for events that `filter` matches after seq `after`: its id and its stream of NDJSON lines.
+    func subscribe(_ filter: EventFilter, after: Int) -> (id: Int, lines: AsyncStream<[UInt8]>) {
         let (stream, continuation) = AsyncStream<[UInt8]>.makeStream(bufferingPolicy: .bufferingOldest(Self.bufferLines))
         let id = state.withLock { s in
             let id = s.next
             s.next += 1
-            s.subscribers[id] = Subscriber(vm: vm, continuation: continuation, lastQueued: after)
+            s.subscribers[id] = Subscriber(filter: filter, continuation: continuation, lastQueued: after)
             return id
         }
         // Called outside our lock (finish/cancel run it synchronously), so cancel may take it.
@@ -72,10 +72,12 @@ final class EventHub: Sendable {
         for sub in all { sub.continuation.finish() }
     }
 
+    /// Sends `event` to every matching subscriber. Stored events have a seq; live-only ones
+    /// (progress) have seq 0 and do not move where a subscriber would resume (`since`).
     func publish(_ event: Event) {
         let line = APIJSON.encode(event) + [10]
         var cut: [AsyncStream<[UInt8]>.Continuation] = []
-        let targets = state.withLock { s in s.subscribers.filter { $0.value.vm == nil || $0.value.vm == event.vm } }
+        let targets = state.withLock { s in s.subscribers.filter { $0.value.filter.matches(event) } }
         for (id, sub) in targets {
             if case .dropped = sub.continuation.yield(line) {
                 state.withLock { s in
@@ -83,7 +85,7 @@ final class EventHub: Sendable {
                 }
                 cut.append(sub.continuation)
             } else {
-                state.withLock { s in s.subscribers[id]?.lastQueued = event.seq }
+                if event.seq > 0 { state.withLock { s in s.subscribers[id]?.lastQueued = event.seq } }
             }
         }
         for c in cut { c.finish() }
@@ -95,13 +97,24 @@ final class EventHub: Sendable {
         let e: Event
         switch ending {
         case let .tooSlow(last):
-            e = Event(seq: 0, time: time, vm: "", type: "stream-dropped",
+            e = Event(control: "stream-dropped", time: time,
                       message: "this client read events more slowly than they came and was cut off after falling \(bufferLines) behind; reconnect with since=\(last) to get the rest")
         case let .daemonStopping(last):
-            e = Event(seq: 0, time: time, vm: "", type: "daemon-stopping",
+            e = Event(control: "daemon-stopping", time: time,
                       message: "the daemon is stopping; when it is back, reconnect with since=\(last) to get what happened meanwhile")
         }
         return APIJSON.encode(e) + [10]
+    }
+}
+
+/// Which events a listing or a follower wants: those of one subject name (any kind unless
+/// `kind` says), of one kind, or all.
+struct EventFilter: Sendable, Equatable {
+    var subject: String?
+    var kind: EventSubjectKind?
+
+    func matches(_ e: Event) -> Bool {
+        (subject == nil || subject == e.subject) && (kind == nil || kind?.rawValue == e.subjectKind)
     }
 }
 

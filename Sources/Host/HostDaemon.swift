@@ -23,6 +23,12 @@ public enum HostDaemon {
         public var activeMemorySample: UInt32?
         /// Directories besides the data directory where VM files may live (StoragePools.swift).
         public var pools: [String] = []
+        /// Provisioned guest memory admitted per byte of host RAM + swap (nil: 1.5; Admission.swift).
+        public var memoryOvercommit: Double?
+        /// This host's KVM is the PVM backend (the caller detects it: `KVMSystem.isPVM`).
+        public var kvmIsPVM = false
+        /// Start Linux-kernel VMs even on a PVM host (they are refused there otherwise).
+        public var allowEmulatedKernels = false
         public init(socketPath: String, dataDir: String, listen: String?, tokenFile: String?, vmmBinary: String) {
             self.socketPath = socketPath; self.dataDir = dataDir; self.listen = listen; self.tokenFile = tokenFile; self.vmmBinary = vmmBinary
         }
@@ -80,6 +86,8 @@ public enum HostDaemon {
 
         let service = try HostService(dataDir: o.dataDir, vmmBinary: o.vmmBinary, pools: o.pools)
         await service.configureActiveMemory(window: o.activeMemoryWindow, sample: o.activeMemorySample)
+        await service.configureAdmission(memoryOvercommit: o.memoryOvercommit)
+        await service.configureKernelPolicy(kvmIsPVM: o.kvmIsPVM, allowEmulatedKernels: o.allowEmulatedKernels)
         await service.migrateDefinitions()
         await service.adoptAll()
 
@@ -104,6 +112,11 @@ public enum HostDaemon {
         }
         signal(SIGPIPE, SIG_IGN)
         printLine("vireo host: listening on \(o.socketPath), data in \(o.dataDir), pid \(getpid())")
+        if o.kvmIsPVM {
+            printLine(o.allowEmulatedKernels
+                ? "vireo host: this host's KVM is the PVM backend; Linux-kernel VMs start anyway (--allow-emulated-kernels) but are emulated and do not boot usefully"
+                : "vireo host: this host's KVM is the PVM backend: Linux-kernel VMs are refused at start (scripts/testbed.sh runs them; --allow-emulated-kernels starts them anyway)")
+        }
 
         try await withThrowingTaskGroup(of: Void.self) { tasks in
             tasks.addTask { try await HTTPServer.serve(unix, router: unixRouter) }

@@ -23,7 +23,7 @@ extension HostService {
             throw HTTPError.conflict("VM '\(name)' is \(vm.state.rawValue); its balloon can be set only while it runs (`vireo vm start \(name)`)")
         }
         guard vm.balloonMiB != nil else {
-            throw HTTPError.conflict("VM '\(name)' has no balloon device; give it balloon_mib (`vireo vm update` while stopped, or create it with --balloon) and restart it")
+            throw HTTPError.conflict("VM '\(name)' has no balloon device: stop it (`vireo vm stop \(name)`), give it one (`vireo vm update \(name) --balloon SIZE`), then start it again")
         }
         return BalloonTarget(name: name, socket: vm.apiSocket, memoryMiB: vm.memoryMiB)
     }

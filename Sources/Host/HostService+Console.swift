@@ -11,6 +11,15 @@ extension HostService {
         guard r.state == .running || r.state == .paused else {
             throw HTTPError.conflict("VM '\(name)' is \(r.state.rawValue); its console can be attached only while it runs (`vireo vm start \(name)`; `vireo vm logs \(name)` prints the log)")
         }
+        if let probe = r.definition.probe, !Self.probeHasConsole(probe, disks: r.definition.disks.count) {
+            throw HTTPError.conflict("VM '\(name)' runs the built-in probe guest (workload \(probe.prefix(40))), which has no serial console to attach to: only the echo workload without disks has one. `vireo vm logs \(name)` prints its pass markers")
+        }
         return consoleSocketPath(name)
+    }
+
+    /// Whether a probe VM's VMM serves a console: only the echo workload has a UART, and only
+    /// without disks (probe images drive virtio instead); see Machine.swift.
+    static func probeHasConsole(_ workload: String, disks: Int) -> Bool {
+        workload.split(separator: ":").first == "echo" && disks == 0
     }
 }

@@ -89,7 +89,8 @@ extension HostService {
     }
 
     /// Reserves `name`, runs `work` on a thread of its own (the actor keeps answering), relays
-    /// its progress as events (type image-create/image-import, every 5%), then renames the
+    /// its progress to event followers only (type image-create/image-import, every 5%; stored: the
+    /// -started event and the end), then renames the
     /// finished file into place. On failure the partial file is removed and nothing remains.
     private func writeImage(_ name: String, format: ImageFormat, state: ImageState, what: String,
                             _ work: @escaping @Sendable (String, @escaping ProgressHandler) throws(VireoError) -> Void) async throws -> Image {
@@ -101,7 +102,8 @@ extension HostService {
         let final = imagePath(name, format)
         let kind = state == .importing ? "image-import" : "image-create"
         unlink(part)
-        event(name, kind, "0% \(what)")
+        event(name, kind: .image, kind + "-started", what)
+        progressEvent(name, kind: .image, kind, "0% \(what)")
         let (percents, relay) = AsyncStream<Int>.makeStream(bufferingPolicy: .bufferingNewest(32))
         async let outcome: Result<Void, VireoError> = Self.offActor {
             defer { relay.finish() }
@@ -121,20 +123,20 @@ extension HostService {
         }
         for await p in percents {
             imageJobs.progress(name, p)
-            event(name, kind, "\(p)% \(what)")
+            progressEvent(name, kind: .image, kind, "\(p)% \(what)")
         }
         if case let .failure(error) = await outcome {
             unlink(part)
-            event(name, kind + "-failed", "\(what): \(error)")
+            event(name, kind: .image, kind + "-failed", "\(what): \(error)")
             throw HTTPError.invalid(state == .importing ? "import-failed" : "create-failed", "image '\(name)': \(error)")
         }
         guard rename(part, final) == 0 else {
             let e = String(cString: strerror(errno))
             unlink(part)
-            event(name, kind + "-failed", "\(what): cannot move it into place: \(e)")
+            event(name, kind: .image, kind + "-failed", "\(what): cannot move it into place: \(e)")
             throw HTTPError(500, "internal", "image '\(name)': cannot rename \(part) to \(final): \(e)")
         }
-        event(name, state == .importing ? "image-imported" : "image-created", "100% \(what)")
+        event(name, kind: .image, state == .importing ? "image-imported" : "image-created", "100% \(what)")
         imageJobs.end(name)
         return try showImage(name)
     }

@@ -191,7 +191,7 @@ extension HostService {
         } catch {
             throw HTTPError(500, "internal", "image '\(name)': resize failed: \(error)")
         }
-        event(name, "image-resized", "\(image.virtualSizeBytes) -> \(r.sizeBytes) bytes")
+        event(name, kind: .image, "image-resized", "\(image.virtualSizeBytes) -> \(r.sizeBytes) bytes")
         return try showImage(name)
     }
 
@@ -229,6 +229,6 @@ extension HostService {
         guard unlink(image.path) == 0 else {
             throw HTTPError(500, "internal", "cannot remove \(image.path): \(String(cString: strerror(errno)))")
         }
-        event(name, "image-deleted", image.path)
+        event(name, kind: .image, "image-deleted", image.path)
     }
 }

@@ -14,6 +14,15 @@ extension HostService {
 
     func configureActiveMemory(window: UInt32?, sample: UInt32?) { activeMemoryWindow = window; activeMemorySample = sample }
 
+    /// The memory overcommit ratio (`vireo host --memory-overcommit`; nil: the default).
+    func configureAdmission(memoryOvercommit: Double?) { admission = MemoryAdmission.forThisHost(ratio: memoryOvercommit) }
+
+    /// Whether this host's KVM is the PVM backend, and whether kernel VMs may start on it anyway.
+    func configureKernelPolicy(kvmIsPVM: Bool, allowEmulatedKernels: Bool) {
+        self.kvmIsPVM = kvmIsPVM
+        self.allowEmulatedKernels = allowEmulatedKernels
+    }
+
     /// 404 for an unknown VM, 409 for one without a VMM (stopped, failed).
     func statsTarget(_ name: String) throws -> StatsTarget {
         let vm = try show(name)

@@ -27,9 +27,19 @@ actor HostService {
     /// Monotonic time of each VM's last start, and its count of quick failures (restart back-off).
     private var lastStart: [String: Double] = [:]
     private var quickFailures: [String: Int] = [:]
+    /// Where each VMM this daemon started began writing in its VM's vmm.log (the log is appended
+    /// to across runs): only lines after it can be that VMM's own words.
+    private var logStart: [String: UInt64] = [:]
     /// `vireo run --active-memory-window` / `--active-memory-sample` for every VMM started (nil: the VMM's default).
     var activeMemoryWindow: UInt32?
     var activeMemorySample: UInt32?
+    /// The host's memory overcommit policy (Admission.swift; `vireo host --memory-overcommit`).
+    var admission = MemoryAdmission.forThisHost(ratio: nil)
+    /// This host's KVM is the PVM backend (`KVMSystem.isPVM`, as `vireo host check` detects it):
+    /// it cannot boot stock Linux kernels usefully; kernel VMs are refused unless
+    /// `allowEmulatedKernels` (`vireo host --allow-emulated-kernels`).
+    var kvmIsPVM = false
+    var allowEmulatedKernels = false
 
     /// Live event subscribers (GET /v1/events?follow=true).
     let eventHub = EventHub()
@@ -114,10 +124,17 @@ actor HostService {
         return r
     }
 
-    func event(_ vm: String, _ type: String, _ message: String) {
+    /// Records an event about `subject` (a VM unless `kind` says otherwise) and sends it to followers.
+    func event(_ subject: String, kind: EventSubjectKind = .vm, _ type: String, _ message: String) {
         let time = WallClock.now()
-        guard let seq = try? inventory.addEvent(vm: vm, type: type, message: message, time: time) else { return }
-        eventHub.publish(Event(seq: seq, time: time, vm: vm, type: type, message: message))
+        guard let seq = try? inventory.addEvent(kind: kind, subject: subject, type: type, message: message, time: time) else { return }
+        eventHub.publish(Event(seq: seq, time: time, subjectKind: kind, subject: subject, type: type, message: message))
+    }
+
+    /// Progress (an image import at 40%): sent to followers only, never stored (seq 0), so the
+    /// history keeps what happened, not how it went.
+    func progressEvent(_ subject: String, kind: EventSubjectKind, _ type: String, _ message: String) {
+        eventHub.publish(Event(seq: 0, time: WallClock.now(), subjectKind: kind, subject: subject, type: type, message: message))
     }
 
     // MARK: Read-only
@@ -126,8 +143,8 @@ actor HostService {
 
     func show(_ name: String) throws -> VM { view(try record(name)) }
 
-    func events(since: Int, vm: String?, limit: Int) throws -> [Event] {
-        try inventory.events(since: since, vm: vm, limit: limit)
+    func events(since: Int, filter: EventFilter, limit: Int) throws -> [Event] {
+        try inventory.events(since: since, filter: filter, limit: limit)
     }
 
     /// The serial log from `offset`, at most `limit` bytes, and the offset after it.
@@ -166,7 +183,7 @@ actor HostService {
             try makeLinkedClone(vm: c.name, template: c.template ?? "")
         }
         do {
-            try Validation.check(def, socketPath: consoleSocketPath(def.name))
+            try Validation.check(def, socketPath: consoleSocketPath(def.name), admission: admission)
             // Every file inside the storage pools, symlinks resolved (the canonical path is kept).
             try confineFiles(&def.config)
             // Every disk's format is recorded now, checked against the file's signature.
@@ -179,15 +196,22 @@ actor HostService {
         let r = VMRecord(definition: def, state: .stopped, reason: nil, pid: nil, pidStartTime: nil, exitStatus: nil,
                          restartCount: 0, createdAt: WallClock.now())
         try inventory.insert(r)
-        event(def.name, "created", "\(def.vcpus) vCPUs, \(def.memoryMiB) MiB")
+        event(def.name, "created", "\(def.vcpus == 1 ? "1 vCPU" : "\(def.vcpus) vCPUs"), \(MemoryAdmission.mib(def.memoryMiB))")
         return view(r)
     }
 
     func update(_ name: String, _ u: VMUpdate) async throws -> VM {
         try await withVMLock(name) {
             var r = try record(name)
-            guard !r.state.hasProcess else {
-                throw HTTPError.conflict("VM '\(name)' is \(r.state.rawValue); stop it before changing its definition")
+            // What the VMM was started with changes only at its next start; the restart policy
+            // is the daemon's own and may change any time.
+            var needsRestart: [String] = []
+            if u.vcpus != nil { needsRestart.append("vCPUs") }
+            if u.memoryMiB != nil { needsRestart.append("memory") }
+            if u.cmdline != nil { needsRestart.append("the kernel command line") }
+            if u.balloonMiB != nil { needsRestart.append("the balloon device") }
+            guard !r.state.hasProcess || needsRestart.isEmpty else {
+                throw HTTPError.conflict("VM '\(name)' is \(r.state.rawValue), and its VMM keeps \(needsRestart.joined(separator: ", ")) until it restarts: stop it (`vireo vm stop \(name)`), change it, then start it again" + (u.balloonMiB != nil ? " (`vireo vm balloon \(name) SIZE` sets a running balloon's target)" : ""))
             }
             var d = r.definition
             if let v = u.vcpus { d.vcpus = v }
@@ -195,10 +219,16 @@ actor HostService {
             if let v = u.cmdline { d.cmdline = v }
             if let v = u.balloonMiB { d.balloonMiB = v }
             if let v = u.restartPolicy { d.restartPolicy = v }
-            try Validation.check(d, socketPath: consoleSocketPath(name))
+            try Validation.check(d, socketPath: consoleSocketPath(name), admission: admission)
+            var changed: [String] = []
+            if d.vcpus != r.definition.vcpus { changed.append("vcpus \(r.definition.vcpus) -> \(d.vcpus)") }
+            if d.memoryMiB != r.definition.memoryMiB { changed.append("memory \(r.definition.memoryMiB) -> \(d.memoryMiB) MiB") }
+            if d.cmdline != r.definition.cmdline { changed.append("cmdline") }
+            if d.balloonMiB != r.definition.balloonMiB { changed.append("balloon \(r.definition.balloonMiB.map { "\($0) MiB" } ?? "none") -> \(d.balloonMiB.map { "\($0) MiB" } ?? "none")") }
+            if d.restartPolicy != r.definition.restartPolicy { changed.append("restart policy \(r.definition.restartPolicy.rawValue) -> \(d.restartPolicy.rawValue)") }
             r.definition = d
             try inventory.update(r)
-            event(name, "updated", "definition changed")
+            event(name, "updated", changed.isEmpty ? "nothing changed" : changed.joined(separator: ", "))
             return view(r)
         }
     }
@@ -355,6 +385,8 @@ actor HostService {
     /// that snapshot directory instead of booting the stored configuration.
     func launch(_ r: inout VMRecord, restoreFrom: String? = nil) throws {
         let name = r.name
+        try checkHostCanBoot(r)
+        try admitMemory(r)
         try Self.makeDirectory(vmDir(name))
         // One VMM per VM: its lock first. Held means a VMM of this VM already runs (the
         // caller adopts it: `VMMAlreadyRunning`).
@@ -375,6 +407,7 @@ actor HostService {
         do { try VMMCommand.writeConfig(r.definition.config, to: configPath(name)) } catch {
             r.state = .failed; r.reason = "\(error)"; r.pid = nil
             try inventory.update(r)
+            event(name, "failed", "cannot write the VMM configuration: \(error)")
             throw HTTPError(500, "spawn-failed", "cannot write the VMM configuration for '\(name)': \(error)")
         }
         var argv = VMMCommand.arguments(vmmBinary: vmmBinary, configPath: configPath(name), restore: restoreFrom, console: consolePath(name),
@@ -391,10 +424,12 @@ actor HostService {
         r.reason = nil
         r.exitStatus = nil
         try inventory.update(r)
+        logStart[name] = ProcFS.fileSize(vmmLogPath(name))
         let pid: pid_t
         do { pid = try VMMProcess.spawn(argv, logPath: vmmLogPath(name), lockFD: lock.fd) } catch {
             r.state = .failed; r.reason = "\(error)"; r.pid = nil
             try inventory.update(r)
+            event(name, "failed", "cannot start the VMM: \(error)")
             throw HTTPError(500, "spawn-failed", "cannot start the VMM for '\(name)': \(error)")
         }
         withExtendedLifetime(lock) {}   // closed here: the VMM's copy keeps the lock
@@ -405,6 +440,27 @@ actor HostService {
         r.pidStartTime = ProcFS.startTime(pid: pid)
         try inventory.update(r)
         event(name, "starting", "VMM pid \(pid)")
+    }
+
+    /// A Linux kernel on a PVM host (nested, page-table based KVM: guest kernels run at CPL 3 and
+    /// stock kernels are emulated instruction by instruction) would show "running" with an empty
+    /// console forever: refused with the reason and the way out, unless the daemon opted in.
+    func checkHostCanBoot(_ r: VMRecord) throws {
+        guard kvmIsPVM, !allowEmulatedKernels, r.definition.kernel != nil else { return }
+        throw HTTPError.invalid("kvm-cannot-boot-kernels",
+            "VM '\(r.name)' boots a Linux kernel, but this host's KVM is the PVM backend (nested, page-table based; `vireo host check` says so): it runs guest kernels at CPL 3 and emulates stock kernels instruction by instruction, so the guest would never boot usefully. Run Linux guests in the nested testbed (scripts/testbed.sh -- COMMAND) or on a host with hardware virtualization (VT-x/AMD-V); probe VMs run here. To start it anyway, start the daemon with --allow-emulated-kernels")
+    }
+
+    /// The memory admission at start: `r`'s memory plus what every other VM with a VMM holds
+    /// must fit the host's capacity (Admission.swift). Throws 422 with the numbers.
+    func admitMemory(_ r: VMRecord) throws {
+        let holders = try inventory.all().filter { $0.state.hasProcess && $0.name != r.name }
+        var held = 0
+        for h in holders {
+            let (sum, overflow) = held.addingReportingOverflow(h.definition.memoryMiB)
+            held = overflow ? Int.max : sum   // saturates: past any capacity
+        }
+        try admission.checkStart(name: r.name, memoryMiB: r.definition.memoryMiB, heldMiB: held, holders: holders.count)
     }
 
     /// A VMM of this VM holds its lock, though the record does not know its pid (a daemon
@@ -447,6 +503,7 @@ actor HostService {
                 recordExit(&r, status: status)
                 try inventory.update(r)
                 if r.state == .failed {
+                    event(name, "failed", r.reason ?? "the VMM exited")
                     throw HTTPError.invalid("start-failed", "VM '\(name)' failed to start: \(r.reason ?? "the VMM exited"); `vireo vm logs \(name)` shows its console")
                 }
                 return r
@@ -495,6 +552,10 @@ actor HostService {
         }
         event(name, hard ? "killed" : "stopped", r.reason ?? "")
         try inventory.update(r)
+        // A killed VMM's group leader shows as ended while its other threads still close its
+        // files, the VM's lock among them: a launch right after (reboot, revert) would find the
+        // lock held and take it for another VMM. Wait (up to 2 s) for the lock to go.
+        for _ in 0..<100 where VMMLock.isHeld(lockPath(name)) { try? await Task.sleep(for: .milliseconds(20)) }
     }
 
     /// If the VMM of `r` has ended: its exit status (from waitpid, else its exit file, else -1).
@@ -526,16 +587,29 @@ actor HostService {
         var reason: String
         if let file { reason = file.reason }
         else if status > 128 { reason = "the VMM was killed by signal \(status - 128)" }
-        else if let log = ProcFS.read(vmmLogPath(name)), let last = log.split(separator: "\n").last(where: { !$0.isEmpty }) {
-            reason = String((last.hasPrefix("vireo: ") ? last.dropFirst(7) : last).prefix(500))
-        } else { reason = "the VMM exited with status \(status) and no reason" }
+        else if status < 0 {
+            // Not our child (it ended while this daemon was down, or after a restart re-adopted
+            // it): neither its status nor its words are known. vmm.log's last line may be any
+            // output of any run (a probe's "probe_pass=1"), so it is not a reason.
+            reason = "how the VMM ended is unknown: it left no exit file (\(exitPath(name))), and this daemon, which did not start it (it was down, or has restarted since), cannot get its exit status; its output is in \(vmmLogPath(name))"
+        } else if let said = lastErrorLine(name) { reason = said }
+        else { reason = "the VMM exited with status \(status) without saying why; its output is in \(vmmLogPath(name))" }
         if let requested { reason = requested + (file == nil ? "" : " (\(file?.reason ?? ""))") }
         r.exitStatus = status >= 0 ? Int(status) : nil
         r.state = (requested != nil || status == 0) ? .stopped : .failed
         r.reason = reason
         r.pid = nil
         r.pidStartTime = nil
+        logStart[name] = nil
         unlink(socketPath(name))
+    }
+
+    /// The last error line (`vireo: WHY`, how `vireo run` reports an error before its machine
+    /// runs, when no exit file exists yet) that the VMM this daemon started wrote to vmm.log.
+    private func lastErrorLine(_ name: String) -> String? {
+        guard let start = logStart[name], let text = ProcFS.read(vmmLogPath(name), from: start) else { return nil }
+        guard let line = text.split(separator: "\n").last(where: { $0.hasPrefix("vireo: ") }) else { return nil }
+        return String(line.dropFirst(7).prefix(500))
     }
 
     // MARK: Supervision

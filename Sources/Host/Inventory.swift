@@ -60,6 +60,15 @@ final class Inventory: @unchecked Sendable {
             definition TEXT NOT NULL
         );
         """,
+        // 4: events name their subject and its kind (the column `vm` held templates' and images'
+        // names too). Old rows are kept; their kind is read from their type.
+        """
+        ALTER TABLE events RENAME COLUMN vm TO subject;
+        ALTER TABLE events ADD COLUMN subject_kind TEXT NOT NULL DEFAULT 'vm';
+        UPDATE events SET subject_kind = 'image' WHERE type LIKE 'image-%';
+        UPDATE events SET subject_kind = 'template' WHERE type LIKE 'template-%';
+        CREATE INDEX events_subject ON events (subject, seq);
+        """,
     ]
 
     init(path: String) throws {
@@ -147,24 +156,28 @@ final class Inventory: @unchecked Sendable {
 
     /// Appends an event; returns its seq.
     @discardableResult
-    func addEvent(vm: String, type: String, message: String, time: String) throws -> Int {
-        try db.query("INSERT INTO events (time, vm, type, message) VALUES (?,?,?,?)", [.text(time), .text(vm), .text(type), .text(message)])
+    func addEvent(kind: EventSubjectKind, subject: String, type: String, message: String, time: String) throws -> Int {
+        try db.query("INSERT INTO events (time, subject_kind, subject, type, message) VALUES (?,?,?,?,?)",
+                     [.text(time), .text(kind.rawValue), .text(subject), .text(type), .text(message)])
         let seq = try db.query("SELECT last_insert_rowid()").first?.first?.int.map { Int($0) } ?? 0
         // Keep the log bounded.
         try db.query("DELETE FROM events WHERE seq <= (SELECT MAX(seq) FROM events) - 10000")
         return seq
     }
 
-    func events(since: Int, vm: String?, limit: Int) throws -> [Event] {
-        let rows: [[SQLiteDatabase.Value]]
-        if let vm {
-            rows = try db.query("SELECT seq, time, vm, type, message FROM events WHERE seq > ? AND vm = ? ORDER BY seq LIMIT ?", [.int(Int64(since)), .text(vm), .int(Int64(limit))])
-        } else {
-            rows = try db.query("SELECT seq, time, vm, type, message FROM events WHERE seq > ? ORDER BY seq LIMIT ?", [.int(Int64(since)), .int(Int64(limit))])
-        }
-        return rows.compactMap { r in
-            guard r.count == 5, let seq = r[0].int, let t = r[1].text, let vm = r[2].text, let ty = r[3].text, let m = r[4].text else { return nil }
-            return Event(seq: Int(seq), time: t, vm: vm, type: ty, message: m)
+    func events(since: Int, filter: EventFilter, limit: Int) throws -> [Event] {
+        var sql = "SELECT seq, time, subject_kind, subject, type, message FROM events WHERE seq > ?"
+        var args: [SQLiteDatabase.Value] = [.int(Int64(since))]
+        if let subject = filter.subject { sql += " AND subject = ?"; args.append(.text(subject)) }
+        if let kind = filter.kind { sql += " AND subject_kind = ?"; args.append(.text(kind.rawValue)) }
+        sql += " ORDER BY seq LIMIT ?"
+        args.append(.int(Int64(limit)))
+        return try db.query(sql, args).compactMap { r in
+            guard r.count == 6, let seq = r[0].int, let t = r[1].text, let k = r[2].text, let subject = r[3].text,
+                  let ty = r[4].text, let m = r[5].text else { return nil }
+            var e = Event(seq: Int(seq), time: t, subjectKind: .vm, subject: subject, type: ty, message: m)
+            e.subjectKind = k
+            return e
         }
     }
 

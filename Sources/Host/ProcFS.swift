@@ -22,6 +22,31 @@ enum ProcFS {
         return String(decoding: out, as: UTF8.self)
     }
 
+    /// At most `limit` bytes of a file from byte `offset` on, or nil if it cannot be opened.
+    static func read(_ path: String, from offset: UInt64, limit: Int = 1 << 16) -> String? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var buf = [UInt8](repeating: 0, count: limit)
+        var got = 0
+        while got < limit {
+            let (pos, overflow) = offset.addingReportingOverflow(UInt64(got))
+            guard !overflow, pos <= UInt64(Int64.max) else { break }
+            let n = buf[got...].withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, off_t(pos)) }
+            if n < 0 { if errno == EINTR { continue }; return nil }
+            if n == 0 { break }
+            got += n
+        }
+        return String(decoding: buf[0..<got], as: UTF8.self)
+    }
+
+    /// The size of a file in bytes (0 if it does not exist).
+    static func fileSize(_ path: String) -> UInt64 {
+        var st = stat()
+        guard stat(path, &st) == 0, st.st_size > 0 else { return 0 }
+        return UInt64(st.st_size)
+    }
+
     /// Fields of /proc/PID/stat after the command name (which may hold spaces and parentheses).
     static func statFields(pid: Int32) -> [Substring]? {
         guard let s = read("/proc/\(pid)/stat"), let close = s.lastIndex(of: ")") else { return nil }

@@ -47,8 +47,8 @@ extension Router {
 
     /// GET /v1/events?follow=true: the backlog after `since`, then each new event as it happens,
     /// one JSON object per line (application/x-ndjson, chunked), until the client goes away.
-    func followEvents(since: Int, vm: String?) async throws -> HTTPResponse {
-        let body = try await service.followEvents(since: since, vm: vm)
+    func followEvents(since: Int, filter: EventFilter) async throws -> HTTPResponse {
+        let body = try await service.followEvents(since: since, filter: filter)
         return HTTPResponse(status: 200, contentType: "application/x-ndjson", body: [], stream: body)
     }
 
@@ -61,10 +61,10 @@ extension Router {
 extension HostService {
     /// Subscribes first, then reads the backlog, in one step on the actor: no event can fall
     /// between the two (every event is published from the actor), and none comes twice.
-    func followEvents(since: Int, vm: String?) throws -> HTTPStreamBody {
-        let backlog = try inventory.events(since: since, vm: vm, limit: 10000)
+    func followEvents(since: Int, filter: EventFilter) throws -> HTTPStreamBody {
+        let backlog = try inventory.events(since: since, filter: filter, limit: 10000)
         let hub = eventHub
-        let (id, lines) = hub.subscribe(vm: vm, after: backlog.last?.seq ?? since)
+        let (id, lines) = hub.subscribe(filter, after: backlog.last?.seq ?? since)
         var prefix: [UInt8] = []
         for e in backlog { prefix += APIJSON.encode(e) + [10] }
         return HTTPStreamBody(prefix: prefix, chunks: lines, stop: { hub.cancel(id) },

@@ -93,9 +93,9 @@ public struct Router: Sendable {
             try allow("GET")
             let since = try intQuery(req, "since", default: 0, range: 0...Int(Int32.max))
             let limit = try intQuery(req, "limit", default: 1000, range: 1...10000)
-            let vm = req.query["vm"]
-            if try follow(req) { return try await followEvents(since: since, vm: vm) }
-            return .json(200, EventList(events: try await service.events(since: since, vm: vm, limit: limit)))
+            let filter = try eventFilter(req)
+            if try follow(req) { return try await followEvents(since: since, filter: filter) }
+            return .json(200, EventList(events: try await service.events(since: since, filter: filter, limit: limit)))
         case 2 where parts == ["v1", "vms"]:
             try allow("GET", "POST")
             if m == "GET" { return .json(200, VMList(vms: try await service.list())) }
@@ -184,6 +184,21 @@ public struct Router: Sendable {
         default: break
         }
         throw HTTPError(404, "no-such-route", "no API route \(m) \(req.path.prefix(200)); GET /openapi.json lists them")
+    }
+
+    /// `subject=NAME` (or the first API's `vm=NAME`: the same, any kind) and `subject_kind=vm|template|image`.
+    private func eventFilter(_ req: HTTPRequest) throws -> EventFilter {
+        var f = EventFilter(subject: req.query["subject"] ?? req.query["vm"])
+        if let v = req.query["subject"], let w = req.query["vm"], v != w {
+            throw HTTPError(400, "invalid-query", "query parameters subject and vm name the same thing; give one")
+        }
+        if let k = req.query["subject_kind"] {
+            guard let kind = EventSubjectKind(rawValue: k) else {
+                throw HTTPError(400, "invalid-query", "query parameter subject_kind='\(k.prefix(40))' must be one of \(EventSubjectKind.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            f.kind = kind
+        }
+        return f
     }
 
     private func boolQuery(_ req: HTTPRequest, _ key: String, default d: Bool) throws -> Bool {

@@ -31,7 +31,7 @@ extension HostService {
                                  kernel: c.kernel, initrd: c.initrd, cmdline: c.cmdline)
         if let base = c.baseDisk { probe.disks = [DiskSpec(path: base, readonly: true)] }
         probe.config.configVersion = VMConfig.currentVersion
-        try Validation.check(probe, socketPath: "")
+        try Validation.check(probe, socketPath: "", admission: admission, what: "template")
         // The template's files inside the storage pools (canonical paths are kept).
         c.kernel = try pools.confine(c.kernel, field: "kernel")
         c.initrd = try c.initrd.map { try pools.confine($0, field: "initrd") }
@@ -45,7 +45,7 @@ extension HostService {
         let t = Template(name: c.name, kernel: c.kernel, initrd: c.initrd, cmdline: c.cmdline, baseDisk: c.baseDisk,
                          baseFormat: format, vcpus: probe.vcpus, memoryMiB: probe.memoryMiB, createdAt: WallClock.now(), baseImage: c.baseImage)
         try inventory.insertTemplate(t)
-        event(c.name, "template-created", c.baseDisk.map { "base disk \($0)" } ?? "")
+        event(c.name, kind: .template, "template-created", c.baseDisk.map { "base disk \($0)" } ?? "")
         return t
     }
 
@@ -56,7 +56,7 @@ extension HostService {
             throw HTTPError.conflict("template '\(name)' is used by VM\(users.count > 1 ? "s" : "") \(users.joined(separator: ", ")); delete those first")
         }
         try inventory.deleteTemplate(name)
-        event(name, "template-deleted", "")
+        event(name, kind: .template, "template-deleted", "")
     }
 
     /// The VM definition a template gives, and (with a base disk) its linked clone: a qcow2

@@ -5,19 +5,15 @@ import Glibc
 
 /// Checks of a VM definition; every failure is the client's (422) with what to change. What
 /// any holder of a configuration checks lives in `VMConfig.validate()` (VireoConfig); this adds
-/// what depends on this host: its memory, socket path lengths, files that must exist.
+/// what depends on this host: its memory admission, socket path lengths, files that must exist.
 enum Validation {
-    static func check(_ d: VMDefinition, socketPath: String) throws {
+    static func check(_ d: VMDefinition, socketPath: String, admission: MemoryAdmission, what: String = "VM") throws {
         do throws(ConfigProblem) { try d.config.validate() } catch {
             throw HTTPError.invalid(error.code, error.message)
         }
-        // 4x this host's RAM and swap (the VMM's own limit), never past the guest-physical space.
-        let (fourTimes, overflow) = ProcFS.memoryAndSwap.multipliedReportingOverflow(by: 4)
-        let hostLimitMiB = overflow ? VMLimits.maxMemoryMiB : Int(min(fourTimes >> 20, UInt64(VMLimits.maxMemoryMiB)))
-        let maxMiB = hostLimitMiB > 0 ? hostLimitMiB : VMLimits.maxMemoryMiB
-        guard d.memoryMiB <= maxMiB else {
-            throw HTTPError.invalid("out-of-range", "memory_mib \(d.memoryMiB) is out of range: give \(VMLimits.minMemoryMiB) to \(maxMiB) (4x this host's RAM and swap)")
-        }
+        // The host's memory admission (Admission.swift): the VM alone must fit what the host
+        // admits in all; what running VMs hold is checked at start.
+        try admission.checkDefinition(what: what, name: d.name, memoryMiB: d.memoryMiB)
         // The longest unix socket path a VM has: its console socket, or with vsock the socket a
         // guest connection to port 4294967295 arrives on.
         let longest = d.vsockCID == nil || socketPath.isEmpty ? socketPath

@@ -258,14 +258,56 @@ public struct HostInfo: Codable, Sendable, Equatable {
 }
 
 /// One thing that happened to a VM (GET /v1/events).
+/// What an event is about: a VM, a template or an image (stream control lines: "").
+public enum EventSubjectKind: String, Codable, Sendable, CaseIterable {
+    case vm, template, image
+}
+
 public struct Event: Codable, Sendable, Equatable {
+    /// 0 for lines that are not stored: progress (live only) and the stream's control lines.
     public var seq: Int
     public var time: String
+    /// The subject's name, whatever its kind: the first API's field, kept for its clients.
+    /// Read `subject_kind` and `subject`.
     public var vm: String
     public var type: String
     public var message: String
-    public init(seq: Int, time: String, vm: String, type: String, message: String) {
-        self.seq = seq; self.time = time; self.vm = vm; self.type = type; self.message = message
+    /// `vm`, `template` or `image` (a String, so a newer daemon's kinds still decode).
+    public var subjectKind: String
+    /// The name of the VM, template or image the event is about.
+    public var subject: String
+
+    public init(seq: Int, time: String, subjectKind: EventSubjectKind, subject: String, type: String, message: String) {
+        self.seq = seq; self.time = time; self.vm = subject; self.type = type; self.message = message
+        self.subjectKind = subjectKind.rawValue; self.subject = subject
+    }
+
+    /// A line about no subject (the stream's own control lines: stream-dropped, daemon-stopping).
+    public init(control type: String, seq: Int = 0, time: String, message: String) {
+        self.seq = seq; self.time = time; self.vm = ""; self.type = type; self.message = message
+        self.subjectKind = ""; self.subject = ""
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case seq, time, vm, type, message, subjectKind = "subject_kind", subject
+    }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        seq = try c.decode(Int.self, forKey: .seq)
+        time = try c.decode(String.self, forKey: .time)
+        type = try c.decode(String.self, forKey: .type)
+        message = try c.decode(String.self, forKey: .message)
+        let vm = try c.decodeIfPresent(String.self, forKey: .vm)
+        // A daemon from before subjects sent only `vm` (the name of whatever the event was about).
+        subject = try c.decodeIfPresent(String.self, forKey: .subject) ?? vm ?? ""
+        self.vm = vm ?? subject
+        subjectKind = try c.decodeIfPresent(String.self, forKey: .subjectKind) ?? "vm"
+    }
+
+    /// How the CLI names the subject: `web` for a VM (as before), `image d1`, `template debian`.
+    public var subjectLabel: String {
+        subjectKind == EventSubjectKind.vm.rawValue || subjectKind.isEmpty ? subject : "\(subjectKind) \(subject)"
     }
 }
 

@@ -126,11 +126,33 @@ public enum OpenAPIDocument {
             }
           },
           {
+            "name": "subject",
+            "in": "query",
+            "schema": {
+              "type": "string"
+            },
+            "description": "only events about the VM, template or image of this name"
+          },
+          {
             "name": "vm",
             "in": "query",
             "schema": {
               "type": "string"
-            }
+            },
+            "description": "the first API's name for subject (the same filter, any kind)"
+          },
+          {
+            "name": "subject_kind",
+            "in": "query",
+            "schema": {
+              "type": "string",
+              "enum": [
+                "vm",
+                "template",
+                "image"
+              ]
+            },
+            "description": "only events about VMs, templates or images"
           }
         ],
         "responses": {
@@ -336,7 +358,7 @@ public enum OpenAPIDocument {
       },
       "patch": {
         "operationId": "updateVM",
-        "summary": "Change a stopped VM's definition",
+        "summary": "Change a VM's definition: vcpus, memory_mib, cmdline and balloon_mib while it is stopped, restart_policy any time",
         "parameters": [
           {
             "name": "name",
@@ -390,7 +412,7 @@ public enum OpenAPIDocument {
             }
           },
           "409": {
-            "description": "the VM is running",
+            "description": "the VM is running and the change needs its VMM restarted",
             "content": {
               "application/json": {
                 "schema": {
@@ -400,7 +422,7 @@ public enum OpenAPIDocument {
             }
           },
           "422": {
-            "description": "a value out of range",
+            "description": "a value out of range, or more memory than the host admits",
             "content": {
               "application/json": {
                 "schema": {
@@ -519,7 +541,7 @@ public enum OpenAPIDocument {
             }
           },
           "422": {
-            "description": "the definition's files vanished, or the VMM failed at once (reason in message)",
+            "description": "the definition's files vanished; insufficient-memory: the VM does not fit beside the running ones (memory admission); kvm-cannot-boot-kernels: a Linux VM on a PVM host; or the VMM failed at once (reason in message)",
             "content": {
               "application/json": {
                 "schema": {
@@ -3179,23 +3201,41 @@ public enum OpenAPIDocument {
           "time",
           "vm",
           "type",
-          "message"
+          "message",
+          "subject_kind",
+          "subject"
         ],
+        "description": "Something that happened to a VM, template or image. Stored events have a seq; progress lines (an image import's percentages) go to followers only, with seq 0, as do the stream's control lines (stream-dropped, daemon-stopping, whose subject_kind is empty).",
         "properties": {
           "seq": {
-            "type": "integer"
+            "type": "integer",
+            "minimum": 0
           },
           "time": {
             "type": "string"
           },
           "vm": {
-            "type": "string"
+            "type": "string",
+            "description": "the subject's name whatever its kind (the first API's field, kept for its clients): read subject_kind and subject"
           },
           "type": {
             "type": "string"
           },
           "message": {
             "type": "string"
+          },
+          "subject_kind": {
+            "type": "string",
+            "enum": [
+              "vm",
+              "template",
+              "image",
+              ""
+            ]
+          },
+          "subject": {
+            "type": "string",
+            "description": "the name of the VM, template or image"
           }
         }
       },

@@ -75,16 +75,17 @@ func writeFD(_ fd: Int32, _ s: String) {
 /// qemu-img-style progress: `    (42.00/100%)` rewritten in place.
 final class ProgressPrinter: @unchecked Sendable {
     let enabled: Bool
+    /// The last whole percent printed (-1: none yet).
     var last = -1
     init(_ enabled: Bool) { self.enabled = enabled }
+    /// Prints `    (N.00/100%)` each time the progress reaches a new whole percent, as qemu-img
+    /// does: at most 101 updates however often the operation reports.
     func update(_ f: Double) {
         guard enabled else { return }
-        let pct = Int((min(max(f, 0), 1) * 10000).rounded(.down))
-        if pct == last { return }
-        if last >= 0 && pct - last < 1 && pct != 10000 { return }
+        let pct = Int((min(max(f, 0), 1) * 100).rounded(.down))
+        guard pct > last else { return }
         last = pct
-        let s = "    (\(pct / 100).\(pct % 100 < 10 ? "0" : "")\(pct % 100)/100%)\r"
-        writeFD(1, s)
+        writeFD(1, "    (\(pct).00/100%)\r")
     }
     func finish() { if enabled { writeFD(1, "\n") } }
 }

@@ -10,13 +10,17 @@ import Foundation
 import Glibc
 #endif
 
-/// `vireo events [--vm NAME] [--since SEQ] [--follow] [--json]`: the daemon's event log.
+/// `vireo events [--vm|--image|--template NAME] [--since SEQ] [--follow] [--json]`: the daemon's
+/// event log. Lines: SEQ TIME SUBJECT TYPE MESSAGE, the subject being a VM's name, `image NAME`
+/// or `template NAME`; progress lines (only while following) have no SEQ (`-`).
 struct EventsCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "events", abstract: "Print what happened to VMs, templates and images; --follow keeps printing new events as they happen.",
         discussion: "Example: vireo events --follow --vm web   (Ctrl-C ends it)")
     @OptionGroup var client: ClientOptions
-    @Option(help: "Only events of this VM (or template, or image) name.") var vm: String?
+    @Option(help: "Only events of this VM.") var vm: String?
+    @Option(help: "Only events of this image.") var image: String?
+    @Option(help: "Only events of this template.") var template: String?
     @Option(help: "Only events after this sequence number.") var since: Int = 0
     @Flag(help: "Keep the connection open and print new events as they happen.") var follow = false
 
@@ -25,8 +29,10 @@ struct EventsCommand: ParsableCommand {
             guard since >= 0 && since <= Int(Int32.max) else {
                 throw VireoError(.invalidArgument, "--since \(since) must be 0 to \(Int32.max)")
             }
+            let subjects: [(EventSubjectKind, String)] = [(.vm, vm), (.image, image), (.template, template)].compactMap { k, n in n.map { (k, $0) } }
+            guard subjects.count <= 1 else { throw VireoError(.invalidArgument, "give one of --vm, --image and --template") }
             var path = "/v1/events?since=\(since)"
-            if let vm { path += "&vm=\(pathSafe(vm))" }
+            if let (kind, name) = subjects.first { path += "&subject_kind=\(kind.rawValue)&subject=\(pathSafe(name))" }
             var api = try client.makeClient()
             guard follow else {
                 let r = try api.request("GET", path + "&limit=10000")
@@ -41,7 +47,7 @@ struct EventsCommand: ParsableCommand {
             let end = try api.streamLines(path + "&follow=true") { raw in
                 guard let e = try? JSONDecoder().decode(Event.self, from: Data(raw)) else { return true }
                 if e.type == "stream-dropped" || e.type == "daemon-stopping" { dropped = e; return false }
-                last = e.seq
+                if e.seq > 0 { last = e.seq }   // live-only progress lines have seq 0
                 if client.json { print(String(decoding: raw, as: UTF8.self)) } else { print(Self.line(e)) }
                 fflush(nil)
                 return true
@@ -57,6 +63,6 @@ struct EventsCommand: ParsableCommand {
     }
 
     static func line(_ e: Event) -> String {
-        "\(e.seq)  \(e.time)  \(e.vm)  \(e.type)" + (e.message.isEmpty ? "" : "  \(e.message)")
+        (e.seq > 0 ? String(e.seq) : "-") + "  \(e.time)  \(e.subjectLabel)  \(e.type)" + (e.message.isEmpty ? "" : "  \(e.message)")
     }
 }

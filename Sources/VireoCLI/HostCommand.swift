@@ -47,6 +47,17 @@ extension String {
 }
 
 enum HostChecks {
+    /// What the optional KVM capabilities mean for Vireo, said as it is: KVM offering what a
+    /// feature would need is not the feature. Snapshots exist (`vireo vm snapshot`); live
+    /// migration does not yet.
+    static func optionalCapabilitiesDetail(absent: [String]) -> String {
+        let state = "Vireo has snapshots (`vireo vm snapshot`) and no live migration yet"
+        if absent.isEmpty {
+            return "all present: KVM offers what snapshots (vCPU events, XSAVE, XCRs) and a future live migration (dirty-page logging) need; \(state)"
+        }
+        return "missing \(absent.joined(separator: " ")): features that would use them are limited on this host; \(state)"
+    }
+
     static func readText(_ path: String) -> String? {
         guard let bytes = try? OwnedFD.readFile(path, limit: 1 << 22) else { return nil }
         return String(decoding: bytes, as: UTF8.self).trimmingWhitespace()
@@ -108,11 +119,7 @@ enum HostChecks {
                 (KVM_CAP_X86_USER_SPACE_MSR, "X86_USER_SPACE_MSR"), (KVM_CAP_SPLIT_IRQCHIP, "SPLIT_IRQCHIP"),
             ]
             let absent = optional.filter { kvm.check($0.0) == 0 }.map(\.1)
-            if absent.isEmpty {
-                add(.pass, "kvm optional capabilities", "all present (snapshots and live migration supported)")
-            } else {
-                add(.warn, "kvm optional capabilities", "missing \(absent.joined(separator: " ")): snapshot/migration features that use them are unavailable")
-            }
+            add(absent.isEmpty ? .pass : .warn, "kvm optional capabilities", HostChecks.optionalCapabilitiesDetail(absent: absent))
             add(.pass, "vcpu limit", "up to \(kvm.maxVCPUs) vCPUs per VM, \(kvm.check(KVM_CAP_NR_MEMSLOTS)) memory slots")
         }
 
@@ -142,14 +149,14 @@ enum HostChecks {
         let huge = readText("/proc/sys/vm/nr_hugepages") ?? "0"
         add(huge == "0" ? .warn : .pass, "hugetlbfs pages", huge == "0" ? "none preallocated (optional: sysctl vm.nr_hugepages=N for pinned huge-page guests)" : "\(huge) preallocated")
         if exists("/dev/userfaultfd") || exists("/proc/sys/vm/unprivileged_userfaultfd") {
-            add(.pass, "userfaultfd", "available (post-copy and memory compression)")
+            add(.pass, "userfaultfd", "available (what post-copy migration and hypervisor memory compression would use; Vireo has neither yet)")
         } else {
             add(.warn, "userfaultfd", "not available")
         }
         if exists("/sys/fs/cgroup/cgroup.controllers") {
-            add(.pass, "cgroups", "v2 unified hierarchy (CPU shares/limits, memory limits per VM)")
+            add(.pass, "cgroups", "v2 unified hierarchy (what per-VM CPU shares/limits and memory limits would use; Vireo sets none yet)")
         } else if exists("/sys/fs/cgroup/cpu") || exists("/sys/fs/cgroup/memory") {
-            add(.pass, "cgroups", "v1 controllers mounted (CPU shares/limits, memory limits per VM)")
+            add(.pass, "cgroups", "v1 controllers mounted (what per-VM CPU shares/limits and memory limits would use; Vireo sets none yet)")
         } else {
             add(.warn, "cgroups", "no cgroup hierarchy found: per-VM resource controls unavailable")
         }

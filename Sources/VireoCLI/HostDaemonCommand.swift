@@ -1,5 +1,6 @@
 import ArgumentParser
 import Host
+import KVM
 import VireoAPI
 import VireoSupport
 #if canImport(Glibc)
@@ -40,8 +41,17 @@ struct HostServeCommand: ParsableCommand {
     @Option(name: .customLong("active-memory-sample"), help: ArgumentHelp("Each VM's estimate tracks a random 1/N of its pages per window (a power of two up to 1024; default 16; 1 = every page, exact but dearer).", valueName: "N"))
     var activeMemorySample: UInt32?
 
+    @Option(name: .customLong("memory-overcommit"), help: ArgumentHelp("Provisioned guest memory this host admits per byte of RAM + swap (0.01 to 100; default 1.5): a VM starts only if its memory plus that of the VMs running fits (RAM + swap) x RATIO.", valueName: "ratio"))
+    var memoryOvercommit: Double?
+
+    @Flag(name: .customLong("allow-emulated-kernels"), help: "On a host whose KVM is the PVM backend (`vireo host check` says so), start Linux-kernel VMs anyway; they are refused there otherwise, since stock kernels are emulated and do not boot usefully.")
+    var allowEmulatedKernels = false
+
     func run() throws {
         try reportingErrors {
+            if let r = memoryOvercommit, !(0.01...100).contains(r) {
+                throw VireoError(.invalidArgument, "--memory-overcommit \(r) is out of range: give 0.01 to 100 (1 admits RAM + swap exactly; the default 1.5 admits half as much again)")
+            }
             guard (activeMemoryWindow ?? 0) <= 3600 else {
                 throw VireoError(.invalidArgument, "--active-memory-window \(activeMemoryWindow ?? 0) is more than an hour; give 1 to 3600 seconds, or 0 to turn the estimate off")
             }
@@ -54,6 +64,9 @@ struct HostServeCommand: ParsableCommand {
             options.activeMemoryWindow = activeMemoryWindow
             options.activeMemorySample = activeMemorySample
             options.pools = pools
+            options.memoryOvercommit = memoryOvercommit
+            options.kvmIsPVM = KVMSystem.isPVM
+            options.allowEmulatedKernels = allowEmulatedKernels
             try HostDaemon.runBlocking(options)
         }
     }

@@ -182,11 +182,11 @@ func withProgress<T>(_ api: APIClient, name: String, quiet: Bool, _ body: () thr
     let done = DispatchSemaphore(value: 0)
     let follower = api
     // since=MAX: no backlog, only what happens from now on.
-    let path = "/v1/events?follow=true&since=\(Int32.max)&vm=\(pathSafe(name))"
+    let path = "/v1/events?follow=true&since=\(Int32.max)&subject_kind=image&subject=\(pathSafe(name))"
     DispatchQueue.global().async {
         _ = try? follower.streamLines(path, onConnected: { _ in connected.signal() }) { line in
             guard let e = try? JSONDecoder().decode(Event.self, from: Data(line)) else { return true }
-            if !e.type.hasSuffix("-failed") { printError("\(e.type): \(e.message)") }
+            if !e.type.hasSuffix("-failed") && !e.type.hasSuffix("-started") { printError("\(e.type): \(e.message)") }
             if e.type.hasSuffix("-failed") || e.type == "image-imported" || e.type == "image-created" {
                 done.signal()
                 return false

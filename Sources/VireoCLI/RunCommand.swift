@@ -238,6 +238,16 @@ struct RunCommand: ParsableCommand {
 
     func run() throws {
         var wasRaw = false
+        // SIGINT/SIGTERM end the machine through Machine.run's signalfd, which blocks them on its
+        // own thread. Threads started before it (the control and console sockets' servers)
+        // would otherwise take them with the default action: the VMM died without its exit file
+        // (a daemon-run VMM's SIGTERM left its supervisor no reason). Blocked from here on, a
+        // signal that comes while the machine is built waits for run() and stops it cleanly.
+        var stopSignals = sigset_t()
+        sigemptyset(&stopSignals)
+        sigaddset(&stopSignals, SIGINT)
+        sigaddset(&stopSignals, SIGTERM)
+        pthread_sigmask(SIG_BLOCK, &stopSignals, nil)
         let exit = try reportingErrors { () throws -> MachineExit in
             var migration: IncomingMigration? = nil
             if let incoming {

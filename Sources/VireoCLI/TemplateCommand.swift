@@ -46,7 +46,7 @@ struct TemplateListCommand: ParsableCommand {
             if client.json { print(r.text); return }
             var rows = [["NAME", "VCPUS", "MEMORY", "KERNEL", "BASE DISK"]]
             for t in try client.decode(TemplateList.self, r).templates {
-                rows.append([t.name, String(t.vcpus), "\(t.memoryMiB)M", t.kernel, t.baseDisk ?? "-"])
+                rows.append([t.name, String(t.vcpus), memoryText(t.memoryMiB), t.kernel, t.baseDisk ?? "-"])
             }
             printTable(rows)
         }
@@ -54,14 +54,22 @@ struct TemplateListCommand: ParsableCommand {
 }
 
 struct TemplateShowCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "show", abstract: "Show one template.")
+    static let configuration = CommandConfiguration(commandName: "show", abstract: "Show one template (--json: the daemon's JSON).")
     @OptionGroup var client: ClientOptions
     @Argument var name: String
     func run() throws {
         try reportingErrors {
             let r = try client.makeClient().request("GET", "/v1/templates/\(pathSafe(name))")
             try APIClient.check(r)
-            print(r.text)
+            if client.json { print(r.text); return }
+            let t = try client.decode(Template.self, r)
+            var rows: [(String, String)] = [("name", t.name), ("vcpus", String(t.vcpus)), ("memory", memoryText(t.memoryMiB)), ("kernel", t.kernel)]
+            if let i = t.initrd { rows.append(("initrd", i)) }
+            if let c = t.cmdline { rows.append(("cmdline", c)) }
+            if let b = t.baseDisk { rows.append(("base disk", b + (t.baseFormat.map { " (\($0))" } ?? ""))) }
+            if let image = t.baseImage { rows.append(("base image", image)) }
+            rows.append(("created", t.createdAt))
+            printKeyValues(rows)
         }
     }
 }

@@ -16,7 +16,7 @@ struct VMCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vm",
         abstract: "Create, run and inspect VMs managed by the host daemon (`vireo host`).",
-        subcommands: [VMCreateCommand.self, VMListCommand.self, VMShowCommand.self,
+        subcommands: [VMCreateCommand.self, VMListCommand.self, VMShowCommand.self, VMUpdateCommand.self,
                       VMActionCommand<Start>.self, VMStopCommand.self, VMActionCommand<Kill>.self,
                       VMActionCommand<Pause>.self, VMActionCommand<Resume>.self, VMActionCommand<Reboot>.self,
                       VMBalloonCommand.self, VMDeleteCommand.self, VMConsoleCommand.self, VMLogsCommand.self,
@@ -63,7 +63,7 @@ struct VMCreateCommand: ParsableCommand {
             }
             let vm = try client.makeClient().call("POST", "/v1/vms", body: APIJSON.encode(c), as: VM.self)
             if client.json { print(String(decoding: APIJSON.encode(vm, pretty: true), as: UTF8.self)); return }
-            print("created \(vm.name): \(vm.vcpus) vCPUs, \(vm.memoryMiB) MiB; start it with `vireo vm start \(vm.name)`")
+            print("created \(vm.name): \(vcpuText(vm.vcpus)), \(memoryText(vm.memoryMiB)); start it with `vireo vm start \(vm.name)`")
         }
     }
 }
@@ -103,7 +103,7 @@ struct VMListCommand: ParsableCommand {
             let list = try client.decode(VMList.self, r)
             var rows = [["NAME", "STATE", "VCPUS", "MEMORY", "PID", "BOOT", "REASON"]]
             for v in list.vms {
-                rows.append([v.name, v.state.rawValue, String(v.vcpus), "\(v.memoryMiB)M", v.pid.map(String.init) ?? "-",
+                rows.append([v.name, v.state.rawValue, String(v.vcpus), memoryText(v.memoryMiB), v.pid.map(String.init) ?? "-",
                              v.probe.map { "probe \($0)" } ?? v.kernel.map { String($0.split(separator: "/").last ?? "") } ?? "-",
                              v.reason ?? ""])
             }
@@ -125,7 +125,7 @@ struct VMShowCommand: ParsableCommand {
             var rows: [(String, String)] = [("name", v.name), ("state", v.state.rawValue)]
             if let reason = v.reason { rows.append(("reason", reason)) }
             if let pid = v.pid { rows.append(("pid", String(pid))) }
-            rows += [("vcpus", String(v.vcpus)), ("memory", "\(v.memoryMiB) MiB")]
+            rows += [("vcpus", String(v.vcpus)), ("memory", memoryText(v.memoryMiB))]
             if let k = v.kernel { rows.append(("kernel", k)) }
             if let i = v.initrd { rows.append(("initrd", i)) }
             if let c = v.cmdline { rows.append(("cmdline", c)) }
@@ -139,7 +139,7 @@ struct VMShowCommand: ParsableCommand {
                 rows.append(("disk \(d.id ?? "")", "\(d.path) (\(attrs.joined(separator: ", ")))"))
             }
             for n in v.nics { rows.append(("nic", "tap=\(n.tap)" + (n.mac.map { " mac=\($0)" } ?? ""))) }
-            if let b = v.balloonMiB { rows.append(("balloon", "\(b) MiB")) }
+            if let b = v.balloonMiB { rows.append(("balloon", memoryText(b))) }
             if v.rng == true { rows.append(("rng", "virtio-rng")) }
             if let cid = v.vsockCID { rows.append(("vsock", "cid \(cid), host socket \(v.vsockSocket ?? "?")")) }
             rows += [("restart policy", v.restartPolicy.rawValue), ("restarts", String(v.restartCount)),
@@ -197,7 +197,9 @@ struct VMStopCommand: ParsableCommand {
         try reportingErrors {
             var c = try client.makeClient()
             c.timeout = timeout + 30
-            if !force && !client.json {
+            // Only a running guest is asked (a paused one is stopped at once); a VM without a
+            // VMM gets the daemon's 409 at once, with nothing printed before it.
+            if !force && !client.json, try c.call("GET", "/v1/vms/\(pathSafe(name))", as: VM.self).state == .running {
                 printError("asking \(name)'s guest to shut down (up to \(timeout) s)...")
             }
             let vm = try c.call("POST", "/v1/vms/\(pathSafe(name))/stop?force=\(force)&timeout=\(timeout)", as: VM.self)
@@ -274,6 +276,15 @@ func streamConsole(client: APIClient, name: String, from: Int, follow: Bool) thr
 /// from building a different route out of '/' or '?'.
 func pathSafe(_ name: String) -> String {
     String(name.map { $0 == "/" || $0 == "?" || $0 == "#" || $0 == "%" || $0 == " " ? "_" : $0 })
+}
+
+/// "1 vCPU", "2 vCPUs".
+func vcpuText(_ n: Int) -> String { n == 1 ? "1 vCPU" : "\(n) vCPUs" }
+
+/// A size in MiB as people read it: 512 MiB, 10 GiB, 1.5 GiB.
+func memoryText(_ mib: Int) -> String {
+    let (bytes, overflow) = UInt64(clamping: mib).multipliedReportingOverflow(by: 1 << 20)
+    return overflow ? "\(mib) MiB" : ByteSize.format(bytes)
 }
 
 func printTable(_ rows: [[String]]) {

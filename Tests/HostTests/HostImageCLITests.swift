@@ -52,14 +52,17 @@ struct HostImageCLITests {
         }
         #expect(try vireo(d, ["image", "delete", "ov"]).stdout.contains("deleted image ov"))
 
-        let events = try vireo(d, ["events", "--vm", "d2"])
-        #expect(events.stdout.contains("image-import  0%") && events.stdout.contains("image-imported"), "\(events.stdout)")
+        // The stored history: the import's start and end, named as an image; its progress went
+        // only to followers (the import's own lines above).
+        let events = try vireo(d, ["events", "--image", "d2"])
+        #expect(events.stdout.contains("image d2  image-import-started") && events.stdout.contains("image d2  image-imported")
+                && !events.stdout.contains("image-import  "), "\(events.stdout)")
     }
 
     @Test func eventsFollowPrintsNewEventsAsTheyHappen() throws {
         let d = try TestDaemon()
         defer { d.shutdown() }
-        let follow = try ChildProcess([VireoBinary.path ?? "vireo", "--socket", d.socket, "events", "--follow", "--vm", "f1", "--json"])
+        let follow = try ChildProcess([VireoBinary.path ?? "vireo", "--socket", d.socket, "events", "--follow", "--image", "f1", "--json"])
         // (It ends by itself when the daemon goes, below or in shutdown.)
         for _ in 0..<100 {
             if try d.metric("vireo_event_subscribers") == 1 { break }
@@ -71,7 +74,9 @@ struct HostImageCLITests {
         while types.last != "image-deleted", let line = ChildProcess.readLine(follow.stdout) {
             if let e = try? JSONDecoder().decode(Event.self, from: Data(line.utf8)) { types.append(e.type) }
         }
-        #expect(types == ["image-create", "image-created", "image-deleted"])
+        // Stored events, and between them the live progress lines (seq 0).
+        #expect(types.first == "image-create-started" && types.suffix(2) == ["image-created", "image-deleted"]
+                && types.dropFirst().dropLast(2).allSatisfy { $0 == "image-create" } && types.contains("image-create"), "\(types)")
 
         // The daemon going away ends it with a message saying how to continue.
         d.kill9()
