@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import VireoSupport
 
 /// One extent of `map`: where guest bytes come from (qemu-img map's fields).
@@ -80,8 +83,19 @@ public enum ImageOperations {
     }
 
     /// Copies the guest-visible contents of `src` into a new image at `dst`; zero areas stay thin.
+    /// A conversion that fails removes the output: no half-written image is left behind.
     public static func convert(_ src: BlockImage, to dst: String, options: ConvertOptions,
                                progress: ProgressHandler? = nil) throws(VireoError) {
+        do {
+            try convertBody(src, to: dst, options: options, progress: progress)
+        } catch {
+            _ = unlink(dst)
+            throw error
+        }
+    }
+
+    static func convertBody(_ src: BlockImage, to dst: String, options: ConvertOptions,
+                            progress: ProgressHandler?) throws(VireoError) {
         let size = src.virtualSize
         switch options.format {
         case .raw:

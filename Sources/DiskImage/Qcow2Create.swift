@@ -7,6 +7,8 @@ public struct Qcow2CreateOptions: Sendable {
     public var backingFormat: DiskImageFormat?
     public var lazyRefcounts = false
     public var refcountBits: UInt64 = 16
+    /// How `writeCompressed` (convert -c) encodes clusters; zstd sets incompatible feature bit 3.
+    public var compressionType: Qcow2Header.CompressionType = .zlib
     public init(clusterSize: UInt64 = 65536, preallocation: Preallocation = .off, backingFile: String? = nil,
                 backingFormat: DiskImageFormat? = nil, lazyRefcounts: Bool = false, refcountBits: UInt64 = 16) {
         self.clusterSize = clusterSize; self.preallocation = preallocation; self.backingFile = backingFile
@@ -42,6 +44,8 @@ extension Qcow2Image {
         h.size = size
         h.refcountOrder = UInt32(o.refcountBits.trailingZeroBitCount)
         h.compatibleFeatures = o.lazyRefcounts ? Qcow2Header.Compatible.lazyRefcounts : 0
+        h.compressionType = o.compressionType.rawValue
+        if o.compressionType != .zlib { h.incompatibleFeatures |= Qcow2Header.Incompatible.compressionType }
         if let b = o.backingFile {
             h.backingFile = b
             h.backingFormat = o.backingFormat?.qemuName

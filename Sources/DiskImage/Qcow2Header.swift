@@ -11,6 +11,15 @@ public struct Qcow2Header: Sendable, Equatable {
         public static let extendedL2: UInt64 = 1 << 4
         static let supported: UInt64 = dirty | corrupt | compressionType
     }
+    /// Header byte 104: how compressed clusters are encoded.
+    public enum CompressionType: UInt8, Sendable {
+        case zlib = 0, zstd = 1
+        public var name: String { self == .zlib ? "zlib" : "zstd" }
+        public init?(name: String) {
+            switch name { case "zlib": self = .zlib; case "zstd": self = .zstd; default: return nil }
+        }
+    }
+    public var compression: CompressionType { CompressionType(rawValue: compressionType) ?? .zlib }
     public enum Compatible { public static let lazyRefcounts: UInt64 = 1 << 0 }
     public enum Autoclear {
         public static let bitmaps: UInt64 = 1 << 0
@@ -144,9 +153,13 @@ public struct Qcow2Header: Sendable, Equatable {
             throw VireoError(.unsupported, "\(path) uses incompatible qcow2 features Vireo does not implement: \(names.joined(separator: ", "))",
                              hint: "convert it with qemu-img convert -O qcow2 to a plain qcow2 v3 image")
         }
-        if h.incompatibleFeatures & Incompatible.compressionType != 0 && h.compressionType != 0 {
-            throw VireoError(.unsupported, "\(path) uses compression type \(h.compressionType) (zstd); only zlib is supported",
+        // Compression type (byte 104): 0 zlib, 1 zstd; a type other than zlib needs incompatible bit 3.
+        guard h.compressionType <= CompressionType.zstd.rawValue else {
+            throw VireoError(.unsupported, "\(path) uses unknown compression type \(h.compressionType) (Vireo knows 0 zlib and 1 zstd)",
                              hint: "convert it with qemu-img convert -O qcow2 -o compression_type=zlib")
+        }
+        if h.compressionType != 0 && h.incompatibleFeatures & Incompatible.compressionType == 0 {
+            throw bad("compression type \(h.compressionType) is set but the compression-type incompatible feature bit is clear")
         }
         // Backing file name.
         if h.backingFileOffset != 0 {

@@ -321,7 +321,12 @@ public final class Qcow2Image: BlockImage, @unchecked Sendable {
         var failure: VireoError?
         input.withUnsafeBytes { i in
             out.withUnsafeMutableBytes { o in
-                do throws(VireoError) { try Zlib.inflate(i, into: o, windowBits: Zlib.qcow2WindowBits, what: "\(path): compressed cluster at \(host)") } catch { failure = error }
+                do throws(VireoError) {
+                    switch header.compression {
+                    case .zlib: try Zlib.inflate(i, into: o, windowBits: Zlib.qcow2WindowBits, what: "\(path): compressed cluster at \(host)")
+                    case .zstd: try Zstd.decompress(i, into: o, what: "\(path): compressed cluster at \(host)")
+                    }
+                } catch { failure = error }
             }
         }
         if let failure { throw failure }

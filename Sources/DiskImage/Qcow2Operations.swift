@@ -107,8 +107,12 @@ extension Qcow2Image {
         UnsafeMutableRawBufferPointer(rebasing: full[0..<data.count]).copyMemory(from: data)
         let out = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(cs), alignment: 8)
         defer { out.deallocate() }
-        guard let clen = try Zlib.deflate(UnsafeRawBufferPointer(full), into: out, windowBits: Zlib.qcow2WindowBits),
-              clen < Int(cs) - 512 else { return false }
+        let packed: Int?
+        switch header.compression {
+        case .zlib: packed = try Zlib.deflate(UnsafeRawBufferPointer(full), into: out, windowBits: Zlib.qcow2WindowBits)
+        case .zstd: packed = Zstd.compress(UnsafeRawBufferPointer(full), into: out)
+        }
+        guard let clen = packed, clen < Int(cs) - 512 else { return false }
         lock.lock(); defer { lock.unlock() }
         try checkWritable()
         decompressedCache = nil
