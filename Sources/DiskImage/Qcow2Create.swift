@@ -9,6 +9,8 @@ public struct Qcow2CreateOptions: Sendable {
     public var refcountBits: UInt64 = 16
     /// How `writeCompressed` (convert -c) encodes clusters; zstd sets incompatible feature bit 3.
     public var compressionType: Qcow2Header.CompressionType = .zlib
+    /// Extended L2 entries (`extended_l2=on`): 32 subclusters per cluster; clusters of 16 KiB or more.
+    public var extendedL2 = false
     public init(clusterSize: UInt64 = 65536, preallocation: Preallocation = .off, backingFile: String? = nil,
                 backingFormat: DiskImageFormat? = nil, lazyRefcounts: Bool = false, refcountBits: UInt64 = 16) {
         self.clusterSize = clusterSize; self.preallocation = preallocation; self.backingFile = backingFile
@@ -26,6 +28,10 @@ extension Qcow2Image {
         }
         guard [1, 2, 4, 8, 16, 32, 64].contains(o.refcountBits) else {
             throw VireoError(.invalidArgument, "refcount_bits=\(o.refcountBits) is invalid", hint: "use a power of two from 1 to 64")
+        }
+        if o.extendedL2 && cs < 16384 {
+            throw VireoError(.invalidArgument, "extended L2 entries need a cluster size of at least 16K (got \(cs))",
+                             hint: "use -o cluster_size=64K (the default) or larger")
         }
         var virtualSize = size
         if let b = o.backingFile {
@@ -46,6 +52,7 @@ extension Qcow2Image {
         h.compatibleFeatures = o.lazyRefcounts ? Qcow2Header.Compatible.lazyRefcounts : 0
         h.compressionType = o.compressionType.rawValue
         if o.compressionType != .zlib { h.incompatibleFeatures |= Qcow2Header.Incompatible.compressionType }
+        if o.extendedL2 { h.incompatibleFeatures |= Qcow2Header.Incompatible.extendedL2 }
         if let b = o.backingFile {
             h.backingFile = b
             h.backingFormat = o.backingFormat?.qemuName
@@ -56,7 +63,7 @@ extension Qcow2Image {
         if let b = o.backingFile, b.utf8.count > 1023 {
             throw VireoError(.invalidArgument, "backing file name longer than 1023 bytes")
         }
-        let l2Entries = cs / 8
+        let l2Entries = cs / (o.extendedL2 ? 16 : 8)
         let (perL1, ovf) = cs.multipliedReportingOverflow(by: l2Entries)
         let l1Size = ovf ? 1 : divRoundUp(size, perL1)
         guard l1Size * 8 <= maxL1Bytes else {
@@ -124,6 +131,7 @@ extension Qcow2Image {
             runs.append((base, n * cs))
             for i in 0..<Int(n) where t.entries[i] & Qcow2Entry.offsetMask == 0 {
                 t.entries[i] = (base + UInt64(i) * cs) | Qcow2Entry.copied
+                if extendedL2 { t.bitmaps[i] = Subclusters.allAllocated }
             }
             t.dirty = true
             v += perL2

@@ -9,7 +9,7 @@ public struct Qcow2Header: Sendable, Equatable {
         public static let externalData: UInt64 = 1 << 2
         public static let compressionType: UInt64 = 1 << 3
         public static let extendedL2: UInt64 = 1 << 4
-        static let supported: UInt64 = dirty | corrupt | compressionType
+        static let supported: UInt64 = dirty | corrupt | compressionType | extendedL2
     }
     /// Header byte 104: how compressed clusters are encoded.
     public enum CompressionType: UInt8, Sendable {
@@ -61,6 +61,7 @@ public struct Qcow2Header: Sendable, Equatable {
     }
 
     public var clusterSize: UInt64 { 1 << UInt64(clusterBits) }
+    public var hasExtendedL2: Bool { incompatibleFeatures & Incompatible.extendedL2 != 0 }
     public var refcountBits: UInt64 { 1 << UInt64(refcountOrder) }
 
     /// Parses the first cluster of the file. `fileSize` bounds every offset.
@@ -160,6 +161,10 @@ public struct Qcow2Header: Sendable, Equatable {
         }
         if h.compressionType != 0 && h.incompatibleFeatures & Incompatible.compressionType == 0 {
             throw bad("compression type \(h.compressionType) is set but the compression-type incompatible feature bit is clear")
+        }
+        // Extended L2 entries: 32 subclusters per cluster, each at least 512 bytes.
+        if h.incompatibleFeatures & Incompatible.extendedL2 != 0 && h.clusterBits < 14 {
+            throw bad("extended L2 entries need clusters of at least 16 KiB (this image has \(cs)-byte clusters)")
         }
         // Backing file name.
         if h.backingFileOffset != 0 {

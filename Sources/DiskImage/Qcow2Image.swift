@@ -15,9 +15,38 @@ enum Qcow2Entry {
 
 /// One cached L2 table (entries in host byte order).
 final class L2Table {
+    /// Standard cluster descriptors.
     var entries: [UInt64]
+    /// With extended L2 entries: each entry's subcluster bitmap (bits 0-31 allocated,
+    /// 32-63 reads as zero); empty otherwise.
+    var bitmaps: [UInt64]
     var dirty = false
-    init(_ e: [UInt64]) { entries = e }
+    init(_ e: [UInt64], bitmaps b: [UInt64] = []) { entries = e; bitmaps = b }
+
+    /// The on-disk words: entries, or (entry, bitmap) pairs with extended L2 entries.
+    static func decode(_ raw: [UInt8], count: Int, extended: Bool) -> L2Table {
+        guard extended else { return L2Table(decodeBE64Table(raw, count: count)) }
+        let words = decodeBE64Table(raw, count: count * 2)
+        var e = [UInt64](repeating: 0, count: count), b = [UInt64](repeating: 0, count: count)
+        for i in 0..<count { e[i] = words[2 * i]; b[i] = words[2 * i + 1] }
+        return L2Table(e, bitmaps: b)
+    }
+
+    func encode(size: Int) -> [UInt8] {
+        guard !bitmaps.isEmpty else { return encodeBE64Table(entries, paddedTo: size) }
+        var words = [UInt64](repeating: 0, count: entries.count * 2)
+        for i in 0..<entries.count { words[2 * i] = entries[i]; words[2 * i + 1] = bitmaps[i] }
+        return encodeBE64Table(words, paddedTo: size)
+    }
+}
+
+/// Extended L2 subcluster bitmap helpers.
+enum Subclusters {
+    static let count = 32
+    static let allAllocated: UInt64 = 0xffff_ffff
+    static let allZero: UInt64 = 0xffff_ffff << 32
+    /// Bits s0...s1 (inclusive) of the allocation half.
+    static func mask(_ s0: UInt64, _ s1: UInt64) -> UInt64 { ((UInt64(1) << (s1 - s0 + 1)) - 1) << s0 }
 }
 
 /// One cached refcount block (raw bytes, in the on-disk encoding).
@@ -59,6 +88,10 @@ public final class Qcow2Image: BlockImage, @unchecked Sendable {
     let clusterBits: UInt64
     let l2Bits: UInt64
     let l2Entries: Int
+    /// Extended L2 entries (incompatible bit 4): 32 subclusters per cluster.
+    let extendedL2: Bool
+    /// log2 of the subcluster size (extended L2 only).
+    let scBits: UInt64
     var l1: [UInt64]
     var l1Dirty = false
     var l2Cache: [UInt64: L2Table] = [:]
@@ -107,8 +140,10 @@ public final class Qcow2Image: BlockImage, @unchecked Sendable {
         self.header = h
         cs = h.clusterSize
         clusterBits = UInt64(h.clusterBits)
-        l2Bits = clusterBits - 3
-        l2Entries = Int(cs / 8)
+        extendedL2 = h.hasExtendedL2
+        scBits = clusterBits - 5
+        l2Bits = clusterBits - (extendedL2 ? 4 : 3)
+        l2Entries = Int(cs / (extendedL2 ? 16 : 8))
         l2CacheLimit = max(16, Int((32 << 20) / cs))
         physicalEnd = fileSize
         allocEnd = alignUp(fileSize, cs)
@@ -216,7 +251,7 @@ public final class Qcow2Image: BlockImage, @unchecked Sendable {
         }
         let raw = try file.readBytes(Int(cs), at: offset, what: "L2 table")
         if l2Cache.count >= l2CacheLimit { try evictL2() }
-        let t = L2Table(decodeBE64Table(raw, count: l2Entries))
+        let t = L2Table.decode(raw, count: l2Entries, extended: extendedL2)
         l2Cache[offset] = t
         return t
     }
@@ -236,6 +271,46 @@ public final class Qcow2Image: BlockImage, @unchecked Sendable {
         return t.entries[Int((v >> clusterBits) & UInt64(l2Entries - 1))]
     }
 
+    /// The L2 entry and, with extended L2 entries, its subcluster bitmap (0 otherwise).
+    func l2EntryAndBitmap(_ v: UInt64) throws(VireoError) -> (UInt64, UInt64) {
+        let l1i = Int(v >> l1Shift)
+        guard l1i < l1.count else { return (0, 0) }
+        let l2off = l1[l1i] & Qcow2Entry.offsetMask
+        if l2off == 0 { return (0, 0) }
+        let t = try l2Table(at: l2off)
+        let i = Int((v >> clusterBits) & UInt64(l2Entries - 1))
+        return (t.entries[i], extendedL2 ? t.bitmaps[i] : 0)
+    }
+
+    /// How guest offset `v` is stored, and for how many bytes from `v` (inside its cluster)
+    /// that stays so. With extended L2 entries this resolves the subcluster bitmap.
+    func kindAt(_ v: UInt64) throws(VireoError) -> (ClusterKind, UInt64) {
+        let inCluster = v & (cs - 1)
+        guard extendedL2 else { return (try classify(try l2Entry(v)), cs - inCluster) }
+        let (e, bm) = try l2EntryAndBitmap(v)
+        let k = try classify(e)
+        if case .compressed = k { return (k, cs - inCluster) }
+        func bad(_ what: String) -> VireoError {
+            VireoError(.corrupt, "\(path): L2 entry for guest offset \(v - inCluster) \(what) (bitmap 0x\(String(bm, radix: 16)))",
+                       hint: "the image is damaged; try `vireo disk check -r all` on a copy")
+        }
+        let alloc = bm & Subclusters.allAllocated, zero = bm >> 32
+        if alloc & zero != 0 { throw bad("marks subclusters both allocated and zero") }
+        if case .unallocated = k, alloc != 0 { throw bad("marks subclusters allocated in an unallocated cluster") }
+        // 0 unallocated, 1 allocated, 2 zero
+        func state(_ s: UInt64) -> Int { alloc >> s & 1 != 0 ? 1 : (zero >> s & 1 != 0 ? 2 : 0) }
+        let s0 = inCluster >> scBits
+        let st = state(s0)
+        var s = s0 + 1
+        while s < UInt64(Subclusters.count) && state(s) == st { s += 1 }
+        let len = (s << scBits) - inCluster
+        switch st {
+        case 1: return (k, len)
+        case 2: return (.zero(host: 0), len)
+        default: return (.unallocated, len)
+        }
+    }
+
     func classify(_ e: UInt64) throws(VireoError) -> ClusterKind {
         if e & Qcow2Entry.compressed != 0 {
             guard header.version >= 2 else { return .unallocated }
@@ -252,6 +327,10 @@ public final class Qcow2Image: BlockImage, @unchecked Sendable {
             throw VireoError(.corrupt, "\(path): L2 entry 0x\(String(e, radix: 16)) has reserved bits set", hint: "the image is damaged; try `vireo disk check -r all` on a copy")
         }
         let host = e & Qcow2Entry.offsetMask
+        if extendedL2 && e & Qcow2Entry.zero != 0 {
+            throw VireoError(.corrupt, "\(path): L2 entry 0x\(String(e, radix: 16)) sets bit 0, which is reserved with extended L2 entries",
+                             hint: "the image is damaged; try `vireo disk check -r all` on a copy")
+        }
         if header.version >= 3 && e & Qcow2Entry.zero != 0 { return .zero(host: host) }
         if host == 0 { return .unallocated }
         guard host % cs == 0 else {
@@ -266,19 +345,19 @@ public final class Qcow2Image: BlockImage, @unchecked Sendable {
 
     /// The longest run from `v` (at most `maxLen` bytes) with one kind of storage and, for data, contiguous host offsets.
     func mapRun(_ v: UInt64, _ maxLen: UInt64) throws(VireoError) -> (ClusterKind, UInt64) {
-        let k0 = try classify(try l2Entry(v))
+        let (k0, l0) = try kindAt(v)
         let inCluster = v & (cs - 1)
-        var len = min(cs - inCluster, maxLen)
+        var len = min(l0, maxLen)
         if case .compressed = k0 { return (k0, len) }
         while len < maxLen {
-            let k = try classify(try l2Entry(v + len))
+            let (k, l) = try kindAt(v + len)
             switch (k0, k) {
             case (.unallocated, .unallocated): break
             case (.zero, .zero): break
-            case let (.data(h0, c0), .data(h, c)) where c == c0 && h == h0 &+ inCluster &+ len: break
+            case let (.data(h0, c0), .data(h, c)) where c == c0 && h &+ ((v + len) & (cs - 1)) == h0 &+ inCluster &+ len: break
             default: return (k0, len)
             }
-            len += min(cs, maxLen - len)
+            len += min(l, maxLen - len)
         }
         return (k0, len)
     }
@@ -289,6 +368,11 @@ public final class Qcow2Image: BlockImage, @unchecked Sendable {
         try checkRange(offset, buffer.count)
         lock.lock(); defer { lock.unlock() }
         try checkOpen()
+        try readLocked(into: buffer, at: offset)
+    }
+
+    /// The guest view of `buffer.count` bytes at `offset` (the caller holds the lock).
+    func readLocked(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(VireoError) {
         var pos = 0
         while pos < buffer.count {
             let v = offset + UInt64(pos)
@@ -366,6 +450,7 @@ public final class Qcow2Image: BlockImage, @unchecked Sendable {
         try checkWritable()
         try markDirtyIfLazy()
         decompressedCache = nil
+        if extendedL2 { try writeSubclusters(buffer, at: offset); return }
         // Runs of contiguous host writes are merged into one pwrite.
         var runHost: UInt64 = 0, runSrc = 0, runLen = 0
         func flushRun() throws(VireoError) {
@@ -490,9 +575,11 @@ public final class Qcow2Image: BlockImage, @unchecked Sendable {
         if old != 0 && e & Qcow2Entry.copied != 0 {
             return (try l2Table(at: old), idx)
         }
-        let entries: [UInt64] = old != 0 ? try l2Table(at: old).entries : [UInt64](repeating: 0, count: l2Entries)
+        let src: L2Table? = old != 0 ? try l2Table(at: old) : nil
+        let entries = src?.entries ?? [UInt64](repeating: 0, count: l2Entries)
+        let bitmaps = extendedL2 ? (src?.bitmaps ?? [UInt64](repeating: 0, count: l2Entries)) : []
         let (host, _) = try allocateCluster()
-        let t = L2Table(entries)
+        let t = L2Table(entries, bitmaps: bitmaps)
         t.dirty = true
         if l2Cache.count >= l2CacheLimit { try evictL2() }
         l2Cache[host] = t
@@ -537,17 +624,31 @@ public final class Qcow2Image: BlockImage, @unchecked Sendable {
             // Discard with a backing file must still mask the backing data: use a zero cluster.
             let newEntry: UInt64 = (zero || backingImage != nil) ? Qcow2Entry.zero : 0
             var skip = false
-            switch kind {
-            case .unallocated: skip = newEntry == 0 || (l1[l1i] & Qcow2Entry.offsetMask == 0 && backingImage == nil)
-            case .zero(let h): skip = h == 0
-            default: break
+            // Extended L2: a zero cluster is an unallocated entry whose subclusters all read as zero.
+            let newBitmap: UInt64 = newEntry != 0 ? Subclusters.allZero : 0
+            if extendedL2 {
+                let (_, bm) = try l2EntryAndBitmap(v)
+                if case .unallocated = kind {
+                    skip = bm == newBitmap || (newBitmap == 0 && l1[l1i] & Qcow2Entry.offsetMask == 0)
+                }
+            } else {
+                switch kind {
+                case .unallocated: skip = newEntry == 0 || (l1[l1i] & Qcow2Entry.offsetMask == 0 && backingImage == nil)
+                case .zero(let h): skip = h == 0
+                default: break
+                }
             }
             if !skip {
                 if header.version < 3 {
                     try writeZeroBytes(v, cs)
                 } else {
                     let (t, idx) = try l2ForWrite(v)
-                    t.entries[idx] = newEntry
+                    if extendedL2 {
+                        t.entries[idx] = 0
+                        t.bitmaps[idx] = newBitmap
+                    } else {
+                        t.entries[idx] = newEntry
+                    }
                     t.dirty = true
                     releaseOld(kind)
                 }

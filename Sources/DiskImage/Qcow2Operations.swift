@@ -82,9 +82,11 @@ extension Qcow2Image {
             let l1i = Int(v >> l1Shift)
             if l1[l1i] & Qcow2Entry.offsetMask == 0 { v = UInt64(l1i + 1) << l1Shift; continue }
             let kind = try classify(try l2Entry(v))
-            if kind != .unallocated {
+            let bm = try l2EntryAndBitmap(v).1
+            if kind != .unallocated || bm != 0 {
                 let (t, idx) = try l2ForWrite(v)
                 t.entries[idx] = 0
+                if extendedL2 { t.bitmaps[idx] = 0 }
                 t.dirty = true
                 releaseOld(kind)
             }
@@ -137,6 +139,7 @@ extension Qcow2Image {
         let x = 62 - (clusterBits - 8)
         let sectors = ((start + need - 1) >> 9) - (start >> 9)
         t.entries[idx] = Qcow2Entry.compressed | start | (sectors << x)
+        if extendedL2 { t.bitmaps[idx] = 0 }
         t.dirty = true
         releaseOld(old)
         return true

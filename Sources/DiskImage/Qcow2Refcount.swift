@@ -191,7 +191,7 @@ extension Qcow2Image {
         try writeRefcounts(sync: sync && !lazy)
         if sync && !lazy && anyL2 { try file.sync() }
         for (off, t) in l2Cache where t.dirty {
-            try file.writeBytes(encodeBE64Table(t.entries, paddedTo: Int(cs)), at: off)
+            try file.writeBytes(t.encode(size: Int(cs)), at: off)
             t.dirty = false
         }
         if l1Dirty {
