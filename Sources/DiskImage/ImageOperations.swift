@@ -86,10 +86,14 @@ public enum ImageOperations {
     /// A conversion that fails removes the output: no half-written image is left behind.
     public static func convert(_ src: BlockImage, to dst: String, options: ConvertOptions,
                                progress: ProgressHandler? = nil) throws(VireoError) {
+        if options.compress && options.format == .qcow2 && options.qcow2.dataFile != nil {
+            throw VireoError(.invalidArgument, "compression (-c) cannot be used with an external data file")
+        }
         do {
             try convertBody(src, to: dst, options: options, progress: progress)
         } catch {
             _ = unlink(dst)
+            if options.format == .qcow2, let d = options.qcow2.dataFile { _ = unlink(DiskImage.resolveDataFilePath(d, of: dst)) }
             throw error
         }
     }

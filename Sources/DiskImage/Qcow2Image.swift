@@ -83,6 +83,13 @@ public final class Qcow2Image: BlockImage, @unchecked Sendable {
     public internal(set) var header: Qcow2Header
 
     let file: ImageFile
+    /// The external data file (incompatible bit 2), where guest clusters live at their guest offsets.
+    var dataFile: ImageFile?
+    /// Where data clusters are read and written: the external data file, or the image itself.
+    var dataIO: ImageFile { dataFile ?? file }
+    var external: Bool { dataFile != nil }
+    /// The resolved path of the external data file, if any.
+    public var dataFilePath: String? { dataFile?.path }
     let options: OpenOptions
     let cs: UInt64
     let clusterBits: UInt64
@@ -194,6 +201,15 @@ public final class Qcow2Image: BlockImage, @unchecked Sendable {
         snapshotTableBytes = snapshots.reduce(UInt64(0)) { $0 + UInt64($1.serialize().count) }
         compressedCursor = 0
 
+        // External data file: resolved like a backing file, under the same policy.
+        if h.hasExternalData, let name = h.dataFile {
+            let dpath = try DiskImage.resolveBacking(name: name, of: file.path, policy: options.backingPolicy, what: "external data file")
+            guard fileExists(dpath) else {
+                throw VireoError(.notFound, "\(file.path): external data file \(dpath) does not exist",
+                                 hint: "restore it next to the image, or rename it with `vireo disk amend -o data_file=NAME \(file.path)`")
+            }
+            dataFile = try ImageFile.open(dpath, writable: !isReadOnly)
+        }
         // Backing chain.
         if let name = h.backingFile, options.openBacking {
             let bpath = try DiskImage.resolveBacking(name: name, of: file.path, policy: options.backingPolicy)
@@ -215,7 +231,10 @@ public final class Qcow2Image: BlockImage, @unchecked Sendable {
 
         if !isReadOnly {
             var changed = false
-            if header.autoclearFeatures != 0 { header.autoclearFeatures = 0; changed = true }
+            // Autoclear bits Vireo does not maintain are cleared; the raw-data-file bit is kept
+            // (writes go to the data file at their guest offsets, zeroes are written as zeroes).
+            let keep = header.hasExternalData ? header.autoclearFeatures & Qcow2Header.Autoclear.rawExternal : 0
+            if header.autoclearFeatures != keep { header.autoclearFeatures = keep; changed = true }
             if header.incompatibleFeatures & Qcow2Header.Incompatible.dirty != 0 && options.repairDirty {
                 try rebuildRefcounts()
                 header.incompatibleFeatures &= ~Qcow2Header.Incompatible.dirty
@@ -286,9 +305,17 @@ public final class Qcow2Image: BlockImage, @unchecked Sendable {
     /// that stays so. With extended L2 entries this resolves the subcluster bitmap.
     func kindAt(_ v: UInt64) throws(VireoError) -> (ClusterKind, UInt64) {
         let inCluster = v & (cs - 1)
-        guard extendedL2 else { return (try classify(try l2Entry(v)), cs - inCluster) }
         let (e, bm) = try l2EntryAndBitmap(v)
         let k = try classify(e)
+        if external {
+            switch k {
+            case .data(let h, _) where h != v - inCluster, .zero(let h) where h != 0 && h != v - inCluster:
+                throw VireoError(.corrupt, "\(path): guest cluster at \(v - inCluster) maps to data file offset \(h); with an external data file they must be equal",
+                                 hint: "the image is damaged")
+            default: break
+            }
+        }
+        guard extendedL2 else { return (k, cs - inCluster) }
         if case .compressed = k { return (k, cs - inCluster) }
         func bad(_ what: String) -> VireoError {
             VireoError(.corrupt, "\(path): L2 entry for guest offset \(v - inCluster) \(what) (bitmap 0x\(String(bm, radix: 16)))",
@@ -314,6 +341,9 @@ public final class Qcow2Image: BlockImage, @unchecked Sendable {
     func classify(_ e: UInt64) throws(VireoError) -> ClusterKind {
         if e & Qcow2Entry.compressed != 0 {
             guard header.version >= 2 else { return .unallocated }
+            if header.hasExternalData {
+                throw VireoError(.corrupt, "\(path): compressed cluster in an image with an external data file", hint: "the image is damaged")
+            }
             let x = 62 - (clusterBits - 8)
             let host = e & ((UInt64(1) << x) - 1)
             let sectors = (e >> x) & ((UInt64(1) << (clusterBits - 8)) - 1)
@@ -332,11 +362,13 @@ public final class Qcow2Image: BlockImage, @unchecked Sendable {
                              hint: "the image is damaged; try `vireo disk check -r all` on a copy")
         }
         if header.version >= 3 && e & Qcow2Entry.zero != 0 { return .zero(host: host) }
+        // With an external data file, guest cluster 0 lives at offset 0: COPIED marks it allocated.
+        if host == 0 && header.hasExternalData && e & Qcow2Entry.copied != 0 { return .data(host: 0, copied: true) }
         if host == 0 { return .unallocated }
         guard host % cs == 0 else {
             throw VireoError(.corrupt, "\(path): data cluster offset \(host) is not cluster aligned", hint: "the image is damaged; try `vireo disk check -r all` on a copy")
         }
-        guard host < allocEnd else {
+        guard header.hasExternalData || host < allocEnd else {
             throw VireoError(.corrupt, "\(path): data cluster at offset \(host) lies past the end of the file (\(physicalEnd) bytes)",
                              hint: "the image is truncated or damaged")
         }
@@ -384,7 +416,7 @@ public final class Qcow2Image: BlockImage, @unchecked Sendable {
             case .zero:
                 part.initializeMemory(as: UInt8.self, repeating: 0)
             case .data(let host, _):
-                try file.read(into: part, at: host + (v & (cs - 1)))
+                try dataIO.read(into: part, at: host + (v & (cs - 1)))
             case .compressed(let host, let clen):
                 let data = try decompressCluster(host: host, length: clen)
                 let start = Int(v & (cs - 1))
@@ -455,8 +487,8 @@ public final class Qcow2Image: BlockImage, @unchecked Sendable {
         var runHost: UInt64 = 0, runSrc = 0, runLen = 0
         func flushRun() throws(VireoError) {
             if runLen > 0 {
-                try file.write(UnsafeRawBufferPointer(rebasing: buffer[runSrc..<runSrc + runLen]), at: runHost)
-                noteWritten(runHost + UInt64(runLen))
+                try dataIO.write(UnsafeRawBufferPointer(rebasing: buffer[runSrc..<runSrc + runLen]), at: runHost)
+                if !external { noteWritten(runHost + UInt64(runLen)) }
                 runLen = 0
             }
         }
@@ -473,7 +505,7 @@ public final class Qcow2Image: BlockImage, @unchecked Sendable {
                 try checkNoOverlap(host)
                 target = host + inCluster
             } else {
-                let (newHost, fresh) = try allocateCluster()
+                let (newHost, fresh) = try allocateData(v - inCluster)
                 if n < Int(cs) {
                     // Fill the rest of the new cluster with the old contents (copy-on-write).
                     let oldIsZero: Bool
@@ -510,6 +542,7 @@ public final class Qcow2Image: BlockImage, @unchecked Sendable {
 
     /// Refuses to write guest data over the image's own metadata (a hostile or corrupt L2 entry).
     func checkNoOverlap(_ host: UInt64) throws(VireoError) {
+        if external { return }   // data clusters live in the data file, not among the metadata
         func inRange(_ start: UInt64, _ bytes: UInt64) -> Bool { bytes > 0 && host >= start / cs * cs && host < alignUp(start &+ bytes, cs) }
         var bad = host < cs || inRange(header.l1TableOffset, UInt64(l1.count) * 8)
             || inRange(header.refcountTableOffset, UInt64(header.refcountTableClusters) * cs)
@@ -541,7 +574,7 @@ public final class Qcow2Image: BlockImage, @unchecked Sendable {
             buf.initializeMemory(as: UInt8.self, repeating: 0)
             if avail > 0 { try readFromBacking(UnsafeMutableRawBufferPointer(rebasing: buf[0..<avail]), at: v) }
         case .data(let host, _):
-            try file.read(into: buf, at: host)
+            try dataIO.read(into: buf, at: host)
         case .compressed(let host, let len):
             let d = try decompressCluster(host: host, length: len)
             d.withUnsafeBytes { s in buf.copyMemory(from: s) }
@@ -549,12 +582,20 @@ public final class Qcow2Image: BlockImage, @unchecked Sendable {
         }
         // SAFETY: at + newData.count <= cs (the caller splits writes at cluster boundaries).
         UnsafeMutableRawBufferPointer(rebasing: buf[at..<at + newData.count]).copyMemory(from: newData)
-        try file.write(UnsafeRawBufferPointer(buf), at: newHost)
-        noteWritten(newHost + cs)
+        try dataIO.write(UnsafeRawBufferPointer(buf), at: newHost)
+        if !external { noteWritten(newHost + cs) }
+    }
+
+    /// A host cluster for guest cluster `v`: with an external data file, `v` itself (data clusters
+    /// are not refcounted); otherwise a newly allocated cluster of the image file.
+    func allocateData(_ v: UInt64) throws(VireoError) -> (UInt64, fresh: Bool) {
+        if external { return (v, false) }
+        return try allocateCluster()
     }
 
     /// Queues the clusters a replaced L2 entry referenced for release after the next metadata write-back.
     func releaseOld(_ kind: ClusterKind) {
+        if external { return }   // data-file clusters are not refcounted
         switch kind {
         case .data(let h, _): pendingFree.append(h / cs)
         case .zero(let h) where h != 0: pendingFree.append(h / cs)
@@ -601,6 +642,20 @@ public final class Qcow2Image: BlockImage, @unchecked Sendable {
 
     func zeroOrDiscard(offset: UInt64, length: UInt64, zero: Bool) throws(VireoError) {
         guard length > 0 else { return }
+        if header.dataFileRaw {
+            // The data file must stay a faithful raw image: zeroes are written, discards dropped.
+            guard zero else { return }
+            let (endRaw, o) = offset.addingReportingOverflow(length)
+            guard !o, offset <= virtualSize else { throw VireoError(.outOfRange, "range \(offset)+\(length) is past the end of \(path)") }
+            var p = offset
+            let end = min(endRaw, virtualSize)
+            while p < end {
+                let n = min(end - p, 1 << 20)
+                try writeZeroBytes(p, n)
+                p += n
+            }
+            return
+        }
         let (endRaw, o) = offset.addingReportingOverflow(length)
         guard !o, offset <= virtualSize else { throw VireoError(.outOfRange, "range \(offset)+\(length) is past the end of \(path)") }
         let end = min(endRaw, virtualSize)
@@ -680,6 +735,7 @@ public final class Qcow2Image: BlockImage, @unchecked Sendable {
         defer {
             closed = true
             file.close()
+            dataFile?.close()
             if let b = backingImage { try? b.close() }
         }
         if !isReadOnly {

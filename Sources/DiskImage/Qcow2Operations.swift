@@ -99,6 +99,9 @@ extension Qcow2Image {
     /// Writes one whole guest cluster compressed (convert -c). Returns false when the data does not
     /// compress; the caller then writes it normally.
     public func writeCompressed(_ data: UnsafeRawBufferPointer, at v: UInt64) throws(VireoError) -> Bool {
+        guard !header.hasExternalData else {
+            throw VireoError(.unsupported, "\(path) has an external data file; compressed clusters cannot be stored in one", hint: "convert without -c")
+        }
         guard data.count == Int(cs) || v + UInt64(data.count) == virtualSize, v % cs == 0 else {
             throw VireoError(.invalidArgument, "compressed writes must cover one whole cluster")
         }

@@ -25,7 +25,7 @@ extension Qcow2Image {
                 try checkNoOverlap(host)
                 target = host
             case .unallocated:
-                target = try allocateCluster().0
+                target = try allocateData(base).0
             default:
                 // Compressed, or shared with a snapshot: copy the whole cluster's guest view.
                 let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(cs), alignment: 4096)
@@ -35,9 +35,9 @@ extension Qcow2Image {
                 try readLocked(into: UnsafeMutableRawBufferPointer(rebasing: buf[0..<avail]), at: base)
                 decompressedCache = nil
                 UnsafeMutableRawBufferPointer(rebasing: buf[Int(inCluster)..<Int(inCluster) + n]).copyMemory(from: piece)
-                let (newHost, _) = try allocateCluster()
-                try file.write(UnsafeRawBufferPointer(buf), at: newHost)
-                noteWritten(newHost + cs)
+                let (newHost, _) = try allocateData(base)
+                try dataIO.write(UnsafeRawBufferPointer(buf), at: newHost)
+                if !external { noteWritten(newHost + cs) }
                 t.entries[idx] = newHost | Qcow2Entry.copied
                 t.bitmaps[idx] = Subclusters.allAllocated
                 t.dirty = true
@@ -49,7 +49,7 @@ extension Qcow2Image {
             let s0 = inCluster >> scBits, s1 = (inCluster + UInt64(n) - 1) >> scBits
             let a0 = s0 << scBits, a1 = (s1 + 1) << scBits
             if a0 == inCluster && a1 == inCluster + UInt64(n) {
-                try file.write(piece, at: target + a0)
+                try dataIO.write(piece, at: target + a0)
             } else {
                 let span = Int(a1 - a0)
                 let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: span, alignment: 4096)
@@ -62,9 +62,9 @@ extension Qcow2Image {
                 }
                 let at = Int(inCluster - a0)
                 UnsafeMutableRawBufferPointer(rebasing: buf[at..<at + n]).copyMemory(from: piece)
-                try file.write(UnsafeRawBufferPointer(buf), at: target + a0)
+                try dataIO.write(UnsafeRawBufferPointer(buf), at: target + a0)
             }
-            noteWritten(target + a1)
+            if !external { noteWritten(target + a1) }
             _ = sc
             let m = Subclusters.mask(s0, s1)
             t.entries[idx] = target | Qcow2Entry.copied

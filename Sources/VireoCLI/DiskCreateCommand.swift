@@ -10,7 +10,7 @@ struct DiskCreate: ParsableCommand {
     @Option(name: .short, help: "Format: qcow2 or raw (default raw).") var f: String = "raw"
     @Option(name: .short, help: "Backing file (makes a linked clone).") var b: String?
     @Option(name: .customShort("F"), help: "Format of the backing file.") var backingFormat: String?
-    @Option(name: .short, help: "Options: preallocation=off|metadata|falloc|full, cluster_size=64K, lazy_refcounts=on|off, refcount_bits=16, compression_type=zlib|zstd, extended_l2=on|off, compat=1.1.") var o: [String] = []
+    @Option(name: .short, help: "Options: preallocation=off|metadata|falloc|full, cluster_size=64K, lazy_refcounts=on|off, refcount_bits=16, compression_type=zlib|zstd, extended_l2=on|off, data_file=NAME, data_file_raw=on|off, compat=1.1.") var o: [String] = []
     @Flag(name: .short, help: "Quiet.") var q = false
     @OptionGroup var image: ImageOptions
     @Argument var file: String
@@ -51,6 +51,8 @@ struct DiskCreate: ParsableCommand {
                     c.compressionType = v
                 }
                 if let x = opts["extended_l2"] { c.extendedL2 = x == "on" || x == "true" }
+                c.dataFile = opts["data_file"]
+                if let x = opts["data_file_raw"] { c.dataFileRaw = x == "on" || x == "true" }
                 if let compat = opts["compat"], compat != "1.1", compat != "v3" {
                     throw VireoError(.unsupported, "Vireo creates qcow2 version 3 (compat=1.1) only", hint: "drop -o compat=\(compat)")
                 }
@@ -66,6 +68,7 @@ struct DiskCreate: ParsableCommand {
                     if prealloc != .off { line += " preallocation=\(prealloc.rawValue)" }
                     if let size { line += " size=\(size)" }
                     if let bk = backing { line += " backing_file=\(bk)"; if let bf = c.backingFormat { line += " backing_fmt=\(bf.qemuName)" } }
+                    if let d = c.dataFile { line += " data_file=\(d)"; if c.dataFileRaw { line += " data_file_raw=on" } }
                     line += " lazy_refcounts=\(c.lazyRefcounts ? "on" : "off") refcount_bits=\(c.refcountBits)"
                     print(line)
                 }
@@ -142,6 +145,7 @@ func infoJSON(_ img: BlockImage) -> JSON {
             ("refcount-bits", .int(h.refcountBits)),
             ("corrupt", .bool(h.incompatibleFeatures & Qcow2Header.Incompatible.corrupt != 0)),
             ("extended-l2", .bool(h.hasExtendedL2)),
+        ] + (h.dataFile.map { d in [("data-file", JSON.string(d)), ("data-file-raw", JSON.bool(h.dataFileRaw))] } ?? []) + [
         ]))])))
         kv.append(("dirty-flag", .bool(h.incompatibleFeatures & Qcow2Header.Incompatible.dirty != 0)))
     } else {
@@ -177,6 +181,10 @@ func infoHuman(_ img: BlockImage) -> String {
         lines.append("    refcount bits: \(h.refcountBits)")
         lines.append("    corrupt: \(h.incompatibleFeatures & Qcow2Header.Incompatible.corrupt != 0)")
         lines.append("    extended l2: \(h.hasExtendedL2)")
+        if let d = h.dataFile {
+            lines.append("    data file: \(d)")
+            lines.append("    data file raw: \(h.dataFileRaw)")
+        }
         if h.incompatibleFeatures & Qcow2Header.Incompatible.dirty != 0 { lines.append("    dirty: true") }
     }
     if let v = img as? VMDKImage { lines.append("create type: \(v.createType)") }
