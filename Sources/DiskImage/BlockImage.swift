@@ -154,7 +154,7 @@ public enum DiskImage {
             return try VMDKImage(file: file, policy: options.backingPolicy)
         case .vhd:
             guard options.readOnly else { throw VireoError(.unsupported, "VHD images are supported read-only (import)", hint: "open read-only, or convert: vireo disk convert -O qcow2 \(path) OUT.qcow2") }
-            return try VHDImage(file: file)
+            return try VHDImage(file: file, options: options, chain: &chain)
         case .vhdx:
             guard options.readOnly else { throw VireoError(.unsupported, "VHDX images are supported read-only (import)", hint: "open read-only, or convert: vireo disk convert -O qcow2 \(path) OUT.qcow2") }
             return try VHDXImage(file: file, options: options, chain: &chain)

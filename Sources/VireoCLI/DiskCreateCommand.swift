@@ -188,7 +188,10 @@ func infoHuman(_ img: BlockImage) -> String {
         if h.incompatibleFeatures & Qcow2Header.Incompatible.dirty != 0 { lines.append("    dirty: true") }
     }
     if let v = img as? VMDKImage { lines.append("create type: \(v.createType)") }
-    if let v = img as? VHDImage { lines.append("subformat: \(v.isDynamic ? "dynamic" : "fixed")") }
+    if let v = img as? VHDImage {
+        lines.append("subformat: \(v.isDifferencing ? "differencing" : v.isDynamic ? "dynamic" : "fixed")")
+        if let parent = v.parentName { lines.append("backing file: \(parent)") }
+    }
     if let v = img as? VHDXImage {
         lines.append("subformat: \(v.subformat)")
         if let parent = v.parentName { lines.append("backing file: \(parent)") }
