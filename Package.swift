@@ -4,7 +4,7 @@ import PackageDescription
 // Vireo: a KVM virtual machine monitor, host daemon and disk-image toolkit in Swift.
 // Layering (lower never imports higher):
 //   CLinux -> VireoSupport -> {KVM, GuestMemory} -> {X86Boot, Devices} -> VMM -> VireoCLI -> vireo
-//   DiskImage stands alone (VireoSupport + CZlib) and is used by the VMM's virtio-blk and the CLI.
+//   DiskImage stands alone (VireoSupport + CZlib + CZstd) and is used by the VMM's virtio-blk and the CLI.
 let package = Package(
     name: "Vireo",
     platforms: [.macOS(.v14)],
@@ -21,6 +21,8 @@ let package = Package(
         .target(name: "CLinux"),
         // zlib for qcow2 compressed clusters (Debian's zlib1g-dev).
         .systemLibrary(name: "CZlib"),
+        // zstd for qcow2 compression_type=zstd clusters (Debian's libzstd-dev).
+        .systemLibrary(name: "CZstd"),
         // The probe guest: ring-0 setup + ring-3 workloads, assembled by the build's own clang.
         .target(name: "CProbeGuest"),
         .target(name: "VireoSupport", dependencies: ["CLinux"]),
@@ -28,7 +30,7 @@ let package = Package(
         .target(name: "GuestMemory", dependencies: ["CLinux", "VireoSupport"]),
         .target(name: "X86Boot", dependencies: ["VireoSupport"]),
         .target(name: "Devices", dependencies: ["VireoSupport", "GuestMemory"]),
-        .target(name: "DiskImage", dependencies: ["VireoSupport", "CZlib"]),
+        .target(name: "DiskImage", dependencies: ["VireoSupport", "CZlib", "CZstd"]),
         // PCI bus, virtio-pci transport, virtqueues and the virtio device back ends.
         .target(name: "Virtio", dependencies: ["VireoSupport", "GuestMemory", "Devices", "DiskImage"]),
         // One VM's description (VMConfig): the API, the inventory and the VMM share it.

@@ -154,7 +154,7 @@ public enum DiskImage {
             return try VMDKImage(file: file, policy: options.backingPolicy)
         case .vhd:
             guard options.readOnly else { throw VireoError(.unsupported, "VHD images are supported read-only (import)", hint: "open read-only, or convert: vireo disk convert -O qcow2 \(path) OUT.qcow2") }
-            return try VHDImage(file: file)
+            return try VHDImage(file: file, options: options, chain: &chain)
         case .vhdx:
             guard options.readOnly else { throw VireoError(.unsupported, "VHDX images are supported read-only (import)", hint: "open read-only, or convert: vireo disk convert -O qcow2 \(path) OUT.qcow2") }
             return try VHDXImage(file: file, options: options, chain: &chain)
@@ -165,22 +165,22 @@ public enum DiskImage {
     }
 
     /// Resolves a backing file name relative to the image that names it, applying the policy.
-    static func resolveBacking(name: String, of imagePath: String, policy: BackingPolicy) throws(VireoError) -> String {
+    static func resolveBacking(name: String, of imagePath: String, policy: BackingPolicy, what: String = "backing file") throws(VireoError) -> String {
         let dir = directoryOf(imagePath)
         switch policy {
         case .forbidden:
-            throw VireoError(.permissionDenied, "\(imagePath) names backing file '\(name)', but backing files are forbidden here",
+            throw VireoError(.permissionDenied, "\(imagePath) names \(what) '\(name)', but files an image names are forbidden here",
                              hint: "flatten the image with `vireo disk convert` first")
         case .confined:
             if name.hasPrefix("/") || name.contains(":") {
-                throw VireoError(.permissionDenied, "\(imagePath) names backing file '\(name)' outside its directory, which the backing policy forbids",
+                throw VireoError(.permissionDenied, "\(imagePath) names \(what) '\(name)' outside its directory, which the backing policy forbids",
                                  hint: "keep backing files beside the image and use a relative name (vireo disk rebase -u -b NAME)")
             }
             var depth = 0
             for comp in name.split(separator: "/", omittingEmptySubsequences: true) {
                 if comp == ".." { depth -= 1 } else if comp != "." { depth += 1 }
                 if depth < 0 {
-                    throw VireoError(.permissionDenied, "\(imagePath) names backing file '\(name)', which climbs out of the image's directory; the backing policy forbids that",
+                    throw VireoError(.permissionDenied, "\(imagePath) names \(what) '\(name)', which climbs out of the image's directory; the backing policy forbids that",
                                      hint: "keep backing files beside the image and use a relative name")
                 }
             }
@@ -231,5 +231,11 @@ extension DiskImage {
     /// Where a backing file name written in `imagePath` points, under `policy`.
     public static func resolveBackingPath(name: String, of imagePath: String, policy: BackingPolicy) throws(VireoError) -> String {
         try resolveBacking(name: name, of: imagePath, policy: policy)
+    }
+
+    /// Where a qcow2 external data file name written in `imagePath` points (relative names are
+    /// relative to the image's directory, as for backing files).
+    public static func resolveDataFilePath(_ name: String, of imagePath: String) -> String {
+        name.hasPrefix("/") ? name : directoryOf(imagePath) + "/" + name
     }
 }

@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import VireoSupport
 
 /// One extent of `map`: where guest bytes come from (qemu-img map's fields).
@@ -80,8 +83,23 @@ public enum ImageOperations {
     }
 
     /// Copies the guest-visible contents of `src` into a new image at `dst`; zero areas stay thin.
+    /// A conversion that fails removes the output: no half-written image is left behind.
     public static func convert(_ src: BlockImage, to dst: String, options: ConvertOptions,
                                progress: ProgressHandler? = nil) throws(VireoError) {
+        if options.compress && options.format == .qcow2 && options.qcow2.dataFile != nil {
+            throw VireoError(.invalidArgument, "compression (-c) cannot be used with an external data file")
+        }
+        do {
+            try convertBody(src, to: dst, options: options, progress: progress)
+        } catch {
+            _ = unlink(dst)
+            if options.format == .qcow2, let d = options.qcow2.dataFile { _ = unlink(DiskImage.resolveDataFilePath(d, of: dst)) }
+            throw error
+        }
+    }
+
+    static func convertBody(_ src: BlockImage, to dst: String, options: ConvertOptions,
+                            progress: ProgressHandler?) throws(VireoError) {
         let size = src.virtualSize
         switch options.format {
         case .raw:

@@ -74,6 +74,10 @@ extension Qcow2Image {
                         r.corruptions += 1; r.messages.append("ERROR L2 entry \(j) of table at \(l2off): \(error.message)"); continue
                     }
                     switch kind {
+                    case .data(_, _) where external:
+                        if active { r.allocatedClusters += 1 }   // data-file clusters are not refcounted
+                    case .zero where external:
+                        break
                     case .data(let h, _):
                         ref(h, cs, "data cluster", &r)
                         if active {
@@ -162,7 +166,7 @@ extension Qcow2Image {
                 r.corruptions += 1
                 r.messages.append("ERROR OFLAG_COPIED L2 cluster: l1_index=\(i) l1_entry=\(String(e, radix: 16)) refcount=\(counts[Int(l2off / cs)])")
             }
-            guard let t = try? l2Table(at: l2off) else { continue }
+            guard !external, let t = try? l2Table(at: l2off) else { continue }
             for le in t.entries where le & Qcow2Entry.compressed == 0 {
                 let h = le & Qcow2Entry.offsetMask
                 guard h != 0, h / cs < UInt64(counts.count) else { continue }

@@ -9,8 +9,17 @@ public struct Qcow2Header: Sendable, Equatable {
         public static let externalData: UInt64 = 1 << 2
         public static let compressionType: UInt64 = 1 << 3
         public static let extendedL2: UInt64 = 1 << 4
-        static let supported: UInt64 = dirty | corrupt | compressionType
+        static let supported: UInt64 = dirty | corrupt | externalData | compressionType | extendedL2
     }
+    /// Header byte 104: how compressed clusters are encoded.
+    public enum CompressionType: UInt8, Sendable {
+        case zlib = 0, zstd = 1
+        public var name: String { self == .zlib ? "zlib" : "zstd" }
+        public init?(name: String) {
+            switch name { case "zlib": self = .zlib; case "zstd": self = .zstd; default: return nil }
+        }
+    }
+    public var compression: CompressionType { CompressionType(rawValue: compressionType) ?? .zlib }
     public enum Compatible { public static let lazyRefcounts: UInt64 = 1 << 0 }
     public enum Autoclear {
         public static let bitmaps: UInt64 = 1 << 0
@@ -19,6 +28,7 @@ public struct Qcow2Header: Sendable, Equatable {
     static let extEnd: UInt32 = 0
     static let extBackingFormat: UInt32 = 0xe279_2aca
     static let extFeatureTable: UInt32 = 0x6803_f857
+    static let extDataFile: UInt32 = 0x4441_5441
 
     public var version: UInt32 = 3
     public var backingFileOffset: UInt64 = 0
@@ -40,6 +50,8 @@ public struct Qcow2Header: Sendable, Equatable {
     public var compressionType: UInt8 = 0
     public var backingFile: String?
     public var backingFormat: String?
+    /// External data file name (header extension "DATA"), relative to the image like a backing file.
+    public var dataFile: String?
     /// Header extensions we do not interpret, kept verbatim (type, data).
     public var otherExtensions: [(UInt32, [UInt8])] = []
     /// Names of feature bits from the feature name table: (type, bit) -> name.
@@ -52,6 +64,10 @@ public struct Qcow2Header: Sendable, Equatable {
     }
 
     public var clusterSize: UInt64 { 1 << UInt64(clusterBits) }
+    public var hasExtendedL2: Bool { incompatibleFeatures & Incompatible.extendedL2 != 0 }
+    public var hasExternalData: Bool { incompatibleFeatures & Incompatible.externalData != 0 }
+    /// The external data file is a raw image of the disk on its own (autoclear bit 1).
+    public var dataFileRaw: Bool { hasExternalData && autoclearFeatures & Autoclear.rawExternal != 0 }
     public var refcountBits: UInt64 { 1 << UInt64(refcountOrder) }
 
     /// Parses the first cluster of the file. `fileSize` bounds every offset.
@@ -117,6 +133,10 @@ public struct Qcow2Header: Sendable, Equatable {
             switch type {
             case extBackingFormat:
                 h.backingFormat = String(decoding: data.prefix { $0 != 0 }, as: UTF8.self)
+            case extDataFile:
+                let name = String(decoding: data.prefix { $0 != 0 }, as: UTF8.self)
+                guard !name.isEmpty, name.utf8.count <= 4096 else { throw bad("external data file name is empty or longer than 4096 bytes") }
+                h.dataFile = name
             case extFeatureTable:
                 var i = 0
                 while i + 48 <= data.count {
@@ -144,9 +164,26 @@ public struct Qcow2Header: Sendable, Equatable {
             throw VireoError(.unsupported, "\(path) uses incompatible qcow2 features Vireo does not implement: \(names.joined(separator: ", "))",
                              hint: "convert it with qemu-img convert -O qcow2 to a plain qcow2 v3 image")
         }
-        if h.incompatibleFeatures & Incompatible.compressionType != 0 && h.compressionType != 0 {
-            throw VireoError(.unsupported, "\(path) uses compression type \(h.compressionType) (zstd); only zlib is supported",
+        // Compression type (byte 104): 0 zlib, 1 zstd; a type other than zlib needs incompatible bit 3.
+        guard h.compressionType <= CompressionType.zstd.rawValue else {
+            throw VireoError(.unsupported, "\(path) uses unknown compression type \(h.compressionType) (Vireo knows 0 zlib and 1 zstd)",
                              hint: "convert it with qemu-img convert -O qcow2 -o compression_type=zlib")
+        }
+        if h.compressionType != 0 && h.incompatibleFeatures & Incompatible.compressionType == 0 {
+            throw bad("compression type \(h.compressionType) is set but the compression-type incompatible feature bit is clear")
+        }
+        if h.hasExternalData {
+            guard h.dataFile != nil else {
+                throw VireoError(.unsupported, "\(path) uses an external data file but does not name it",
+                                 hint: "give the image a data file name with qemu-img amend -o data_file=NAME")
+            }
+            guard h.nbSnapshots == 0 else { throw bad("an image with an external data file cannot have internal snapshots") }
+        } else {
+            h.dataFile = nil
+        }
+        // Extended L2 entries: 32 subclusters per cluster, each at least 512 bytes.
+        if h.incompatibleFeatures & Incompatible.extendedL2 != 0 && h.clusterBits < 14 {
+            throw bad("extended L2 entries need clusters of at least 16 KiB (this image has \(cs)-byte clusters)")
         }
         // Backing file name.
         if h.backingFileOffset != 0 {
@@ -205,6 +242,7 @@ public struct Qcow2Header: Sendable, Equatable {
             off += 8 + ((data.count + 7) & ~7)
         }
         if let bf = backingFormat, backingFile != nil { ext(Self.extBackingFormat, Array(bf.utf8)) }
+        if let df = dataFile { ext(Self.extDataFile, Array(df.utf8)) }
         for (t, d) in otherExtensions { ext(t, d) }
         off += 8 // end-of-extensions marker (zeros)
         if let name = backingFile {
@@ -221,9 +259,28 @@ public struct Qcow2Header: Sendable, Equatable {
     func serializedLength() -> Int {
         var n = version >= 3 ? 112 : 72
         if let bf = backingFormat, backingFile != nil { n += 8 + ((bf.utf8.count + 7) & ~7) }
+        if let df = dataFile { n += 8 + ((df.utf8.count + 7) & ~7) }
         for (_, d) in otherExtensions { n += 8 + ((d.count + 7) & ~7) }
         n += 8
         n += backingFile?.utf8.count ?? 0
         return n
+    }
+}
+
+extension Qcow2Header {
+    /// Reads and validates the header of the qcow2 image at `path` without opening the files it
+    /// names (backing file, external data file): for checking where those point first.
+    public static func read(path: String) throws(VireoError) -> Qcow2Header {
+        let file = try ImageFile.open(path, writable: false)
+        defer { file.close() }
+        let fileSize = try file.size()
+        let first = try file.readBytes(Int(min(fileSize, 24)), at: 0, what: "qcow2 header")
+        guard first.count >= 24 else { throw VireoError(.corrupt, "\(path): file too short for a qcow2 header") }
+        let bits = be32(first, 20)
+        guard (9...21).contains(bits) else {
+            throw VireoError(.corrupt, "\(path): cluster size 2^\(bits) is outside 512 B..2 MiB", hint: "the image is damaged")
+        }
+        let head = try file.readBytes(Int(min(fileSize, UInt64(1) << UInt64(bits))), at: 0, what: "qcow2 header cluster")
+        return try parse(head, fileSize: fileSize, path: path)
     }
 }

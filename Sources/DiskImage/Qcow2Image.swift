@@ -15,9 +15,38 @@ enum Qcow2Entry {
 
 /// One cached L2 table (entries in host byte order).
 final class L2Table {
+    /// Standard cluster descriptors.
     var entries: [UInt64]
+    /// With extended L2 entries: each entry's subcluster bitmap (bits 0-31 allocated,
+    /// 32-63 reads as zero); empty otherwise.
+    var bitmaps: [UInt64]
     var dirty = false
-    init(_ e: [UInt64]) { entries = e }
+    init(_ e: [UInt64], bitmaps b: [UInt64] = []) { entries = e; bitmaps = b }
+
+    /// The on-disk words: entries, or (entry, bitmap) pairs with extended L2 entries.
+    static func decode(_ raw: [UInt8], count: Int, extended: Bool) -> L2Table {
+        guard extended else { return L2Table(decodeBE64Table(raw, count: count)) }
+        let words = decodeBE64Table(raw, count: count * 2)
+        var e = [UInt64](repeating: 0, count: count), b = [UInt64](repeating: 0, count: count)
+        for i in 0..<count { e[i] = words[2 * i]; b[i] = words[2 * i + 1] }
+        return L2Table(e, bitmaps: b)
+    }
+
+    func encode(size: Int) -> [UInt8] {
+        guard !bitmaps.isEmpty else { return encodeBE64Table(entries, paddedTo: size) }
+        var words = [UInt64](repeating: 0, count: entries.count * 2)
+        for i in 0..<entries.count { words[2 * i] = entries[i]; words[2 * i + 1] = bitmaps[i] }
+        return encodeBE64Table(words, paddedTo: size)
+    }
+}
+
+/// Extended L2 subcluster bitmap helpers.
+enum Subclusters {
+    static let count = 32
+    static let allAllocated: UInt64 = 0xffff_ffff
+    static let allZero: UInt64 = 0xffff_ffff << 32
+    /// Bits s0...s1 (inclusive) of the allocation half.
+    static func mask(_ s0: UInt64, _ s1: UInt64) -> UInt64 { ((UInt64(1) << (s1 - s0 + 1)) - 1) << s0 }
 }
 
 /// One cached refcount block (raw bytes, in the on-disk encoding).
@@ -54,11 +83,22 @@ public final class Qcow2Image: BlockImage, @unchecked Sendable {
     public internal(set) var header: Qcow2Header
 
     let file: ImageFile
+    /// The external data file (incompatible bit 2), where guest clusters live at their guest offsets.
+    var dataFile: ImageFile?
+    /// Where data clusters are read and written: the external data file, or the image itself.
+    var dataIO: ImageFile { dataFile ?? file }
+    var external: Bool { dataFile != nil }
+    /// The resolved path of the external data file, if any.
+    public var dataFilePath: String? { dataFile?.path }
     let options: OpenOptions
     let cs: UInt64
     let clusterBits: UInt64
     let l2Bits: UInt64
     let l2Entries: Int
+    /// Extended L2 entries (incompatible bit 4): 32 subclusters per cluster.
+    let extendedL2: Bool
+    /// log2 of the subcluster size (extended L2 only).
+    let scBits: UInt64
     var l1: [UInt64]
     var l1Dirty = false
     var l2Cache: [UInt64: L2Table] = [:]
@@ -107,8 +147,10 @@ public final class Qcow2Image: BlockImage, @unchecked Sendable {
         self.header = h
         cs = h.clusterSize
         clusterBits = UInt64(h.clusterBits)
-        l2Bits = clusterBits - 3
-        l2Entries = Int(cs / 8)
+        extendedL2 = h.hasExtendedL2
+        scBits = clusterBits - 5
+        l2Bits = clusterBits - (extendedL2 ? 4 : 3)
+        l2Entries = Int(cs / (extendedL2 ? 16 : 8))
         l2CacheLimit = max(16, Int((32 << 20) / cs))
         physicalEnd = fileSize
         allocEnd = alignUp(fileSize, cs)
@@ -159,6 +201,15 @@ public final class Qcow2Image: BlockImage, @unchecked Sendable {
         snapshotTableBytes = snapshots.reduce(UInt64(0)) { $0 + UInt64($1.serialize().count) }
         compressedCursor = 0
 
+        // External data file: resolved like a backing file, under the same policy.
+        if h.hasExternalData, let name = h.dataFile {
+            let dpath = try DiskImage.resolveBacking(name: name, of: file.path, policy: options.backingPolicy, what: "external data file")
+            guard fileExists(dpath) else {
+                throw VireoError(.notFound, "\(file.path): external data file \(dpath) does not exist",
+                                 hint: "restore it next to the image, or rename it with `vireo disk amend -o data_file=NAME \(file.path)`")
+            }
+            dataFile = try ImageFile.open(dpath, writable: !isReadOnly)
+        }
         // Backing chain.
         if let name = h.backingFile, options.openBacking {
             let bpath = try DiskImage.resolveBacking(name: name, of: file.path, policy: options.backingPolicy)
@@ -180,7 +231,10 @@ public final class Qcow2Image: BlockImage, @unchecked Sendable {
 
         if !isReadOnly {
             var changed = false
-            if header.autoclearFeatures != 0 { header.autoclearFeatures = 0; changed = true }
+            // Autoclear bits Vireo does not maintain are cleared; the raw-data-file bit is kept
+            // (writes go to the data file at their guest offsets, zeroes are written as zeroes).
+            let keep = header.hasExternalData ? header.autoclearFeatures & Qcow2Header.Autoclear.rawExternal : 0
+            if header.autoclearFeatures != keep { header.autoclearFeatures = keep; changed = true }
             if header.incompatibleFeatures & Qcow2Header.Incompatible.dirty != 0 && options.repairDirty {
                 try rebuildRefcounts()
                 header.incompatibleFeatures &= ~Qcow2Header.Incompatible.dirty
@@ -216,7 +270,7 @@ public final class Qcow2Image: BlockImage, @unchecked Sendable {
         }
         let raw = try file.readBytes(Int(cs), at: offset, what: "L2 table")
         if l2Cache.count >= l2CacheLimit { try evictL2() }
-        let t = L2Table(decodeBE64Table(raw, count: l2Entries))
+        let t = L2Table.decode(raw, count: l2Entries, extended: extendedL2)
         l2Cache[offset] = t
         return t
     }
@@ -236,9 +290,60 @@ public final class Qcow2Image: BlockImage, @unchecked Sendable {
         return t.entries[Int((v >> clusterBits) & UInt64(l2Entries - 1))]
     }
 
+    /// The L2 entry and, with extended L2 entries, its subcluster bitmap (0 otherwise).
+    func l2EntryAndBitmap(_ v: UInt64) throws(VireoError) -> (UInt64, UInt64) {
+        let l1i = Int(v >> l1Shift)
+        guard l1i < l1.count else { return (0, 0) }
+        let l2off = l1[l1i] & Qcow2Entry.offsetMask
+        if l2off == 0 { return (0, 0) }
+        let t = try l2Table(at: l2off)
+        let i = Int((v >> clusterBits) & UInt64(l2Entries - 1))
+        return (t.entries[i], extendedL2 ? t.bitmaps[i] : 0)
+    }
+
+    /// How guest offset `v` is stored, and for how many bytes from `v` (inside its cluster)
+    /// that stays so. With extended L2 entries this resolves the subcluster bitmap.
+    func kindAt(_ v: UInt64) throws(VireoError) -> (ClusterKind, UInt64) {
+        let inCluster = v & (cs - 1)
+        let (e, bm) = try l2EntryAndBitmap(v)
+        let k = try classify(e)
+        if external {
+            switch k {
+            case .data(let h, _) where h != v - inCluster, .zero(let h) where h != 0 && h != v - inCluster:
+                throw VireoError(.corrupt, "\(path): guest cluster at \(v - inCluster) maps to data file offset \(h); with an external data file they must be equal",
+                                 hint: "the image is damaged")
+            default: break
+            }
+        }
+        guard extendedL2 else { return (k, cs - inCluster) }
+        if case .compressed = k { return (k, cs - inCluster) }
+        func bad(_ what: String) -> VireoError {
+            VireoError(.corrupt, "\(path): L2 entry for guest offset \(v - inCluster) \(what) (bitmap 0x\(String(bm, radix: 16)))",
+                       hint: "the image is damaged; try `vireo disk check -r all` on a copy")
+        }
+        let alloc = bm & Subclusters.allAllocated, zero = bm >> 32
+        if alloc & zero != 0 { throw bad("marks subclusters both allocated and zero") }
+        if case .unallocated = k, alloc != 0 { throw bad("marks subclusters allocated in an unallocated cluster") }
+        // 0 unallocated, 1 allocated, 2 zero
+        func state(_ s: UInt64) -> Int { alloc >> s & 1 != 0 ? 1 : (zero >> s & 1 != 0 ? 2 : 0) }
+        let s0 = inCluster >> scBits
+        let st = state(s0)
+        var s = s0 + 1
+        while s < UInt64(Subclusters.count) && state(s) == st { s += 1 }
+        let len = (s << scBits) - inCluster
+        switch st {
+        case 1: return (k, len)
+        case 2: return (.zero(host: 0), len)
+        default: return (.unallocated, len)
+        }
+    }
+
     func classify(_ e: UInt64) throws(VireoError) -> ClusterKind {
         if e & Qcow2Entry.compressed != 0 {
             guard header.version >= 2 else { return .unallocated }
+            if header.hasExternalData {
+                throw VireoError(.corrupt, "\(path): compressed cluster in an image with an external data file", hint: "the image is damaged")
+            }
             let x = 62 - (clusterBits - 8)
             let host = e & ((UInt64(1) << x) - 1)
             let sectors = (e >> x) & ((UInt64(1) << (clusterBits - 8)) - 1)
@@ -252,12 +357,18 @@ public final class Qcow2Image: BlockImage, @unchecked Sendable {
             throw VireoError(.corrupt, "\(path): L2 entry 0x\(String(e, radix: 16)) has reserved bits set", hint: "the image is damaged; try `vireo disk check -r all` on a copy")
         }
         let host = e & Qcow2Entry.offsetMask
+        if extendedL2 && e & Qcow2Entry.zero != 0 {
+            throw VireoError(.corrupt, "\(path): L2 entry 0x\(String(e, radix: 16)) sets bit 0, which is reserved with extended L2 entries",
+                             hint: "the image is damaged; try `vireo disk check -r all` on a copy")
+        }
         if header.version >= 3 && e & Qcow2Entry.zero != 0 { return .zero(host: host) }
+        // With an external data file, guest cluster 0 lives at offset 0: COPIED marks it allocated.
+        if host == 0 && header.hasExternalData && e & Qcow2Entry.copied != 0 { return .data(host: 0, copied: true) }
         if host == 0 { return .unallocated }
         guard host % cs == 0 else {
             throw VireoError(.corrupt, "\(path): data cluster offset \(host) is not cluster aligned", hint: "the image is damaged; try `vireo disk check -r all` on a copy")
         }
-        guard host < allocEnd else {
+        guard header.hasExternalData || host < allocEnd else {
             throw VireoError(.corrupt, "\(path): data cluster at offset \(host) lies past the end of the file (\(physicalEnd) bytes)",
                              hint: "the image is truncated or damaged")
         }
@@ -266,19 +377,19 @@ public final class Qcow2Image: BlockImage, @unchecked Sendable {
 
     /// The longest run from `v` (at most `maxLen` bytes) with one kind of storage and, for data, contiguous host offsets.
     func mapRun(_ v: UInt64, _ maxLen: UInt64) throws(VireoError) -> (ClusterKind, UInt64) {
-        let k0 = try classify(try l2Entry(v))
+        let (k0, l0) = try kindAt(v)
         let inCluster = v & (cs - 1)
-        var len = min(cs - inCluster, maxLen)
+        var len = min(l0, maxLen)
         if case .compressed = k0 { return (k0, len) }
         while len < maxLen {
-            let k = try classify(try l2Entry(v + len))
+            let (k, l) = try kindAt(v + len)
             switch (k0, k) {
             case (.unallocated, .unallocated): break
             case (.zero, .zero): break
-            case let (.data(h0, c0), .data(h, c)) where c == c0 && h == h0 &+ inCluster &+ len: break
+            case let (.data(h0, c0), .data(h, c)) where c == c0 && h &+ ((v + len) & (cs - 1)) == h0 &+ inCluster &+ len: break
             default: return (k0, len)
             }
-            len += min(cs, maxLen - len)
+            len += min(l, maxLen - len)
         }
         return (k0, len)
     }
@@ -289,6 +400,11 @@ public final class Qcow2Image: BlockImage, @unchecked Sendable {
         try checkRange(offset, buffer.count)
         lock.lock(); defer { lock.unlock() }
         try checkOpen()
+        try readLocked(into: buffer, at: offset)
+    }
+
+    /// The guest view of `buffer.count` bytes at `offset` (the caller holds the lock).
+    func readLocked(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(VireoError) {
         var pos = 0
         while pos < buffer.count {
             let v = offset + UInt64(pos)
@@ -300,7 +416,7 @@ public final class Qcow2Image: BlockImage, @unchecked Sendable {
             case .zero:
                 part.initializeMemory(as: UInt8.self, repeating: 0)
             case .data(let host, _):
-                try file.read(into: part, at: host + (v & (cs - 1)))
+                try dataIO.read(into: part, at: host + (v & (cs - 1)))
             case .compressed(let host, let clen):
                 let data = try decompressCluster(host: host, length: clen)
                 let start = Int(v & (cs - 1))
@@ -321,7 +437,12 @@ public final class Qcow2Image: BlockImage, @unchecked Sendable {
         var failure: VireoError?
         input.withUnsafeBytes { i in
             out.withUnsafeMutableBytes { o in
-                do throws(VireoError) { try Zlib.inflate(i, into: o, windowBits: Zlib.qcow2WindowBits, what: "\(path): compressed cluster at \(host)") } catch { failure = error }
+                do throws(VireoError) {
+                    switch header.compression {
+                    case .zlib: try Zlib.inflate(i, into: o, windowBits: Zlib.qcow2WindowBits, what: "\(path): compressed cluster at \(host)")
+                    case .zstd: try Zstd.decompress(i, into: o, what: "\(path): compressed cluster at \(host)")
+                    }
+                } catch { failure = error }
             }
         }
         if let failure { throw failure }
@@ -361,12 +482,13 @@ public final class Qcow2Image: BlockImage, @unchecked Sendable {
         try checkWritable()
         try markDirtyIfLazy()
         decompressedCache = nil
+        if extendedL2 { try writeSubclusters(buffer, at: offset); return }
         // Runs of contiguous host writes are merged into one pwrite.
         var runHost: UInt64 = 0, runSrc = 0, runLen = 0
         func flushRun() throws(VireoError) {
             if runLen > 0 {
-                try file.write(UnsafeRawBufferPointer(rebasing: buffer[runSrc..<runSrc + runLen]), at: runHost)
-                noteWritten(runHost + UInt64(runLen))
+                try dataIO.write(UnsafeRawBufferPointer(rebasing: buffer[runSrc..<runSrc + runLen]), at: runHost)
+                if !external { noteWritten(runHost + UInt64(runLen)) }
                 runLen = 0
             }
         }
@@ -383,7 +505,7 @@ public final class Qcow2Image: BlockImage, @unchecked Sendable {
                 try checkNoOverlap(host)
                 target = host + inCluster
             } else {
-                let (newHost, fresh) = try allocateCluster()
+                let (newHost, fresh) = try allocateData(v - inCluster)
                 if n < Int(cs) {
                     // Fill the rest of the new cluster with the old contents (copy-on-write).
                     let oldIsZero: Bool
@@ -420,6 +542,7 @@ public final class Qcow2Image: BlockImage, @unchecked Sendable {
 
     /// Refuses to write guest data over the image's own metadata (a hostile or corrupt L2 entry).
     func checkNoOverlap(_ host: UInt64) throws(VireoError) {
+        if external { return }   // data clusters live in the data file, not among the metadata
         func inRange(_ start: UInt64, _ bytes: UInt64) -> Bool { bytes > 0 && host >= start / cs * cs && host < alignUp(start &+ bytes, cs) }
         var bad = host < cs || inRange(header.l1TableOffset, UInt64(l1.count) * 8)
             || inRange(header.refcountTableOffset, UInt64(header.refcountTableClusters) * cs)
@@ -451,7 +574,7 @@ public final class Qcow2Image: BlockImage, @unchecked Sendable {
             buf.initializeMemory(as: UInt8.self, repeating: 0)
             if avail > 0 { try readFromBacking(UnsafeMutableRawBufferPointer(rebasing: buf[0..<avail]), at: v) }
         case .data(let host, _):
-            try file.read(into: buf, at: host)
+            try dataIO.read(into: buf, at: host)
         case .compressed(let host, let len):
             let d = try decompressCluster(host: host, length: len)
             d.withUnsafeBytes { s in buf.copyMemory(from: s) }
@@ -459,12 +582,20 @@ public final class Qcow2Image: BlockImage, @unchecked Sendable {
         }
         // SAFETY: at + newData.count <= cs (the caller splits writes at cluster boundaries).
         UnsafeMutableRawBufferPointer(rebasing: buf[at..<at + newData.count]).copyMemory(from: newData)
-        try file.write(UnsafeRawBufferPointer(buf), at: newHost)
-        noteWritten(newHost + cs)
+        try dataIO.write(UnsafeRawBufferPointer(buf), at: newHost)
+        if !external { noteWritten(newHost + cs) }
+    }
+
+    /// A host cluster for guest cluster `v`: with an external data file, `v` itself (data clusters
+    /// are not refcounted); otherwise a newly allocated cluster of the image file.
+    func allocateData(_ v: UInt64) throws(VireoError) -> (UInt64, fresh: Bool) {
+        if external { return (v, false) }
+        return try allocateCluster()
     }
 
     /// Queues the clusters a replaced L2 entry referenced for release after the next metadata write-back.
     func releaseOld(_ kind: ClusterKind) {
+        if external { return }   // data-file clusters are not refcounted
         switch kind {
         case .data(let h, _): pendingFree.append(h / cs)
         case .zero(let h) where h != 0: pendingFree.append(h / cs)
@@ -485,9 +616,11 @@ public final class Qcow2Image: BlockImage, @unchecked Sendable {
         if old != 0 && e & Qcow2Entry.copied != 0 {
             return (try l2Table(at: old), idx)
         }
-        let entries: [UInt64] = old != 0 ? try l2Table(at: old).entries : [UInt64](repeating: 0, count: l2Entries)
+        let src: L2Table? = old != 0 ? try l2Table(at: old) : nil
+        let entries = src?.entries ?? [UInt64](repeating: 0, count: l2Entries)
+        let bitmaps = extendedL2 ? (src?.bitmaps ?? [UInt64](repeating: 0, count: l2Entries)) : []
         let (host, _) = try allocateCluster()
-        let t = L2Table(entries)
+        let t = L2Table(entries, bitmaps: bitmaps)
         t.dirty = true
         if l2Cache.count >= l2CacheLimit { try evictL2() }
         l2Cache[host] = t
@@ -509,6 +642,20 @@ public final class Qcow2Image: BlockImage, @unchecked Sendable {
 
     func zeroOrDiscard(offset: UInt64, length: UInt64, zero: Bool) throws(VireoError) {
         guard length > 0 else { return }
+        if header.dataFileRaw {
+            // The data file must stay a faithful raw image: zeroes are written, discards dropped.
+            guard zero else { return }
+            let (endRaw, o) = offset.addingReportingOverflow(length)
+            guard !o, offset <= virtualSize else { throw VireoError(.outOfRange, "range \(offset)+\(length) is past the end of \(path)") }
+            var p = offset
+            let end = min(endRaw, virtualSize)
+            while p < end {
+                let n = min(end - p, 1 << 20)
+                try writeZeroBytes(p, n)
+                p += n
+            }
+            return
+        }
         let (endRaw, o) = offset.addingReportingOverflow(length)
         guard !o, offset <= virtualSize else { throw VireoError(.outOfRange, "range \(offset)+\(length) is past the end of \(path)") }
         let end = min(endRaw, virtualSize)
@@ -532,17 +679,31 @@ public final class Qcow2Image: BlockImage, @unchecked Sendable {
             // Discard with a backing file must still mask the backing data: use a zero cluster.
             let newEntry: UInt64 = (zero || backingImage != nil) ? Qcow2Entry.zero : 0
             var skip = false
-            switch kind {
-            case .unallocated: skip = newEntry == 0 || (l1[l1i] & Qcow2Entry.offsetMask == 0 && backingImage == nil)
-            case .zero(let h): skip = h == 0
-            default: break
+            // Extended L2: a zero cluster is an unallocated entry whose subclusters all read as zero.
+            let newBitmap: UInt64 = newEntry != 0 ? Subclusters.allZero : 0
+            if extendedL2 {
+                let (_, bm) = try l2EntryAndBitmap(v)
+                if case .unallocated = kind {
+                    skip = bm == newBitmap || (newBitmap == 0 && l1[l1i] & Qcow2Entry.offsetMask == 0)
+                }
+            } else {
+                switch kind {
+                case .unallocated: skip = newEntry == 0 || (l1[l1i] & Qcow2Entry.offsetMask == 0 && backingImage == nil)
+                case .zero(let h): skip = h == 0
+                default: break
+                }
             }
             if !skip {
                 if header.version < 3 {
                     try writeZeroBytes(v, cs)
                 } else {
                     let (t, idx) = try l2ForWrite(v)
-                    t.entries[idx] = newEntry
+                    if extendedL2 {
+                        t.entries[idx] = 0
+                        t.bitmaps[idx] = newBitmap
+                    } else {
+                        t.entries[idx] = newEntry
+                    }
                     t.dirty = true
                     releaseOld(kind)
                 }
@@ -574,6 +735,7 @@ public final class Qcow2Image: BlockImage, @unchecked Sendable {
         defer {
             closed = true
             file.close()
+            dataFile?.close()
             if let b = backingImage { try? b.close() }
         }
         if !isReadOnly {

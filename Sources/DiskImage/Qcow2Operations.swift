@@ -82,9 +82,11 @@ extension Qcow2Image {
             let l1i = Int(v >> l1Shift)
             if l1[l1i] & Qcow2Entry.offsetMask == 0 { v = UInt64(l1i + 1) << l1Shift; continue }
             let kind = try classify(try l2Entry(v))
-            if kind != .unallocated {
+            let bm = try l2EntryAndBitmap(v).1
+            if kind != .unallocated || bm != 0 {
                 let (t, idx) = try l2ForWrite(v)
                 t.entries[idx] = 0
+                if extendedL2 { t.bitmaps[idx] = 0 }
                 t.dirty = true
                 releaseOld(kind)
             }
@@ -97,6 +99,9 @@ extension Qcow2Image {
     /// Writes one whole guest cluster compressed (convert -c). Returns false when the data does not
     /// compress; the caller then writes it normally.
     public func writeCompressed(_ data: UnsafeRawBufferPointer, at v: UInt64) throws(VireoError) -> Bool {
+        guard !header.hasExternalData else {
+            throw VireoError(.unsupported, "\(path) has an external data file; compressed clusters cannot be stored in one", hint: "convert without -c")
+        }
         guard data.count == Int(cs) || v + UInt64(data.count) == virtualSize, v % cs == 0 else {
             throw VireoError(.invalidArgument, "compressed writes must cover one whole cluster")
         }
@@ -107,8 +112,12 @@ extension Qcow2Image {
         UnsafeMutableRawBufferPointer(rebasing: full[0..<data.count]).copyMemory(from: data)
         let out = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(cs), alignment: 8)
         defer { out.deallocate() }
-        guard let clen = try Zlib.deflate(UnsafeRawBufferPointer(full), into: out, windowBits: Zlib.qcow2WindowBits),
-              clen < Int(cs) - 512 else { return false }
+        let packed: Int?
+        switch header.compression {
+        case .zlib: packed = try Zlib.deflate(UnsafeRawBufferPointer(full), into: out, windowBits: Zlib.qcow2WindowBits)
+        case .zstd: packed = Zstd.compress(UnsafeRawBufferPointer(full), into: out)
+        }
+        guard let clen = packed, clen < Int(cs) - 512 else { return false }
         lock.lock(); defer { lock.unlock() }
         try checkWritable()
         decompressedCache = nil
@@ -133,6 +142,7 @@ extension Qcow2Image {
         let x = 62 - (clusterBits - 8)
         let sectors = ((start + need - 1) >> 9) - (start >> 9)
         t.entries[idx] = Qcow2Entry.compressed | start | (sectors << x)
+        if extendedL2 { t.bitmaps[idx] = 0 }
         t.dirty = true
         releaseOld(old)
         return true

@@ -181,7 +181,7 @@ extension Qcow2Image {
         let anyL2 = l2Cache.values.contains { $0.dirty }
         let anyRef = refTableDirty || refBlocks.values.contains { $0.dirty }
         if !anyL2 && !anyRef && !l1Dirty && pendingFree.isEmpty {
-            if sync { try file.sync() }
+            if sync { try dataFile?.sync(); try file.sync() }
             return
         }
         if physicalEnd < allocEnd {
@@ -189,9 +189,11 @@ extension Qcow2Image {
             physicalEnd = allocEnd
         }
         try writeRefcounts(sync: sync && !lazy)
+        // Guest data (in the data file too) is durable before the L2 entries that map it.
+        if sync { try dataFile?.sync() }
         if sync && !lazy && anyL2 { try file.sync() }
         for (off, t) in l2Cache where t.dirty {
-            try file.writeBytes(encodeBE64Table(t.entries, paddedTo: Int(cs)), at: off)
+            try file.writeBytes(t.encode(size: Int(cs)), at: off)
             t.dirty = false
         }
         if l1Dirty {

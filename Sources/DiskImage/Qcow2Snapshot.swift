@@ -153,6 +153,10 @@ extension Qcow2Image {
         lock.lock(); defer { lock.unlock() }
         try checkWritable()
         guard !name.isEmpty, name.utf8.count < 65536 else { throw VireoError(.invalidArgument, "invalid snapshot name") }
+        guard !external else {
+            throw VireoError(.unsupported, "\(path) has an external data file; qcow2 does not allow internal snapshots with one",
+                             hint: "snapshot with a linked clone (vireo disk create -b) instead")
+        }
         if findSnapshot(name) != nil {
             throw VireoError(.conflict, "\(path) already has a snapshot named '\(name)'", hint: "pick another name or delete it with `vireo disk snapshot -d \(name)`")
         }

@@ -3,6 +3,7 @@ extension BlockImage {
     public var referencedFiles: [String] {
         var out = [path]
         if let v = self as? VMDKImage { out += v.extentPaths }
+        if let q = self as? Qcow2Image, let d = q.dataFilePath { out.append(d) }
         if let b = backing { out += b.referencedFiles }
         return out
     }

@@ -79,12 +79,21 @@ struct StoragePools: Sendable {
             switch format {
             case .qcow2:
                 let name: String?
+                let dataFile: String?
                 do {
-                    let q = try Qcow2Image.open(path: current, readOnly: true, options: OpenOptions(readOnly: true, openBacking: false))
-                    name = q.header.backingFile
-                    try? q.close()
+                    // The header alone: the files it names are not opened before they are confined.
+                    let h = try Qcow2Header.read(path: current)
+                    name = h.backingFile
+                    dataFile = h.dataFile
                 } catch {
                     throw HTTPError.invalid("invalid-disk", "\(field): \(current.prefix(200)) cannot be read as a qcow2 image: \(error)")
+                }
+                // An external data file holds the guest data: it must lie in the same pool as a
+                // backing file would (the daemon's own images: any pool).
+                if let dataFile {
+                    let own = self.pool(of: current)
+                    _ = try confine(DiskImage.resolveDataFilePath(dataFile, of: current),
+                                    field: "\(field)'s data file '\(dataFile.prefix(200))'", within: own == roots.first ? nil : own)
                 }
                 guard let name else { return top }
                 let next = try DiskImage.resolveBackingPath(name: name, of: current, policy: .any)

@@ -10,7 +10,7 @@ public struct DiskCommand: ParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "disk", abstract: "Create, inspect, convert and snapshot disk images (qemu-img compatible verbs).",
         subcommands: [DiskCreate.self, DiskInfo.self, DiskCheck.self, DiskConvert.self, DiskSnapshot.self,
-                      DiskCommit.self, DiskRebase.self, DiskResize.self, DiskCompare.self, DiskMap.self, DiskBench.self, DiskCrashWriter.self])
+                      DiskCommit.self, DiskRebase.self, DiskResize.self, DiskCompare.self, DiskMap.self, DiskAmend.self, DiskMeasure.self, DiskBench.self, DiskCrashWriter.self])
     public init() {}
 }
 
@@ -138,7 +138,7 @@ func parseCreateOptions(_ list: [String]) throws -> [String: String] {
     var out: [String: String] = [:]
     for item in list {
         for kv in item.split(separator: ",") {
-            let parts = kv.split(separator: "=", maxSplits: 1)
+            let parts = kv.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
             guard parts.count == 2 else { throw ValidationError("option '\(kv)' is not key=value") }
             out[String(parts[0])] = String(parts[1])
         }

@@ -8,7 +8,7 @@ struct DiskConvert: ParsableCommand {
     @Option(name: .customShort("O"), help: "Output format: qcow2 or raw (default raw).") var outFormat: String = "raw"
     @Flag(name: .short, help: "Compress the output (qcow2).") var c = false
     @Flag(name: .short, help: "Show progress.") var p = false
-    @Option(name: .short, help: "Output options: cluster_size=, preallocation=, lazy_refcounts=, refcount_bits=.") var o: [String] = []
+    @Option(name: .short, help: "Output options: cluster_size=, preallocation=, lazy_refcounts=, refcount_bits=, compression_type=zlib|zstd, extended_l2=on|off, data_file=NAME, data_file_raw=on|off.") var o: [String] = []
     @Option(name: .short, help: "Output cache mode: unsafe (default, like qemu-img convert) or writeback.") var t: String = "unsafe"
     @Flag(name: .short) var q = false
     @OptionGroup var image: ImageOptions
@@ -30,6 +30,13 @@ struct DiskConvert: ParsableCommand {
         if let cs = opts["cluster_size"] { co.qcow2.clusterSize = try parseSize(cs, what: "cluster_size") }
         if let l = opts["lazy_refcounts"] { co.qcow2.lazyRefcounts = l == "on" }
         if let r = opts["refcount_bits"], let v = UInt64(r) { co.qcow2.refcountBits = v }
+        if let x = opts["extended_l2"] { co.qcow2.extendedL2 = x == "on" || x == "true" }
+        co.qcow2.dataFile = opts["data_file"]
+        if let x = opts["data_file_raw"] { co.qcow2.dataFileRaw = x == "on" || x == "true" }
+        if let ct = opts["compression_type"] {
+            guard let v = Qcow2Header.CompressionType(name: ct) else { throw ValidationError("compression_type must be zlib or zstd") }
+            co.qcow2.compressionType = v
+        }
         guard let cache = CacheMode(rawValue: t == "none" ? "writeback" : t) else { throw ValidationError("-t must be unsafe or writeback") }
         co.cache = cache
         let policy = try image.policy()

@@ -10,7 +10,7 @@ struct DiskCreate: ParsableCommand {
     @Option(name: .short, help: "Format: qcow2 or raw (default raw).") var f: String = "raw"
     @Option(name: .short, help: "Backing file (makes a linked clone).") var b: String?
     @Option(name: .customShort("F"), help: "Format of the backing file.") var backingFormat: String?
-    @Option(name: .short, help: "Options: preallocation=off|metadata|falloc|full, cluster_size=64K, lazy_refcounts=on|off, refcount_bits=16, compat=1.1.") var o: [String] = []
+    @Option(name: .short, help: "Options: preallocation=off|metadata|falloc|full, cluster_size=64K, lazy_refcounts=on|off, refcount_bits=16, compression_type=zlib|zstd, extended_l2=on|off, data_file=NAME, data_file_raw=on|off, compat=1.1.") var o: [String] = []
     @Flag(name: .short, help: "Quiet.") var q = false
     @OptionGroup var image: ImageOptions
     @Argument var file: String
@@ -46,6 +46,13 @@ struct DiskCreate: ParsableCommand {
                     guard let v = UInt64(r) else { throw VireoError(.invalidArgument, "invalid refcount_bits '\(r)'") }
                     c.refcountBits = v
                 }
+                if let ct = opts["compression_type"] {
+                    guard let v = Qcow2Header.CompressionType(name: ct) else { throw VireoError(.invalidArgument, "compression_type must be zlib or zstd") }
+                    c.compressionType = v
+                }
+                if let x = opts["extended_l2"] { c.extendedL2 = x == "on" || x == "true" }
+                c.dataFile = opts["data_file"]
+                if let x = opts["data_file_raw"] { c.dataFileRaw = x == "on" || x == "true" }
                 if let compat = opts["compat"], compat != "1.1", compat != "v3" {
                     throw VireoError(.unsupported, "Vireo creates qcow2 version 3 (compat=1.1) only", hint: "drop -o compat=\(compat)")
                 }
@@ -57,10 +64,11 @@ struct DiskCreate: ParsableCommand {
                 }
                 try Qcow2Image.create(path: file, size: size, options: c, openOptions: OpenOptions(backingPolicy: policy))
                 if !q {
-                    var line = "Formatting '\(file)', fmt=qcow2 cluster_size=\(c.clusterSize) extended_l2=off compression_type=zlib"
+                    var line = "Formatting '\(file)', fmt=qcow2 cluster_size=\(c.clusterSize) extended_l2=\(c.extendedL2 ? "on" : "off") compression_type=\(c.compressionType.name)"
                     if prealloc != .off { line += " preallocation=\(prealloc.rawValue)" }
                     if let size { line += " size=\(size)" }
                     if let bk = backing { line += " backing_file=\(bk)"; if let bf = c.backingFormat { line += " backing_fmt=\(bf.qemuName)" } }
+                    if let d = c.dataFile { line += " data_file=\(d)"; if c.dataFileRaw { line += " data_file_raw=on" } }
                     line += " lazy_refcounts=\(c.lazyRefcounts ? "on" : "off") refcount_bits=\(c.refcountBits)"
                     print(line)
                 }
@@ -132,11 +140,12 @@ func infoJSON(_ img: BlockImage) -> JSON {
         let h = q.header
         kv.append(("format-specific", .object([("type", .string("qcow2")), ("data", .object([
             ("compat", .string(h.version >= 3 ? "1.1" : "0.10")),
-            ("compression-type", .string("zlib")),
+            ("compression-type", .string(h.compression.name)),
             ("lazy-refcounts", .bool(h.compatibleFeatures & Qcow2Header.Compatible.lazyRefcounts != 0)),
             ("refcount-bits", .int(h.refcountBits)),
             ("corrupt", .bool(h.incompatibleFeatures & Qcow2Header.Incompatible.corrupt != 0)),
-            ("extended-l2", .bool(false)),
+            ("extended-l2", .bool(h.hasExtendedL2)),
+        ] + (h.dataFile.map { d in [("data-file", JSON.string(d)), ("data-file-raw", JSON.bool(h.dataFileRaw))] } ?? []) + [
         ]))])))
         kv.append(("dirty-flag", .bool(h.incompatibleFeatures & Qcow2Header.Incompatible.dirty != 0)))
     } else {
@@ -167,15 +176,22 @@ func infoHuman(_ img: BlockImage) -> String {
         }
         lines.append("Format specific information:")
         lines.append("    compat: \(h.version >= 3 ? "1.1" : "0.10")")
-        lines.append("    compression type: zlib")
+        lines.append("    compression type: \(h.compression.name)")
         lines.append("    lazy refcounts: \(h.compatibleFeatures & Qcow2Header.Compatible.lazyRefcounts != 0)")
         lines.append("    refcount bits: \(h.refcountBits)")
         lines.append("    corrupt: \(h.incompatibleFeatures & Qcow2Header.Incompatible.corrupt != 0)")
-        lines.append("    extended l2: false")
+        lines.append("    extended l2: \(h.hasExtendedL2)")
+        if let d = h.dataFile {
+            lines.append("    data file: \(d)")
+            lines.append("    data file raw: \(h.dataFileRaw)")
+        }
         if h.incompatibleFeatures & Qcow2Header.Incompatible.dirty != 0 { lines.append("    dirty: true") }
     }
     if let v = img as? VMDKImage { lines.append("create type: \(v.createType)") }
-    if let v = img as? VHDImage { lines.append("subformat: \(v.isDynamic ? "dynamic" : "fixed")") }
+    if let v = img as? VHDImage {
+        lines.append("subformat: \(v.isDifferencing ? "differencing" : v.isDynamic ? "dynamic" : "fixed")")
+        if let parent = v.parentName { lines.append("backing file: \(parent)") }
+    }
     if let v = img as? VHDXImage {
         lines.append("subformat: \(v.subformat)")
         if let parent = v.parentName { lines.append("backing file: \(parent)") }
