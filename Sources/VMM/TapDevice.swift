@@ -26,8 +26,18 @@ final class TapDevice: NetBackend, @unchecked Sendable {
         withUnsafeMutableBytes(of: &ifr.ifr_ifrn.ifrn_name) { dst in
             for (i, b) in bytes.enumerated() { dst[i] = b }
         }
-        ifr.ifr_ifru.ifru_flags = Int16(IFF_TAP | IFF_NO_PI | IFF_VNET_HDR)
-        if vireo_ioctl_ptr(fd.rawValue, VIREO_TUNSETIFF, &ifr) != 0 {
+        // Multi-queue when it can be (IFF_MULTI_QUEUE): a second VMM (the destination of a live
+        // migration on this host) can then attach to the same TAP while the first still holds
+        // it, and the interface and its addresses outlive the first. A TAP made without it
+        // (by hand) takes single-queue attaches only.
+        let multiQueue: Int32 = 0x0100
+        ifr.ifr_ifru.ifru_flags = Int16(IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | multiQueue)
+        var failed = vireo_ioctl_ptr(fd.rawValue, VIREO_TUNSETIFF, &ifr) != 0
+        if failed && errno == EINVAL {
+            ifr.ifr_ifru.ifru_flags = Int16(IFF_TAP | IFF_NO_PI | IFF_VNET_HDR)
+            failed = vireo_ioctl_ptr(fd.rawValue, VIREO_TUNSETIFF, &ifr) != 0
+        }
+        if failed {
             let e = errno
             if e == EPERM || e == EACCES {
                 throw VireoError.system("--net tap=\(name): cannot create or attach to the TAP device", errno: e,
