@@ -48,12 +48,12 @@ extension String {
 
 enum HostChecks {
     /// What the optional KVM capabilities mean for Vireo, said as it is: KVM offering what a
-    /// feature would need is not the feature. Snapshots exist (`vireo vm snapshot`); live
-    /// migration does not yet.
+    /// feature would need is not the feature. Snapshots exist (`vireo vm snapshot`), and live
+    /// migration between VMMs; between daemons not yet.
     static func optionalCapabilitiesDetail(absent: [String]) -> String {
-        let state = "Vireo has snapshots (`vireo vm snapshot`) and no live migration yet"
+        let state = "Vireo has snapshots (`vireo vm snapshot`) and live migration between VMMs (`vireo run --incoming`), not yet between daemons"
         if absent.isEmpty {
-            return "all present: KVM offers what snapshots (vCPU events, XSAVE, XCRs) and a future live migration (dirty-page logging) need; \(state)"
+            return "all present: KVM offers what snapshots (vCPU events, XSAVE, XCRs) and live migration (dirty-page logging) need; \(state)"
         }
         return "missing \(absent.joined(separator: " ")): features that would use them are limited on this host; \(state)"
     }

@@ -12,7 +12,7 @@ struct HostCheckWordingTests {
         let line = out.split(separator: "\n").first { $0.contains("kvm optional capabilities") }.map(String.init) ?? ""
         #expect(!line.isEmpty, "no optional-capabilities line: \(out) \(err)")
         #expect(!out.contains("migration supported") && !out.contains("snapshots and live migration supported"), "\(out)")
-        #expect(line.contains("no live migration yet") && line.contains("`vireo vm snapshot`"), "\(line)")
+        #expect(line.contains("live migration between VMMs") && line.contains("`vireo vm snapshot`"), "\(line)")
         #expect(!out.contains("(post-copy and memory compression)"), "userfaultfd is not a feature Vireo has: \(out)")
     }
 }

@@ -11,7 +11,7 @@ LOG=/tmp/virtio-vsock.log; HL=/tmp/virtio-vsock-host.log; HC=/tmp/virtio-vsock-c
 rm -f $SOCK ${SOCK}_6000
 VIREO=$(command -v vireo)
 set -- $(readlink -f $VIREO):/bin/vireo
-for lib in /lib/x86_64-linux-gnu/libz.so.1 /lib/x86_64-linux-gnu/libsqlite3.so.0 /lib/x86_64-linux-gnu/libm.so.6 /lib/x86_64-linux-gnu/libstdc++.so.6 /lib/x86_64-linux-gnu/libgcc_s.so.1 \
+for lib in /lib/x86_64-linux-gnu/libz.so.1 /lib/x86_64-linux-gnu/libzstd.so.1 /lib/x86_64-linux-gnu/libsqlite3.so.0 /lib/x86_64-linux-gnu/libm.so.6 /lib/x86_64-linux-gnu/libstdc++.so.6 /lib/x86_64-linux-gnu/libgcc_s.so.1 \
 	/lib/x86_64-linux-gnu/libc.so.6 /lib64/ld-linux-x86-64.so.2; do
 	[ -e $lib ] && set -- "$@" $(readlink -f $lib):$lib
 done
