@@ -155,7 +155,7 @@ extension Machine {
             }
             try sendPages(last, channel)
             for d in openDisks { try d.backend.flush() }
-            let snapshot = try captureState(boot: boot, disks: [], pagesOnly: true)
+            let snapshot = try captureState(boot: boot, disks: [])
             let bytes = try SnapshotFile.encode(snapshot)
             try channel.send([MigrationWire.Kind.state.rawValue] + MigrationChannel.le32(UInt32(bytes.count)))
             try channel.send(bytes)
@@ -192,12 +192,17 @@ extension Machine {
         }
     }
 
-    /// "linux" or "probe:WORKLOAD", as snapshots record it; throws for machines that cannot move.
+    /// "linux" or "probe:WORKLOAD", as snapshots record it; throws for machines that cannot be
+    /// saved or moved.
     func snapshotBoot() throws -> String {
         switch config.boot {
         case let .probe(workload):
-            guard let text = workload.configText, config.virtio.isEmpty else {
-                throw VireoError(.unsupported, "this probe machine cannot be saved or moved (a probe image, a test workload, or virtio devices)")
+            guard let text = workload.configText else {
+                throw VireoError(.unsupported, "this probe workload cannot be saved or moved (a probe image or a test workload)")
+            }
+            guard config.virtio.isEmpty else {
+                throw VireoError(.unsupported, "a probe machine with virtio devices (disks, NICs, ...) cannot be saved or moved: probe images drive them in poll mode, whose state is not saved",
+                                 hint: "snapshots and migration cover Linux guests with virtio devices and probe machines without them (docs/snapshots.md)")
             }
             return "probe:" + text
         case .linux:
@@ -205,8 +210,9 @@ extension Machine {
         }
     }
 
-    /// The machine's state (vCPUs paused, back ends quiesced by the caller).
-    func captureState(boot: String, disks: [MachineSnapshot.Disk], pagesOnly: Bool) throws -> MachineSnapshot {
+    /// The machine's state (vCPUs paused, back ends quiesced by the caller): what a snapshot
+    /// writes and a migration sends.
+    func captureState(boot: String, disks: [MachineSnapshot.Disk]) throws -> MachineSnapshot {
         let linux = legacy != nil
         let msrs = try kvm.msrIndexList()
         let states = try vcpus.map { try $0.captureState(msrIndices: msrs, withLAPIC: linux) }

@@ -88,20 +88,7 @@ extension Machine {
     /// temporary names and renamed last, so an interrupted save leaves no snapshot that looks
     /// whole.
     public func writeSnapshot(to dir: String) throws -> SnapshotStats {
-        let boot: String
-        switch config.boot {
-        case let .probe(workload):
-            guard let text = workload.configText else {
-                throw VireoError(.unsupported, "this probe workload cannot be snapshotted (a probe image or a test workload)")
-            }
-            guard config.virtio.isEmpty else {
-                throw VireoError(.unsupported, "snapshots of a machine with virtio devices (disks, NICs, ...) need their state, which this release does not save yet",
-                                 hint: "snapshots cover machines without virtio devices for now (docs/snapshots.md)")
-            }
-            boot = "probe:" + text
-        case .linux:
-            boot = "linux"
-        }
+        let boot = try snapshotBoot()
         guard pauseGate.isPaused, pauseGate.parked >= vcpus.count else {
             throw VireoError(.conflict, "the machine must be paused while a snapshot is written")
         }
@@ -115,30 +102,23 @@ extension Machine {
         let stateTmp = dir + "/." + SnapshotFile.stateName + ".tmp"
         defer { unlink(memTmp); unlink(stateTmp) }
 
-        let linux = legacy != nil
-        let msrs = try kvm.msrIndexList()
-        let states = try vcpus.map { try $0.captureState(msrIndices: msrs, withLAPIC: linux) }
-        let chips = linux ? try vm.captureChipState() : nil
         // The virtio back ends stop (the event loop waits) while their state, the disks and RAM
         // are saved, so the saved ring positions, the disk snapshots and RAM agree.
-        var devicesState: [String: MachineSnapshot.DeviceState] = [:]
+        var captured: MachineSnapshot?
         var pages: UInt64 = 0
         var disks: [MachineSnapshot.Disk] = []
         let tag = Self.diskSnapshotTag(dir: dir)
         try whileVirtioQuiesced {
-            devicesState = saveDevices()
             disks = try snapshotDisks(tag: tag)
             do {
+                captured = try captureState(boot: boot, disks: disks)
                 pages = try writeMemory(to: memTmp)
             } catch {
                 forgetDiskSnapshot(tag)
                 throw error
             }
         }
-        let snapshot = MachineSnapshot(format: MachineSnapshot.currentFormat, writer: "vireo " + VireoVersion.string, config: vmConfig,
-                                       cpus: vcpus.count, boot: boot,
-                                       memory: memory.regions.map { .init(guestBase: $0.guestBase, size: $0.size) },
-                                       vcpus: states, chips: chips, devices: devicesState, disks: disks.isEmpty ? nil : disks)
+        guard let snapshot = captured else { throw VireoError(.internalError, "the machine state was not captured") }
         do {
             let bytes = try SnapshotFile.encode(snapshot)
             try Self.writeAll(bytes, to: stateTmp)
