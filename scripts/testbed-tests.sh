@@ -2,19 +2,23 @@
 # Runs the testbed scenarios (tests/testbed/*.sh, each a busybox sh script that exits 0 on
 # success) inside ONE nested-testbed L1 boot, against a freshly built static release vireo.
 #
-#   scripts/testbed-tests.sh [--vireo BIN] [--timeout S] [NAME...]
+#   scripts/testbed-tests.sh [--vireo BIN] [--timeout S] [--scenario-timeout S] [NAME...]
 #
 # Prints PASS/FAIL per scenario (a failure's log tail goes with it) and closes with the line
-# "testbed: N passed, N failed". Exit 0 only when every scenario passed.
+# "testbed: N passed, N failed" and each scenario's time in L1. --timeout bounds the whole L1
+# boot, --scenario-timeout each scenario (one that hangs cannot eat the others' time).
+# Exit 0 only when every scenario passed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VIREO=""
-TIMEOUT=1500
+TIMEOUT=2400
+SCENARIO_TIMEOUT=420
 NAMES=()
 while (($#)); do
   case $1 in
     --vireo) VIREO=$2; shift 2 ;;
     --timeout) TIMEOUT=$2; shift 2 ;;
+    --scenario-timeout) SCENARIO_TIMEOUT=$2; shift 2 ;;
     -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) NAMES+=("$1"); shift ;;
   esac
@@ -34,8 +38,14 @@ trap 'rm -rf "$work"' EXIT
   for n in "${NAMES[@]}"; do
     cat <<EOS
 echo "VIREO-TEST-START $n"
-sh /root/tests/$n.sh > /tmp/test-$n.log 2>&1
+t0=\$(cut -d' ' -f1 /proc/uptime)
+timeout $SCENARIO_TIMEOUT sh /root/tests/$n.sh > /tmp/test-$n.log 2>&1
 rc=\$?
+case \$rc in 124|137|143) echo "  | exit \$rc: the scenario may have been stopped at its ${SCENARIO_TIMEOUT}s limit (--scenario-timeout)";; esac
+echo "VIREO-TEST-TIME $n \$t0 \$(cut -d' ' -f1 /proc/uptime)"
+w=0; while [ \$w -lt 15 ] && pidof vireo qemu-img >/dev/null; do sleep 0.2; w=\$((w + 1)); done   # daemons stopping on the EXIT trap
+left=\$(pidof vireo qemu-img)
+if [ -n "\$left" ]; then echo "  | left running after the scenario (killed now, so they cannot slow the next ones): \$(for p in \$left; do tr '\\0' ' ' < /proc/\$p/cmdline | cut -c1-100; echo; done)"; kill -9 \$left 2>/dev/null; sleep 0.5; fi
 if [ \$rc -ne 0 ]; then sed 's/^/  | /' /tmp/test-$n.log | tail -n 40; df -k /tmp | sed 's/^/  | /'; free -k | sed 's/^/  | /'; fi
 grep -E '^(ok|FAIL):' /tmp/test-$n.log | sed 's/^/  /'
 echo "VIREO-TEST-RESULT $n \$rc"
@@ -58,7 +68,8 @@ for n in "${NAMES[@]}"; do
   else
     echo "FAIL  $n${line:+ (status $rc)}${line:- (did not finish; testbed status $tb)}"; failed=$((failed + 1))
   fi
-  awk -v n="$n" '$0 ~ "^VIREO-TEST-START "n"$" {on=1; next} $0 ~ "^VIREO-TEST-RESULT "n" " {on=0} on && /^  /' "$log"
+  awk -v n="$n" '$1 == "VIREO-TEST-TIME" && $2 == n {printf "  time: %.0f s\n", $4 - $3}
+    $0 ~ "^VIREO-TEST-START "n"$" {on=1; next} $0 ~ "^VIREO-TEST-RESULT "n" " {on=0} on && /^  /' "$log"
 done
 if ((failed)); then echo "--- testbed log tail"; grep -av 'CPUID\[' "$log" | tail -n 30; fi
 echo "testbed: $passed passed, $failed failed"

@@ -216,6 +216,10 @@ extension Qcow2Image {
                     file.punchHole(offset: c * cs, length: cs)
                 }
             }
+            // The lowered refcounts go out now too: a flush leaves no leaked cluster behind
+            // even if the process is killed before its next write-back.
+            try writeRefcounts(sync: sync && !lazy)
+            if sync && !lazy { try file.sync() }
         }
     }
 }

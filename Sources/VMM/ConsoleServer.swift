@@ -221,7 +221,6 @@ public final class ConsoleServer: @unchecked Sendable {
     }
 
     private static func log(_ s: String) {
-        let line = s + "\n"
-        _ = line.withCString { write(2, $0, strlen($0)) }
+        writeStderrLine(s)
     }
 }

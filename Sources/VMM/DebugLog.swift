@@ -10,7 +10,6 @@ enum DebugLog {
     @inline(__always)
     static func log(_ message: @autoclosure () -> String) {
         guard enabled else { return }
-        let line = "vireo[debug] \(message())\n"
-        _ = line.withCString { write(2, $0, strlen($0)) }
+        writeStderrLine("vireo[debug] \(message())")
     }
 }

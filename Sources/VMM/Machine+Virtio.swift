@@ -165,8 +165,7 @@ extension Machine {
         }
         if decision.detected {
             let what = decision.format == .raw ? "no image signature, opened as raw" : "detected \(decision.format) by its signature"
-            let line = "vireo: --disk \(disk.path): \(what) (give format=\(decision.format.rawValue) to say so)\n"
-            _ = line.withCString { write(2, $0, strlen($0)) }
+            writeStderrLine("vireo: --disk \(disk.path): \(what) (give format=\(decision.format.rawValue) to say so)")
         }
         switch decision.format {
         case .qcow2:

@@ -118,7 +118,6 @@ final class BalloonControl: @unchecked Sendable {
     }
 
     private func report(_ s: String) {
-        let line = "vireo: " + s + "\n"
-        _ = line.withCString { write(2, $0, strlen($0)) }
+        writeStderrLine("vireo: " + s)
     }
 }

@@ -272,7 +272,21 @@ public final class Machine: @unchecked Sendable {
             let p = platform.ports.statistics
             DebugLog.log("port bus: unhandled reads \(p.unhandledReads) writes \(p.unhandledWrites), last \(p.lastUnhandledAddress.map { hex($0) } ?? "-")")
         }
-        return stop.recorded ?? .failed("the machine stopped without a reason (a Vireo bug)")
+        let exit = stop.recorded ?? .failed("the machine stopped without a reason (a Vireo bug)")
+        // The disks are written back and closed here, not whenever the last reference goes:
+        // a VMM that exits must leave consistent images. A migrated machine's disks belong to
+        // the destination now; they were flushed before the handover and are left alone.
+        if case .migrated = exit {} else { closeDisks() }
+        return exit
+    }
+
+    /// Writes back and closes every disk (after the vCPUs and the event loop have stopped).
+    func closeDisks() {
+        for d in openDisks {
+            do { try d.backend.close() } catch {
+                writeStderrLine("vireo: disk \(d.id) (\(d.path)): closing it failed: \(error); run `vireo disk check \(d.path)`")
+            }
+        }
     }
 
     /// Waits for a stop request, a signal, or console input.
@@ -363,8 +377,7 @@ public final class Machine: @unchecked Sendable {
         let verb = mmio.isWrite ? "wrote \(mmio.data.count) bytes to" : "read \(mmio.data.count) bytes from"
         var line = "vireo: vCPU \(vcpu) \(verb) unmapped guest-physical address \(hex(mmio.address)); ignored"
         if n == 8 { line += " (further unmapped accesses are counted, not printed)" }
-        line += "\n"
-        _ = line.withCString { write(2, $0, strlen($0)) }
+        writeStderrLine(line)
     }
 }
 

@@ -43,8 +43,7 @@ final class ProbeDevices: ExitHandler, @unchecked Sendable {
                 let now = monotonicNanos()
                 firstInstructionNanos.store(now, ordering: .relaxed)
                 if let t0 = benchStartNanos, now >= t0 {
-                    let line = "first_instruction_us=\((now - t0) / 1000)\n"
-                    _ = line.withCString { write(2, $0, strlen($0)) }
+                    writeStderrLine("first_instruction_us=\((now - t0) / 1000)")
                 }
             } else if marker == 2 {
                 let n = passes.add(1, ordering: .relaxed).newValue

@@ -111,6 +111,27 @@ import VireoSupport
         }
     }
 
+    /// A VMM killed right after a guest's flush must leave no leaked cluster: the refcounts that
+    /// a copy-on-write lowered (the snapshot's clusters) are on disk once flush() returns.
+    @Test func flushAfterCopyOnWriteLeavesNoLeaks() throws {
+        let dir = TS.tempDir()
+        let path = dir + "/cow.qcow2"
+        try Qcow2Image.create(path: path, size: 4 << 20, options: Qcow2CreateOptions(clusterSize: 65536))
+        let img = try Qcow2Image.open(path: path)
+        try TS.write(img, Array(repeating: 0xAA, count: 4), at: 0)
+        try img.createSnapshot(name: "s")
+        try TS.write(img, Array(repeating: 0xBB, count: 4), at: 0)   // copies the L2 table and the data cluster
+        try img.flush()
+        // Read the file as another process would now, without closing (the VMM could be killed here).
+        let r = try Qcow2Image.openForCheck(path: path, repair: false).check()
+        #expect(r.corruptions == 0 && r.leaks == 0, "\(r.messages.prefix(5))")
+        if TS.hasQemu {
+            let q = try TS.run(TS.qemuImg ?? "qemu-img", ["check", "-U", path], check: false)
+            #expect(q.status == 0, "qemu-img check after flush: \(q.out)")
+        }
+        try img.close()
+    }
+
     @Test func resizeGrowsAndRefusesUnsafeShrink() throws {
         let dir = TS.tempDir()
         let path = dir + "/r.qcow2"

@@ -27,10 +27,14 @@ public protocol BlockBackend: AnyObject {
     /// Gives up (false) or takes back (true) the image's write locks: a live migration hands the
     /// disk to the destination VMM. Back ends without locks do nothing.
     func setWriteLocksHeld(_ held: Bool) throws
+    /// Writes back everything the back end holds and releases it; called once, when the
+    /// machine has stopped and no queue runs any more.
+    func close() throws
 }
 
 extension BlockBackend {
     public func setWriteLocksHeld(_ held: Bool) throws {}
+    public func close() throws { try flush() }
 }
 
 /// A RAM disk (tests, scratch disks).

@@ -39,5 +39,7 @@ public final class DiskImageBlockBackend: BlockBackend, @unchecked Sendable {
         if let q = image as? Qcow2Image { try q.setWriteLocksHeld(held) } else if let r = image as? RawImage { try r.setWriteLocksHeld(held) }
     }
 
+    public func close() throws { try image.close() }
+
     deinit { try? image.close() }
 }
