@@ -333,6 +333,62 @@ doc["components"]["schemas"].update({
     "ImageList": {"type": "object", "required": ["images"], "properties": {"images": {"type": "array", "items": ref("Image")}}},
 })
 
+# Live migration between daemons (docs/migration.md).
+mig_name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,62}$"}}
+doc["paths"].update({
+    "/v1/vms/{name}/migrate": {"post": {"operationId": "migrateVM",
+        "summary": "Move the running VM to another daemon (its TCP listener) while it runs; follow it with GET .../migration",
+        "parameters": [mig_name], "requestBody": {"required": True, "content": {"application/json": {"schema": ref("MigrateRequest")}}},
+        "responses": {"202": ok("the migration, started", ref("MigrationInfo")), "400": err("malformed body or out-of-range value"),
+                      "404": err("no such VM"), "409": err("the VM is not running, has snapshots, is migrating already, or its VMM refused"),
+                      "422": err("a disk's size cannot be read (storage copy)"),
+                      "502": err("the destination daemon did not take the VM in (unreachable, wrong token, name taken there, no room)"), **unauth}}},
+    "/v1/vms/{name}/migration": {
+      "get": {"operationId": "getMigration", "summary": "The VM's last live migration by this daemon: phase, round, bytes, rates, pause",
+              "parameters": [mig_name], "responses": {"200": ok("the migration", ref("MigrationInfo")), "404": err("no such VM, or no migration of it"), **unauth}},
+      "delete": {"operationId": "cancelMigration", "summary": "Cancel the VM's running migration (it runs on here)",
+                 "parameters": [mig_name], "responses": {"200": ok("the migration, cancelling", ref("MigrationInfo")), "409": err("the VM is not migrating"),
+                                                          "500": err("the VMM did not answer"), **unauth}}},
+    "/v1/migrations": {"post": {"operationId": "acceptMigration",
+        "summary": "Daemon to daemon: take in a VM that is about to arrive (record it, make its disks for a storage copy, start a VMM waiting for the stream)",
+        "requestBody": {"required": True, "content": {"application/json": {"schema": ref("IncomingMigrationRequest")}}},
+        "responses": {"201": ok("where the VMM waits and the one-time token it accepts", ref("IncomingMigrationTicket")),
+                      "400": err("malformed body"), "409": err("a VM of that name exists here"),
+                      "422": err("this daemon has no TCP listener, or the VM does not fit here (memory, files)"), **unauth}}},
+    "/v1/migrations/{name}": {"delete": {"operationId": "abandonMigration",
+        "summary": "Daemon to daemon: the source gave the migration up; the incoming VM is stopped and removed",
+        "parameters": [mig_name], "responses": {"204": {"description": "abandoned"}, "404": err("no such VM"),
+                                                "409": err("the VM is not an incoming migration"), **unauth}}},
+})
+doc["components"]["schemas"].update({
+    "MigrationStorage": {"type": "string", "enum": ["copy", "shared"]},
+    "MigrateRequest": {"type": "object", "required": ["to", "token"], "additionalProperties": False, "properties": {
+        "to": {"type": "string", "description": "the destination daemon's TCP listener, HOST:PORT (its --listen)"},
+        "token": {"type": "string", "description": "the destination daemon's bearer token"},
+        "storage": {**ref("MigrationStorage"), "description": "copy: send the disks too (the destination gets flattened copies); shared (default): disks both hosts reach at the same paths"},
+        "max_downtime_ms": {"type": "integer", "minimum": 1, "maximum": 600000, "description": "longest pause at the switch-over (default 50)"},
+        "max_bandwidth_mib": {"type": "integer", "minimum": 1, "maximum": 1048576, "description": "cap on the stream, MiB/s"}}},
+    "MigrationInfo": {"type": "object", "required": ["vm", "destination", "storage", "phase", "round", "bytes_sent", "disk_bytes_sent", "remaining_bytes",
+                                                     "dirty_bytes_per_s", "bandwidth_bytes_per_s", "expected_downtime_ms", "downtime_target_ms", "total_ms", "started_at"],
+                      "properties": {
+        "vm": {"type": "string"}, "destination": {"type": "string"}, "storage": ref("MigrationStorage"),
+        "phase": {"type": "string", "enum": ["setup", "precopy", "stop-and-copy", "confirming", "completed", "failed", "cancelled", "unknown"]},
+        "round": {"type": "integer"}, "bytes_sent": {"type": "integer"}, "disk_bytes_sent": {"type": "integer"},
+        "remaining_bytes": {"type": "integer", "description": "RAM and disk bytes dirtied that the next round sends"},
+        "dirty_bytes_per_s": {"type": "integer"}, "bandwidth_bytes_per_s": {"type": "integer"},
+        "expected_downtime_ms": {"type": "integer", "description": "the pause if the switch-over happened now"},
+        "downtime_target_ms": {"type": "integer"}, "downtime_ms": {"type": "integer", "description": "the guest's measured pause (once moved)"},
+        "total_ms": {"type": "integer"}, "error": {"type": "string"}, "started_at": {"type": "string", "format": "date-time"}}},
+    "IncomingMigrationRequest": {"type": "object", "required": ["vm", "storage"], "additionalProperties": False, "properties": {
+        "vm": {"type": "object", "description": "the VM's definition at the source (a VM body's definition fields)"},
+        "storage": ref("MigrationStorage"),
+        "disk_sizes": {"type": "array", "items": {"type": "integer"}, "description": "each disk's virtual size (storage copy)"},
+        "source": {"type": "string", "description": "the source host's name"}}},
+    "IncomingMigrationTicket": {"type": "object", "required": ["vm", "port", "token"], "properties": {
+        "vm": {"type": "string"}, "port": {"type": "integer", "description": "where the VMM waits for the stream, on the daemon's listen address"},
+        "token": {"type": "string", "description": "the one-time token the source VMM must present"}}},
+})
+
 here = os.path.dirname(os.path.abspath(__file__))
 text = json.dumps(doc, indent=2, sort_keys=False) + "\n"
 open(os.path.join(here, "vireo.json"), "w").write(text)

@@ -90,6 +90,7 @@ public enum HostDaemon {
         await service.configureKernelPolicy(kvmIsPVM: o.kvmIsPVM, allowEmulatedKernels: o.allowEmulatedKernels)
         await service.migrateDefinitions()
         await service.adoptAll()
+        if let tcp { await service.configureMigrationListener(host: tcp.host) }
 
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
         let unixRouter = Router(service: service, token: nil)

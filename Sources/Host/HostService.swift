@@ -41,6 +41,13 @@ actor HostService {
     var kvmIsPVM = false
     var allowEmulatedKernels = false
 
+    /// Live migrations this daemon sends (HostService+Migrate.swift), by VM name; kept after they
+    /// end so the client sees the outcome.
+    var migrations: [String: MigrationInfo] = [:]
+    /// The address of this daemon's TCP listener (`--listen`): incoming migrations' VMMs listen
+    /// there too. Nil without one: then no VM can migrate here.
+    var migrationListenHost: String?
+
     /// Live event subscribers (GET /v1/events?follow=true).
     let eventHub = EventHub()
     /// Images being created or imported (HostService+Images.swift).
@@ -239,16 +246,27 @@ actor HostService {
             guard !r.state.hasProcess else {
                 throw HTTPError.conflict("VM '\(name)' is \(r.state.rawValue); stop it (`vireo vm stop \(name)`) before deleting it")
             }
-            try inventory.delete(name)
-            for f in [consolePath(name), socketPath(name), consoleSocketPath(name), vsockSocketPath(name), exitPath(name), vmmLogPath(name),
-                      linkedClonePath(name), configPath(name), virtioConsolePath(name), lockPath(name)] { unlink(f) }
-            for snap in Self.directoryEntries(snapshotsDir(name)) { Self.removeTree(snapshotDir(name, snap)) }
-            rmdir(snapshotsDir(name))
-            Self.removeTree(suspendDir(name))
-            rmdir(vmDir(name))
-            lastStart[name] = nil; quickFailures[name] = nil
+            try removeVM(name)
             event(name, "deleted", "")
         }
+    }
+
+    /// Removes a VM's record and its files (the caller holds its lock; it has no VMM).
+    /// `keepDisks` keeps the disk files made for it in its directory (a linked clone another
+    /// host may still run on: a migration over shared storage).
+    func removeVM(_ name: String, keepDisks: Bool = false) throws {
+        try inventory.delete(name)
+        for f in [consolePath(name), socketPath(name), consoleSocketPath(name), vsockSocketPath(name), exitPath(name), vmmLogPath(name),
+                  configPath(name), virtioConsolePath(name), lockPath(name), migrationTokenPath(name)] { unlink(f) }
+        if !keepDisks {
+            unlink(linkedClonePath(name))
+            for f in Self.directoryEntries(vmDir(name)) where f.hasPrefix("disk-") { unlink(vmDir(name) + "/" + f) }
+        }
+        for snap in Self.directoryEntries(snapshotsDir(name)) { Self.removeTree(snapshotDir(name, snap)) }
+        rmdir(snapshotsDir(name))
+        Self.removeTree(suspendDir(name))
+        rmdir(vmDir(name))
+        lastStart[name] = nil; quickFailures[name] = nil
     }
 
     // MARK: Lifecycle
@@ -383,7 +401,7 @@ actor HostService {
 
     /// Spawns the VMM for `r` and records it as starting. With `restoreFrom`, the VMM restores
     /// that snapshot directory instead of booting the stored configuration.
-    func launch(_ r: inout VMRecord, restoreFrom: String? = nil) throws {
+    func launch(_ r: inout VMRecord, restoreFrom: String? = nil, incoming: VMMCommand.Incoming? = nil) throws {
         let name = r.name
         try checkHostCanBoot(r)
         try admitMemory(r)
@@ -413,7 +431,8 @@ actor HostService {
         var argv = VMMCommand.arguments(vmmBinary: vmmBinary, configPath: configPath(name), restore: restoreFrom, console: consolePath(name),
                                         apiSocket: socketPath(name), exitFile: exitPath(name), consoleSocket: consoleSocketPath(name),
                                         vsockSocket: r.definition.vsockCID == nil ? nil : vsockSocketPath(name),
-                                        virtioConsoleLog: r.definition.virtioConsole == true ? virtioConsolePath(name) : nil)
+                                        virtioConsoleLog: r.definition.virtioConsole == true ? virtioConsolePath(name) : nil,
+                                        incoming: incoming)
         if let w = activeMemoryWindow { argv += ["--active-memory-window", String(w)] }
         if let n = activeMemorySample { argv += ["--active-memory-sample", String(n)] }
         // The record says "starting" before the VMM exists: a daemon killed from here on comes
@@ -559,7 +578,7 @@ actor HostService {
     }
 
     /// If the VMM of `r` has ended: its exit status (from waitpid, else its exit file, else -1).
-    private func exitStatusIfGone(_ r: VMRecord) -> Int32? {
+    func exitStatusIfGone(_ r: VMRecord) -> Int32? {
         guard let pid = r.pid else { return -1 }
         if children.contains(pid) {
             if let s = VMMProcess.reap(pid) { children.remove(pid); return s }
@@ -572,7 +591,7 @@ actor HostService {
         return readExitFile(r.name)?.status ?? -1
     }
 
-    private func readExitFile(_ name: String) -> (status: Int32, reason: String)? {
+    func readExitFile(_ name: String) -> (status: Int32, reason: String)? {
         guard let text = ProcFS.read(exitPath(name)) else { return nil }
         let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
         guard lines.count >= 2, let s = Int32(lines[0]) else { return nil }

@@ -52,7 +52,7 @@ public struct Router: Sendable {
         ("POST", "/v1/vms/{name}/snapshots/{snapshot}/revert"), ("POST", "/v1/vms/{name}/suspend"),
         ("GET", "/v1/vms/{name}/balloon"), ("POST", "/v1/vms/{name}/balloon"),
         ("GET", "/v1/templates"), ("POST", "/v1/templates"), ("GET", "/v1/templates/{name}"), ("DELETE", "/v1/templates/{name}"),
-    ] + imageRoutes
+    ] + imageRoutes + migrationRoutes
 
     func handle(_ req: HTTPRequest) async -> HTTPResponse {
         if let token {
@@ -74,6 +74,7 @@ public struct Router: Sendable {
         let parts = req.path.split(separator: "/", omittingEmptySubsequences: true).map(String.init)
         let m = req.method
         if parts.count >= 2 && parts[0] == "v1" && parts[1] == "images" { return try await dispatchImages(req, parts) }
+        if Self.isMigrationRoute(parts) { return try await dispatchMigration(req, parts) }
         func allow(_ methods: String...) throws {
             guard methods.contains(m) else {
                 throw HTTPError(405, "method-not-allowed", "\(m) is not allowed on \(req.path.prefix(200)); allowed: \(methods.joined(separator: ", "))", allow: methods)

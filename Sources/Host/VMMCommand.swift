@@ -11,14 +11,25 @@ import Glibc
 public enum VMMCommand {
     /// With `restore`, the VMM restores that snapshot directory (which carries the configuration
     /// the VM ran when it was taken) instead of booting `configPath`.
+    /// With `incoming`, the VMM waits for a live migration (and runs it under `configPath`).
     public static func arguments(vmmBinary: String, configPath: String, restore: String? = nil, console: String, apiSocket: String, exitFile: String,
-                                 consoleSocket: String? = nil, vsockSocket: String? = nil, virtioConsoleLog: String? = nil) -> [String] {
+                                 consoleSocket: String? = nil, vsockSocket: String? = nil, virtioConsoleLog: String? = nil,
+                                 incoming: Incoming? = nil) -> [String] {
         var argv = [vmmBinary, "run"] + (restore.map { ["--restore", $0] } ?? ["--config", configPath])
             + ["--serial", "file=\(console)", "--api-socket", apiSocket, "--exit-file", exitFile]
+        if let incoming { argv += ["--incoming", incoming.address, "--incoming-token-file", incoming.tokenFile] }
         if let consoleSocket { argv += ["--console-socket", consoleSocket] }
         if let vsockSocket { argv += ["--vsock-socket", vsockSocket] }
         if let virtioConsoleLog { argv += ["--console-log", virtioConsoleLog] }
         return argv
+    }
+
+    /// Where an incoming migration's VMM listens (`tcp:HOST:PORT`) and the file holding the
+    /// token its source must present.
+    public struct Incoming: Sendable {
+        public var address: String
+        public var tokenFile: String
+        public init(address: String, tokenFile: String) { self.address = address; self.tokenFile = tokenFile }
     }
 
     /// Writes `config` to `path` atomically (a temporary file, fsync, rename): a VMM never reads

@@ -213,7 +213,7 @@ public final class ControlServer: @unchecked Sendable {
             machine.pauseGate.resume()
             return #"{"ok":true,"state":"stopping"}"#
         default:
-            return #"{"ok":false,"error":"unknown command; one of status, config, pause, resume, shutdown, stop, balloon [MIB], snapshot DIR, forget-disk-snapshot TAG, migrate ADDRESS [downtime-ms=N], migrate-status, migrate-cancel"}"#
+            return #"{"ok":false,"error":"unknown command; one of status, config, pause, resume, shutdown, stop, balloon [MIB], snapshot DIR, forget-disk-snapshot TAG, migrate ADDRESS [downtime-ms=N] [storage=copy] [token=T], migrate-status, migrate-cancel"}"#
         }
     }
 
@@ -261,12 +261,16 @@ public final class ControlServer: @unchecked Sendable {
     /// `migrate tcp:HOST:PORT|unix:PATH [downtime-ms=N]`: starts a live migration to a VMM
     /// waiting with `vireo run --incoming`; answers at once, `migrate-status` follows it.
     static func migrate(_ args: [String], machine: Machine) -> String {
-        guard let target = args.first, args.count <= 3 else {
-            return #"{"ok":false,"error":"migrate takes a destination (tcp:HOST:PORT or unix:PATH), then optionally downtime-ms=N and max-bandwidth-mib=N"}"#
+        guard let target = args.first, args.count <= 5 else {
+            return #"{"ok":false,"error":"migrate takes a destination (tcp:HOST:PORT or unix:PATH), then optionally downtime-ms=N, max-bandwidth-mib=N, storage=copy|shared, token=T"}"#
         }
         var downtime: UInt64 = 50
         var bandwidth: UInt64 = 0
+        var storageCopy = false
+        var token: [UInt8] = []
         for arg in args.dropFirst() {
+            if arg == "storage=copy" || arg == "storage=shared" { storageCopy = arg == "storage=copy"; continue }
+            if arg.hasPrefix("token=") { token = Array(arg.utf8.dropFirst(6)); continue }
             if arg.hasPrefix("downtime-ms=") {
                 guard let ms = UInt64(arg.dropFirst(12)), ms >= 1, ms <= 600_000 else {
                     return #"{"ok":false,"error":"downtime-ms wants a number of milliseconds from 1 to 600000"}"#
@@ -278,12 +282,12 @@ public final class ControlServer: @unchecked Sendable {
                 }
                 bandwidth = mib << 20
             } else {
-                return #"{"ok":false,"error":"migrate: unknown option '\#(jsonEscaped(String(arg.prefix(40))))' (downtime-ms=N, max-bandwidth-mib=N)"}"#
+                return #"{"ok":false,"error":"migrate: unknown option '\#(jsonEscaped(String(arg.prefix(40))))' (downtime-ms=N, max-bandwidth-mib=N, storage=copy|shared, token=T)"}"#
             }
         }
         do {
             let address = try MigrationAddress.parse(target)
-            try machine.startMigration(to: address, downtimeMs: downtime, maxBandwidth: bandwidth)
+            try machine.startMigration(to: address, downtimeMs: downtime, maxBandwidth: bandwidth, storageCopy: storageCopy, token: token)
             return #"{"ok":true,"state":"migrating","destination":"\#(jsonEscaped(address.description))","downtime_target_ms":\#(downtime)}"#
         } catch {
             return #"{"ok":false,"error":"\#(jsonEscaped("\(error)"))"}"#
@@ -295,7 +299,8 @@ public final class ControlServer: @unchecked Sendable {
         var out = #"{"ok":true,"phase":"\#(s.phase)","destination":"\#(jsonEscaped(s.destination))","round":\#(s.round),"#
         out += #""bytes_sent":\#(s.bytesSent),"pages_sent":\#(s.pagesSent),"zero_pages":\#(s.zeroPages),"dirty_pages":\#(s.dirtyPages),"#
         out += #""dirty_bytes_per_s":\#(s.dirtyBytesPerSecond),"bandwidth_bytes_per_s":\#(s.bandwidthBytesPerSecond),"#
-        out += #""expected_downtime_ms":\#(s.expectedDowntimeMs),"downtime_target_ms":\#(s.downtimeTargetMs),"total_ms":\#(s.totalMs)"#
+        out += #""expected_downtime_ms":\#(s.expectedDowntimeMs),"downtime_target_ms":\#(s.downtimeTargetMs),"total_ms":\#(s.totalMs),"#
+        out += #""storage_copy":\#(s.storageCopy),"disk_bytes_sent":\#(s.diskBytesSent),"dirty_disk_bytes":\#(s.dirtyDiskBytes)"#
         if let d = s.downtimeMs { out += #","downtime_ms":\#(d)"# }
         if let e = s.error { out += #","error":"\#(jsonEscaped(e))""# }
         return out + "}"

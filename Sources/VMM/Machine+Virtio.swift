@@ -127,11 +127,12 @@ extension Machine {
         for (i, disk) in v.disks.enumerated() {
             let (backend, format) = try openDisk(disk, index: i)
             if vmConfig?.disks.indices.contains(i) == true { vmConfig?.disks[i].format = DiskFormat(rawValue: format.rawValue) }
-            let block = VirtioBlock(backend: backend)
+            let tracker = disk.isReadOnly ? nil : DirtyTrackingBlockBackend(backend)
+            let block = VirtioBlock(backend: tracker ?? backend)
             block.limiter = disk.rateLimit.flatMap(Self.limiter)
             _ = try wiring.attach(block, name: "virtio-blk \(disk.id ?? disk.path)", id: "disk:" + (disk.id ?? "disk\(i)"), limiter: block.limiter)
             diskCounters.append((disk.id ?? "disk\(i)", disk.path, block.counters))
-            openDisks.append(OpenDisk(id: disk.id ?? "disk\(i)", path: disk.path, format: format, readOnly: disk.isReadOnly, backend: backend))
+            openDisks.append(OpenDisk(id: disk.id ?? "disk\(i)", path: disk.path, format: format, readOnly: disk.isReadOnly, backend: backend, tracker: tracker))
         }
         if let console = v.console {
             let sink = try virtioConsoleSink(console)

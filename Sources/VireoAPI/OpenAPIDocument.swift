@@ -2269,6 +2269,331 @@ public enum OpenAPIDocument {
           }
         }
       }
+    },
+    "/v1/vms/{name}/migrate": {
+      "post": {
+        "operationId": "migrateVM",
+        "summary": "Move the running VM to another daemon (its TCP listener) while it runs; follow it with GET .../migration",
+        "parameters": [
+          {
+            "name": "name",
+            "in": "path",
+            "required": true,
+            "schema": {
+              "type": "string",
+              "pattern": "^[a-z0-9][a-z0-9-]{0,62}$"
+            }
+          }
+        ],
+        "requestBody": {
+          "required": true,
+          "content": {
+            "application/json": {
+              "schema": {
+                "$ref": "#/components/schemas/MigrateRequest"
+              }
+            }
+          }
+        },
+        "responses": {
+          "202": {
+            "description": "the migration, started",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/MigrationInfo"
+                }
+              }
+            }
+          },
+          "400": {
+            "description": "malformed body or out-of-range value",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "404": {
+            "description": "no such VM",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "409": {
+            "description": "the VM is not running, has snapshots, is migrating already, or its VMM refused",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "422": {
+            "description": "a disk's size cannot be read (storage copy)",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "502": {
+            "description": "the destination daemon did not take the VM in (unreachable, wrong token, name taken there, no room)",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "401": {
+            "description": "missing or wrong bearer token (TCP listener only)",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          }
+        }
+      }
+    },
+    "/v1/vms/{name}/migration": {
+      "get": {
+        "operationId": "getMigration",
+        "summary": "The VM's last live migration by this daemon: phase, round, bytes, rates, pause",
+        "parameters": [
+          {
+            "name": "name",
+            "in": "path",
+            "required": true,
+            "schema": {
+              "type": "string",
+              "pattern": "^[a-z0-9][a-z0-9-]{0,62}$"
+            }
+          }
+        ],
+        "responses": {
+          "200": {
+            "description": "the migration",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/MigrationInfo"
+                }
+              }
+            }
+          },
+          "404": {
+            "description": "no such VM, or no migration of it",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "401": {
+            "description": "missing or wrong bearer token (TCP listener only)",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          }
+        }
+      },
+      "delete": {
+        "operationId": "cancelMigration",
+        "summary": "Cancel the VM's running migration (it runs on here)",
+        "parameters": [
+          {
+            "name": "name",
+            "in": "path",
+            "required": true,
+            "schema": {
+              "type": "string",
+              "pattern": "^[a-z0-9][a-z0-9-]{0,62}$"
+            }
+          }
+        ],
+        "responses": {
+          "200": {
+            "description": "the migration, cancelling",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/MigrationInfo"
+                }
+              }
+            }
+          },
+          "409": {
+            "description": "the VM is not migrating",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "500": {
+            "description": "the VMM did not answer",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "401": {
+            "description": "missing or wrong bearer token (TCP listener only)",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          }
+        }
+      }
+    },
+    "/v1/migrations": {
+      "post": {
+        "operationId": "acceptMigration",
+        "summary": "Daemon to daemon: take in a VM that is about to arrive (record it, make its disks for a storage copy, start a VMM waiting for the stream)",
+        "requestBody": {
+          "required": true,
+          "content": {
+            "application/json": {
+              "schema": {
+                "$ref": "#/components/schemas/IncomingMigrationRequest"
+              }
+            }
+          }
+        },
+        "responses": {
+          "201": {
+            "description": "where the VMM waits and the one-time token it accepts",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/IncomingMigrationTicket"
+                }
+              }
+            }
+          },
+          "400": {
+            "description": "malformed body",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "409": {
+            "description": "a VM of that name exists here",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "422": {
+            "description": "this daemon has no TCP listener, or the VM does not fit here (memory, files)",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "401": {
+            "description": "missing or wrong bearer token (TCP listener only)",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          }
+        }
+      }
+    },
+    "/v1/migrations/{name}": {
+      "delete": {
+        "operationId": "abandonMigration",
+        "summary": "Daemon to daemon: the source gave the migration up; the incoming VM is stopped and removed",
+        "parameters": [
+          {
+            "name": "name",
+            "in": "path",
+            "required": true,
+            "schema": {
+              "type": "string",
+              "pattern": "^[a-z0-9][a-z0-9-]{0,62}$"
+            }
+          }
+        ],
+        "responses": {
+          "204": {
+            "description": "abandoned"
+          },
+          "404": {
+            "description": "no such VM",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "409": {
+            "description": "the VM is not an incoming migration",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "401": {
+            "description": "missing or wrong bearer token (TCP listener only)",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          }
+        }
+      }
     }
   },
   "components": {
@@ -3501,6 +3826,179 @@ public enum OpenAPIDocument {
             "items": {
               "$ref": "#/components/schemas/Image"
             }
+          }
+        }
+      },
+      "MigrationStorage": {
+        "type": "string",
+        "enum": [
+          "copy",
+          "shared"
+        ]
+      },
+      "MigrateRequest": {
+        "type": "object",
+        "required": [
+          "to",
+          "token"
+        ],
+        "additionalProperties": false,
+        "properties": {
+          "to": {
+            "type": "string",
+            "description": "the destination daemon's TCP listener, HOST:PORT (its --listen)"
+          },
+          "token": {
+            "type": "string",
+            "description": "the destination daemon's bearer token"
+          },
+          "storage": {
+            "$ref": "#/components/schemas/MigrationStorage",
+            "description": "copy: send the disks too (the destination gets flattened copies); shared (default): disks both hosts reach at the same paths"
+          },
+          "max_downtime_ms": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 600000,
+            "description": "longest pause at the switch-over (default 50)"
+          },
+          "max_bandwidth_mib": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 1048576,
+            "description": "cap on the stream, MiB/s"
+          }
+        }
+      },
+      "MigrationInfo": {
+        "type": "object",
+        "required": [
+          "vm",
+          "destination",
+          "storage",
+          "phase",
+          "round",
+          "bytes_sent",
+          "disk_bytes_sent",
+          "remaining_bytes",
+          "dirty_bytes_per_s",
+          "bandwidth_bytes_per_s",
+          "expected_downtime_ms",
+          "downtime_target_ms",
+          "total_ms",
+          "started_at"
+        ],
+        "properties": {
+          "vm": {
+            "type": "string"
+          },
+          "destination": {
+            "type": "string"
+          },
+          "storage": {
+            "$ref": "#/components/schemas/MigrationStorage"
+          },
+          "phase": {
+            "type": "string",
+            "enum": [
+              "setup",
+              "precopy",
+              "stop-and-copy",
+              "confirming",
+              "completed",
+              "failed",
+              "cancelled",
+              "unknown"
+            ]
+          },
+          "round": {
+            "type": "integer"
+          },
+          "bytes_sent": {
+            "type": "integer"
+          },
+          "disk_bytes_sent": {
+            "type": "integer"
+          },
+          "remaining_bytes": {
+            "type": "integer",
+            "description": "RAM and disk bytes dirtied that the next round sends"
+          },
+          "dirty_bytes_per_s": {
+            "type": "integer"
+          },
+          "bandwidth_bytes_per_s": {
+            "type": "integer"
+          },
+          "expected_downtime_ms": {
+            "type": "integer",
+            "description": "the pause if the switch-over happened now"
+          },
+          "downtime_target_ms": {
+            "type": "integer"
+          },
+          "downtime_ms": {
+            "type": "integer",
+            "description": "the guest's measured pause (once moved)"
+          },
+          "total_ms": {
+            "type": "integer"
+          },
+          "error": {
+            "type": "string"
+          },
+          "started_at": {
+            "type": "string",
+            "format": "date-time"
+          }
+        }
+      },
+      "IncomingMigrationRequest": {
+        "type": "object",
+        "required": [
+          "vm",
+          "storage"
+        ],
+        "additionalProperties": false,
+        "properties": {
+          "vm": {
+            "type": "object",
+            "description": "the VM's definition at the source (a VM body's definition fields)"
+          },
+          "storage": {
+            "$ref": "#/components/schemas/MigrationStorage"
+          },
+          "disk_sizes": {
+            "type": "array",
+            "items": {
+              "type": "integer"
+            },
+            "description": "each disk's virtual size (storage copy)"
+          },
+          "source": {
+            "type": "string",
+            "description": "the source host's name"
+          }
+        }
+      },
+      "IncomingMigrationTicket": {
+        "type": "object",
+        "required": [
+          "vm",
+          "port",
+          "token"
+        ],
+        "properties": {
+          "vm": {
+            "type": "string"
+          },
+          "port": {
+            "type": "integer",
+            "description": "where the VMM waits for the stream, on the daemon's listen address"
+          },
+          "token": {
+            "type": "string",
+            "description": "the one-time token the source VMM must present"
           }
         }
       }

@@ -5,10 +5,7 @@ import Glibc
 #endif
 
 /// Prints one line to stderr.
-func printError(_ line: String) {
-    let s = line.hasSuffix("\n") ? line : line + "\n"
-    _ = s.withCString { write(2, $0, strlen($0)) }
-}
+func printError(_ line: String) { writeStderrLine(line) }
 
 /// Runs `body`; a VireoError becomes one line on stderr and exit status 1, never a stack dump.
 func reportingErrors<T>(_ body: () throws -> T) throws -> T {

@@ -32,6 +32,9 @@ struct RunCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Wait for a live migration on tcp:HOST:PORT or unix:PATH and run the machine it brings (the source's control socket: `migrate ADDRESS`); docs/migration.md.", valueName: "address"))
     var incoming: String?
 
+    @Option(help: ArgumentHelp("With --incoming: accept only a source that presents the token in this file (the daemons make one per migration).", valueName: "file"))
+    var incomingTokenFile: String?
+
     @Option(help: "Guest kernel: an ELF vmlinux or a bzImage.")
     var kernel: String?
 
@@ -252,12 +255,21 @@ struct RunCommand: ParsableCommand {
             var migration: IncomingMigration? = nil
             if let incoming {
                 let given = descriptionFlagsGiven
-                guard given.isEmpty, restore == nil, config == nil else {
-                    throw ValidationError("--incoming brings the whole machine from the source; leave out \((given + (restore == nil ? [] : ["--restore"]) + (config == nil ? [] : ["--config"])).joined(separator: ", "))")
+                guard given.isEmpty, restore == nil else {
+                    throw ValidationError("--incoming brings the whole machine from the source; leave out \((given + (restore == nil ? [] : ["--restore"])).joined(separator: ", ")) (a --config of this side's own, with its disk paths and TAPs, may be given)")
                 }
                 let address = try MigrationAddress.parse(incoming)
+                let local = try config.map(Self.readConfig)
+                let token = try incomingTokenFile.map { Array(try OwnedFD.readFile($0, limit: 4096, what: "migration token file")).filter { $0 > 32 } }
                 printError("vireo: waiting for a migration on \(address)")
-                migration = try IncomingMigration.receive(on: address)
+                let received = try IncomingMigration.receive(on: address, token: token, disks: local?.disks ?? [])
+                if let local {
+                    do { try received.source.adoptLocalConfig(local) } catch {
+                        try? received.ready(error: "\(error)")
+                        throw error
+                    }
+                }
+                migration = received
             }
             var config = try makeConfig(incoming: migration?.source)
             config.consoleEscape = config.serial == .stdio && isatty(0) == 1 && takesConsoleInput(config.boot)
@@ -294,12 +306,16 @@ struct RunCommand: ParsableCommand {
             wasRaw = terminal != nil
             migration?.confirmRunning()
             let exit = machine.run()
+            var reason = exit.description
             if case .migrated = exit {
                 let m = machine.migration.snapshot
-                printError("vireo: migrated to \(m.destination): \(m.round) rounds, \(ByteSize.format(m.bytesSent)) sent (\(m.pagesSent) pages, \(m.zeroPages) zero pages skipped) in \(m.totalMs) ms; the guest paused \(m.downtimeMs.map { "\($0) ms" } ?? "?")")
+                reason = "migrated to \(m.destination): \(m.round) rounds, \(ByteSize.format(m.bytesSent)) sent (\(m.pagesSent) pages, \(m.zeroPages) zero pages skipped"
+                    + (m.storageCopy ? ", \(ByteSize.format(m.diskBytesSent)) of disk" : "") + ") in \(m.totalMs) ms; the guest paused \(m.downtimeMs.map { "\($0) ms" } ?? "?")"
+                    + " [downtime_ms=\(m.downtimeMs ?? 0) total_ms=\(m.totalMs) bytes_sent=\(m.bytesSent) disk_bytes_sent=\(m.diskBytesSent) rounds=\(m.round)]"
+                printError("vireo: " + reason)
             }
             terminal?.restore()
-            if let exitFile { writeExitFile(exitFile, exit) }
+            if let exitFile { writeExitFile(exitFile, status: exit.exitStatus, reason: reason) }
             return exit
         }
         if wasRaw, exit.exitStatus != 0 { printError("") }   // the guest's last line may be unfinished
@@ -353,10 +369,9 @@ final class AppendFile: Sendable {
 }
 
 /// `--exit-file`: how the machine ended, for the daemon that supervises this VMM.
-private func writeExitFile(_ path: String, _ exit: MachineExit) {
-    let reason = exit.description.replacingNewlines
+private func writeExitFile(_ path: String, status: Int32, reason: String) {
     guard let f = AppendFile(path: path, truncate: true) else { return }
-    f.append("\(exit.exitStatus)\n\(reason)\n")
+    f.append("\(status)\n\(reason.replacingNewlines)\n")
 }
 
 private extension String {

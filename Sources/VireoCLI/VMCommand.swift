@@ -20,7 +20,8 @@ struct VMCommand: ParsableCommand {
                       VMActionCommand<Start>.self, VMStopCommand.self, VMActionCommand<Kill>.self,
                       VMActionCommand<Pause>.self, VMActionCommand<Resume>.self, VMActionCommand<Reboot>.self,
                       VMBalloonCommand.self, VMDeleteCommand.self, VMConsoleCommand.self, VMLogsCommand.self,
-                      VMStatsCommand.self, VMConfigCommand.self, VMSnapshotCommand.self, VMActionCommand<Suspend>.self])
+                      VMStatsCommand.self, VMConfigCommand.self, VMSnapshotCommand.self, VMActionCommand<Suspend>.self,
+                      VMMigrateCommand.self])
 }
 
 struct VMCreateCommand: ParsableCommand {

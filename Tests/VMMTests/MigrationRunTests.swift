@@ -54,6 +54,34 @@ struct MigrationRunTests {
         #expect(destination.wait() == 143)
     }
 
+    /// A destination started with a token accepts only the source that presents it; a wrong
+    /// one is refused before any page, and the source runs on.
+    @Test func aDestinationWithATokenRefusesAnyOtherSource() throws {
+        let dir = "/tmp/vireo-migtok-\(getpid())"
+        _ = system("rm -rf \(dir)"); mkdir(dir, 0o700)
+        defer { _ = system("rm -rf \(dir)") }
+        let bin = try #require(VireoBinary.path)
+        _ = system("printf 'right-token-0123456789\\n' > \(dir)/tok")
+        let source = try ChildProcess([bin, "run", "--probe", "pio:1000000000000", "--memory", "32M", "--serial", "none", "--api-socket", dir + "/s.sock"])
+        defer { source.signal(SIGKILL); _ = source.wait() }
+        for _ in 0..<100 where access(dir + "/s.sock", F_OK) != 0 { usleep(50_000) }
+        let d1 = try ChildProcess([bin, "run", "--incoming", "unix:\(dir)/m1.sock", "--incoming-token-file", dir + "/tok", "--serial", "none"])
+        #expect(SnapshotRunTests.control(dir + "/s.sock", "migrate unix:\(dir)/m1.sock token=wrong-token").contains(#""ok":true"#))
+        let failed = status(dir + "/s.sock", until: { $0.contains(#""phase":"failed""#) })
+        #expect(failed.contains("failed"), "\(failed)")
+        #expect(d1.wait() == 1)
+        #expect(d1.stderrText.contains("did not present this migration's token"), "\(d1.stderrText)")
+        #expect(SnapshotRunTests.control(dir + "/s.sock", "status").contains(#""state":"running""#))
+        let d2 = try ChildProcess([bin, "run", "--incoming", "unix:\(dir)/m2.sock", "--incoming-token-file", dir + "/tok", "--serial", "none", "--api-socket", dir + "/d.sock"])
+        #expect(SnapshotRunTests.control(dir + "/s.sock", "migrate unix:\(dir)/m2.sock token=right-token-0123456789 downtime-ms=2000").contains(#""ok":true"#))
+        let end = status(dir + "/s.sock", until: { $0.isEmpty || $0.contains(#""phase":"failed""#) })
+        #expect(end.isEmpty, "\(end)")
+        #expect(source.wait() == 0)
+        #expect(SnapshotRunTests.control(dir + "/d.sock", "status").contains(#""state":"running""#))
+        _ = SnapshotRunTests.control(dir + "/d.sock", "stop")
+        #expect(d2.wait() == 143)
+    }
+
     @Test func aGuestThatDirtiesTooFastDoesNotConvergeAndCancelStops() throws {
         let dir = "/tmp/vireo-migrun2-\(getpid())"
         _ = system("rm -rf \(dir)"); mkdir(dir, 0o700)
@@ -106,15 +134,23 @@ struct MigrationRunTests {
         }
         func le32(_ v: UInt32) -> [UInt8] { (0..<4).map { UInt8(truncatingIfNeeded: v >> (8 * UInt32($0))) } }
         func le64(_ v: UInt64) -> [UInt8] { (0..<8).map { UInt8(truncatingIfNeeded: v >> (8 * UInt64($0))) } }
-        let hello = Array("VIREOMIG".utf8) + le32(1) + le32(1) + le64(0) + le64(64 << 20)
+        // Version 2: flags, token, regions, disks.
+        let head = Array("VIREOMIG".utf8) + le32(2)
+        let hello = head + le32(0) + le32(0) + le32(1) + le64(0) + le64(64 << 20) + le32(0)
         let cases: [([UInt8], String)] = [
             (Array("GET / HTTP/1.0\r\n\r\n".utf8), "not a Vireo VMM"),
-            (Array("VIREOMIG".utf8) + le32(99) + le32(1), "stream version 99"),
-            (Array("VIREOMIG".utf8) + le32(1) + le32(1000), "memory regions"),
-            (Array("VIREOMIG".utf8) + le32(1) + le32(1) + le64(0) + le64(1 << 62), "memory"),
+            (Array("VIREOMIG".utf8) + le32(99) + le32(0) + le32(0), "stream version 99"),
+            (head + le32(0) + le32(0) + le32(1000), "memory regions"),
+            (head + le32(0) + le32(0) + le32(1) + le64(0) + le64(1 << 62) + le32(0), "memory"),
+            (head + le32(8) + le32(0), "unknown options"),
+            (head + le32(0) + le32(100_000), "a token of 100000 bytes"),
+            (head + le32(0) + le32(0) + le32(1) + le64(0) + le64(64 << 20) + le32(1000), "1000 disks"),
+            (head + le32(0) + le32(0) + le32(1) + le64(0) + le64(64 << 20) + le32(1) + le64(1 << 20), "disk sizes without a storage copy"),
+            (head + le32(1) + le32(0) + le32(1) + le64(0) + le64(64 << 20) + le32(1) + le64(1 << 20), "this VMM was given none to receive them"),
             (hello + [1] + le64(64 << 20) + le32(1), "outside guest RAM"),
             (hello + [1] + le64(0) + le32(100_000), "page message"),
             (hello + [2] + le64(4096 * 3 + 1) + le32(1), "zero-page message"),
+            (hello + [7] + le32(0) + le64(0) + le32(512), "outside the disks received"),
             (hello + [3] + le32(30) + [UInt8](repeating: 0, count: 30), "snapshot"),
             (hello + [9], "unknown message kind 9"),
             (hello + [1] + le64(0) + le32(1) + [1, 2, 3], "closed the migration connection"),

@@ -1,4 +1,6 @@
+import DiskImage
 import GuestMemory
+import VireoConfig
 import VireoSupport
 #if canImport(Glibc)
 import Glibc
@@ -10,7 +12,7 @@ import Glibc
 /// Everything the stream says is checked before it is used; bad input ends the migration with
 /// one line, and the source's VM runs on.
 public final class IncomingMigration: @unchecked Sendable {
-    public let source: RestoreSource
+    public var source: RestoreSource
     let channel: MigrationChannel
     /// Bytes of RAM received, and in how long (for the report).
     public let pagesReceived: UInt64
@@ -21,36 +23,52 @@ public final class IncomingMigration: @unchecked Sendable {
     }
 
     /// Listens on `address`, accepts the source and receives everything up to the state.
-    public static func receive(on address: MigrationAddress) throws -> IncomingMigration {
+    /// `token`: what the source must present (the daemon's per-migration token; nil accepts any).
+    /// `disks`: this side's disks, in the VM's order, for a storage migration (the source's
+    /// disk contents are written into them; each must have the source disk's virtual size).
+    public static func receive(on address: MigrationAddress, token: [UInt8]? = nil, disks: [VirtioConfig.Disk] = []) throws -> IncomingMigration {
         let channel = try address.acceptOne()
         channel.setReceiveTimeout(seconds: 120)
-        let hello = try channel.receive(16)
-        guard Array(hello[0..<8]) == MigrationWire.magic else {
-            throw VireoError(.corrupt, "incoming migration: the peer is not a Vireo VMM sending a migration stream")
+        let hello = try MigrationWire.Hello.receive(channel)
+        if let token, !constantTimeEqual(token, hello.token) {
+            throw VireoError(.permissionDenied, "incoming migration: the source did not present this migration's token; nothing was received",
+                             hint: "the source's daemon passes the token the destination's daemon made for this migration")
         }
-        let version = MigrationChannel.u32(hello, 8)
-        guard version == MigrationWire.version else {
-            throw VireoError(.unsupported, "incoming migration: stream version \(version); this vireo reads version \(MigrationWire.version)",
-                             hint: "migrate between VMMs of the same release")
-        }
-        let count = MigrationChannel.u32(hello, 12)
-        guard count >= 1, count <= MigrationWire.maxRegions else { throw VireoError(.corrupt, "incoming migration: \(count) memory regions") }
         var layout: [(base: UInt64, size: UInt64)] = []
         var total: UInt64 = 0
-        for _ in 0..<count {
-            let b = try channel.receive(16)
-            let base = MigrationChannel.u64(b, 0), size = MigrationChannel.u64(b, 8)
-            let (sum, o) = total.addingReportingOverflow(size)
+        for r in hello.regions {
+            let (sum, o) = total.addingReportingOverflow(r.size)
             guard !o else { throw VireoError(.corrupt, "incoming migration: memory sizes overflow") }
             total = sum
-            layout.append((base, size))
+            layout.append((r.base, r.size))
         }
         try Machine.validateMemorySize(total)
+        let targets = try hello.storageCopy ? openTargets(disks, sizes: hello.diskSizes) : []
+        defer { for t in targets { try? t.close() } }
         let memory = try GuestMemory(layout: layout, options: GuestMemory.Options(hugepages: true))
         var pages: UInt64 = 0, zeros: UInt64 = 0
+        var diskBuffer: [UInt8] = []
         while true {
             let kind = try channel.receiveU8()
             switch MigrationWire.Kind(rawValue: kind) {
+            case .disk?:
+                let h = try channel.receive(16)
+                let (disk, offset, n) = (MigrationChannel.u32(h, 0), MigrationChannel.u64(h, 4), MigrationChannel.u32(h, 12))
+                guard Int(disk) < targets.count, n >= 1, n <= MigrationWire.maxDiskBytes, offset % 512 == 0,
+                      offset <= targets[Int(disk)].virtualSize, UInt64(n) <= targets[Int(disk)].virtualSize - offset else {
+                    throw VireoError(.corrupt, "incoming migration: disk bytes for disk \(disk) at \(offset)+\(n) lie outside the disks received")
+                }
+                if diskBuffer.count < Int(n) { diskBuffer = [UInt8](repeating: 0, count: Int(MigrationWire.maxDiskBytes)) }
+                try diskBuffer.withUnsafeMutableBytes { try channel.receive(into: UnsafeMutableRawBufferPointer(rebasing: $0[0..<Int(n)])) }
+                try diskBuffer.withUnsafeBytes { try targets[Int(disk)].write(UnsafeRawBufferPointer(rebasing: $0[0..<Int(n)]), at: offset) }
+            case .diskZeros?:
+                let h = try channel.receive(20)
+                let (disk, offset, n) = (MigrationChannel.u32(h, 0), MigrationChannel.u64(h, 4), MigrationChannel.u64(h, 12))
+                guard Int(disk) < targets.count, n >= 1, offset % 512 == 0,
+                      offset <= targets[Int(disk)].virtualSize, n <= targets[Int(disk)].virtualSize - offset else {
+                    throw VireoError(.corrupt, "incoming migration: a zero range for disk \(disk) at \(offset)+\(n) lies outside the disks received")
+                }
+                try targets[Int(disk)].writeZeroes(offset: offset, length: n)
             case .pages?:
                 let h = try channel.receive(12)
                 let address = MigrationChannel.u64(h, 0), n = MigrationChannel.u32(h, 8)
@@ -81,6 +99,7 @@ public final class IncomingMigration: @unchecked Sendable {
                 guard snapshot.memory.map({ [$0.guestBase, $0.size] }) == layout.map({ [$0.base, $0.size] }) else {
                     throw VireoError(.corrupt, "incoming migration: the machine state's memory layout is not the RAM sent")
                 }
+                for t in targets { try t.flush() }
                 var source = RestoreSource(snapshot: snapshot, memoryPath: "")
                 source.receivedMemory = memory
                 source.revertsDisks = false
@@ -89,6 +108,39 @@ public final class IncomingMigration: @unchecked Sendable {
                 throw VireoError(.corrupt, "incoming migration: unknown message kind \(kind)")
             }
         }
+    }
+
+    /// Opens this side's disks to receive a storage migration: one per source disk, each of the
+    /// source disk's virtual size, written through the DiskImage library (qcow2 or raw).
+    static func openTargets(_ disks: [VirtioConfig.Disk], sizes: [UInt64]) throws -> [any BlockImage] {
+        guard !disks.isEmpty || sizes.isEmpty else {
+            throw VireoError(.invalidArgument, "incoming migration: the source copies \(sizes.count) disk(s), and this VMM was given none to receive them",
+                             hint: "start the destination with --config naming disks of its own (the daemon does so for vireo vm migrate --storage copy)")
+        }
+        guard disks.count == sizes.count else {
+            throw VireoError(.invalidArgument, "incoming migration: the source copies \(sizes.count) disk(s); this VMM's configuration has \(disks.count)")
+        }
+        var out: [any BlockImage] = []
+        do {
+            for (d, size) in zip(disks, sizes) {
+                let format = d.format.flatMap { DiskImageFormat(name: $0.rawValue) }
+                guard format == .qcow2 || format == .raw else {
+                    throw VireoError(.invalidArgument, "incoming migration: disk \(d.path) must be declared qcow2 or raw to receive a copy")
+                }
+                var o = OpenOptions(readOnly: false)
+                o.locking = true
+                let image = try DiskImage.open(path: d.path, format: format, readOnly: false, options: o)
+                out.append(image)
+                guard image.virtualSize & ~511 == size else {
+                    throw VireoError(.invalidArgument, "incoming migration: disk \(d.path) holds \(image.virtualSize) bytes; the source's disk holds \(size)",
+                                     hint: "create the destination's disk with the source disk's virtual size")
+                }
+            }
+        } catch {
+            for i in out { try? i.close() }
+            throw error
+        }
+        return out
     }
 
     /// Tells the source the machine is restored (`error` nil) or why it could not be.
@@ -110,4 +162,12 @@ public final class IncomingMigration: @unchecked Sendable {
     public func confirmRunning() {
         try? channel.send([MigrationWire.Kind.running.rawValue])
     }
+}
+
+/// Compares two byte strings in time that depends on their lengths only (tokens).
+func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+    guard a.count == b.count else { return false }
+    var d: UInt8 = 0
+    for i in a.indices { d |= a[i] ^ b[i] }
+    return d == 0
 }

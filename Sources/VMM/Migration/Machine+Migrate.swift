@@ -19,6 +19,11 @@ public final class MigrationStatus: Sendable {
         public var bytesSent: UInt64 = 0
         public var pagesSent: UInt64 = 0
         public var zeroPages: UInt64 = 0
+        /// Storage migration: whether the disks go too, and the disk bytes sent so far.
+        public var storageCopy = false
+        public var diskBytesSent: UInt64 = 0
+        /// Disk bytes written by the guest and not sent yet (end of the last round).
+        public var dirtyDiskBytes: UInt64 = 0
         /// Pages dirty at the end of the last round (what the next round must send).
         public var dirtyPages: UInt64 = 0
         public var dirtyBytesPerSecond: UInt64 = 0
@@ -50,15 +55,24 @@ extension Machine {
     /// machine's state go over, the disks' write locks are handed over, and once the destination
     /// has restored the machine it is told to run, and this VMM ends (`.migrated`).
     /// Any failure before that hand-over leaves this VM running as it was.
-    public func startMigration(to address: MigrationAddress, downtimeMs: UInt64, maxBandwidth: UInt64 = 0) throws {
+    /// With `storageCopy` the disks' contents go too (docs/migration.md, storage migration);
+    /// `token` is what the destination was told to expect (`--incoming-token-file`).
+    public func startMigration(to address: MigrationAddress, downtimeMs: UInt64, maxBandwidth: UInt64 = 0,
+                               storageCopy: Bool = false, token: [UInt8] = []) throws {
         guard !migration.isActive else { throw VireoError(.conflict, "a migration is already running; migrate-status follows it, migrate-cancel stops it") }
         _ = try snapshotBoot()
+        guard token.count <= Int(MigrationWire.maxToken) else { throw VireoError(.invalidArgument, "the migration token is longer than \(MigrationWire.maxToken) bytes") }
+        guard openDisks.count <= Int(MigrationWire.maxDisks) else { throw VireoError(.unsupported, "more than \(MigrationWire.maxDisks) disks to migrate") }
         migration.cancelRequested.store(false, ordering: .releasing)
-        migration.update { $0 = MigrationStatus.State(); $0.phase = "setup"; $0.destination = address.description; $0.downtimeTargetMs = downtimeMs }
+        migration.update {
+            $0 = MigrationStatus.State(); $0.phase = "setup"; $0.destination = address.description; $0.downtimeTargetMs = downtimeMs
+            $0.storageCopy = storageCopy
+        }
         let started = monotonicNanos()
         let thread = try HostThread(name: "migrate") { [self] in
             do {
-                try runMigration(to: address, downtimeNanos: downtimeMs &* 1_000_000, maxBandwidth: maxBandwidth, started: started)
+                try runMigration(to: address, downtimeNanos: downtimeMs &* 1_000_000, maxBandwidth: maxBandwidth,
+                                 storageCopy: storageCopy, token: token, started: started)
             } catch {
                 let cancelled = migration.cancelRequested.load(ordering: .acquiring)
                 migration.update {
@@ -72,13 +86,15 @@ extension Machine {
         resources.append(thread)
     }
 
-    private func runMigration(to address: MigrationAddress, downtimeNanos: UInt64, maxBandwidth: UInt64, started: UInt64) throws {
+    private func runMigration(to address: MigrationAddress, downtimeNanos: UInt64, maxBandwidth: UInt64,
+                              storageCopy: Bool, token: [UInt8], started: UInt64) throws {
         let boot = try snapshotBoot()
         let channel = try address.connect()
         channel.bytesPerSecondLimit = maxBandwidth
-        var hello = MigrationWire.magic + MigrationChannel.le32(MigrationWire.version) + MigrationChannel.le32(UInt32(memory.regions.count))
-        for r in memory.regions { hello += MigrationChannel.le64(r.guestBase) + MigrationChannel.le64(r.size) }
-        try channel.send(hello)
+        let hello = MigrationWire.Hello(storageCopy: storageCopy, token: token,
+                                        regions: memory.regions.map { .init(base: $0.guestBase, size: $0.size) },
+                                        diskSizes: storageCopy ? openDisks.map { $0.backend.size } : [])
+        try channel.send(hello.encode())
 
         // Dirty tracking: KVM's log for the guest's writes, the memory's own log for the VMM's.
         let log: DirtyLog
@@ -95,43 +111,54 @@ extension Machine {
             throw VireoError(.unsupported, "live migration needs KVM's dirty-page log, which failed: \(error)")
         }
         defer {
+            stopDiskTracking()
             memory.stopVMMWriteLog()
             activeMemory?.suspended.store(false, ordering: .releasing)
             if dirtyLog == nil { try? Machine.setDirtyLogging(memory, in: vm, false) }
         }
         migration.update { $0.phase = "precopy" }
 
-        // Round 0: every page the guest has (never-touched pages are zero on both sides).
+        // Round 0: the disks whole (storage copy), then every page the guest has (never-touched
+        // pages are zero on both sides).
         var t = monotonicNanos()
         var sentBefore = channel.bytesSent
+        if storageCopy {
+            startDiskTracking()
+            try sendDisksWhole(channel)
+        }
         try sendResident(channel)
         var bandwidth = Self.rate(bytes: channel.bytesSent - sentBefore, since: t)
         var pending = try fetchDirty(log)
+        var pendingDisk = storageCopy ? takeDiskDirty() : []
         var round = 1
         var history: [UInt64] = []
         while true {
             let dirty = Self.count(pending)
-            let dirtyRate = Self.rate(bytes: dirty &* MigrationWire.pageSize, since: t)
-            let expected = dirty &* MigrationWire.pageSize &* 1_000_000_000 / max(bandwidth, 1)
+            let diskBytes = Self.dirtyDiskBytes(pendingDisk)
+            let dirtyRate = Self.rate(bytes: dirty &* MigrationWire.pageSize &+ diskBytes, since: t)
+            let expected = (dirty &* MigrationWire.pageSize &+ diskBytes) &* 1_000_000_000 / max(bandwidth, 1)
             migration.update {
-                $0.round = round; $0.dirtyPages = dirty; $0.bandwidthBytesPerSecond = bandwidth
+                $0.round = round; $0.dirtyPages = dirty; $0.dirtyDiskBytes = diskBytes; $0.bandwidthBytesPerSecond = bandwidth
                 $0.dirtyBytesPerSecond = dirtyRate; $0.expectedDowntimeMs = expected / 1_000_000; $0.bytesSent = channel.bytesSent
             }
             if expected <= downtimeNanos { break }
             if migration.cancelRequested.load(ordering: .acquiring) { throw VireoError(.conflict, "migration cancelled; the VM runs on here") }
             // No progress over the last three rounds: the guest dirties memory as fast as the link
             // carries it, and more rounds will not change that.
-            let stuck = history.count >= 4 && dirty >= (history.suffix(3).min() ?? 0)
-            history.append(dirty)
+            let left = dirty &* MigrationWire.pageSize &+ diskBytes
+            let stuck = history.count >= 4 && left >= (history.suffix(3).min() ?? 0)
+            history.append(left)
             guard round < Self.maxMigrationRounds, !stuck else {
                 throw VireoError(.unsupported, "the migration did not converge in \(round) rounds: the guest dirties \(ByteSize.format(dirtyRate))/s and the link carries \(ByteSize.format(bandwidth))/s, so the last pages would take \(expected / 1_000_000) ms, more than the \(downtimeNanos / 1_000_000) ms allowed; the VM runs on here",
                                  hint: "allow a longer pause (migrate ADDRESS downtime-ms=N), a faster link (max-bandwidth-mib=N), or migrate when the guest is quieter")
             }
             t = monotonicNanos()
             sentBefore = channel.bytesSent
+            if storageCopy { try sendDirtyDisks(pendingDisk, channel) }
             try sendPages(pending, channel)
             bandwidth = (bandwidth + Self.rate(bytes: channel.bytesSent - sentBefore, since: t)) / 2
             pending = try fetchDirty(log)
+            if storageCopy { pendingDisk = takeDiskDirty() }
             round += 1
         }
 
@@ -153,8 +180,16 @@ extension Machine {
             for slot in virtioWiring?.slots ?? [] {
                 for range in slot.transport.activeRingRanges() { Self.mark(&last, range.address, range.length, in: memory) }
             }
-            try sendPages(last, channel)
+            try sendPages(last, channel, cancellable: false)
             for d in openDisks { try d.backend.flush() }
+            if storageCopy {
+                // The guest's last writes: what the rounds left, and what came since.
+                var disk = takeDiskDirty()
+                for (i, words) in pendingDisk.enumerated() where i < disk.count {
+                    for w in words.indices where w < disk[i].count { disk[i][w] |= words[w] }
+                }
+                try sendDirtyDisks(disk, channel)
+            }
             let snapshot = try captureState(boot: boot, disks: [])
             let bytes = try SnapshotFile.encode(snapshot)
             try channel.send([MigrationWire.Kind.state.rawValue] + MigrationChannel.le32(UInt32(bytes.count)))
@@ -298,7 +333,8 @@ extension Machine {
 
     /// Sends every page whose bit is set: runs of non-zero pages as data, runs of zero pages as
     /// markers (or not at all when `zeroMarkers` is false: the destination holds zeroes there).
-    private func sendPages(_ bits: [[UInt64]], _ channel: MigrationChannel, zeroMarkers: Bool = true) throws {
+    /// `cancellable`: a cancel stops it between messages (pre-copy; never in stop-and-copy).
+    private func sendPages(_ bits: [[UInt64]], _ channel: MigrationChannel, zeroMarkers: Bool = true, cancellable: Bool = true) throws {
         for (i, region) in memory.regions.enumerated() where i < bits.count && !bits[i].isEmpty {
             let pages = Int(region.size / MigrationWire.pageSize)
             var p = 0
@@ -326,6 +362,9 @@ extension Machine {
                     // SAFETY: pages [p, q) lie inside the region's mapping.
                     try channel.send(UnsafeRawBufferPointer(start: region.host + p * Int(MigrationWire.pageSize), count: n * Int(MigrationWire.pageSize)))
                     migration.update { $0.pagesSent &+= UInt64(n); $0.bytesSent = channel.bytesSent }
+                    if cancellable && migration.cancelRequested.load(ordering: .acquiring) {
+                        throw VireoError(.conflict, "migration cancelled; the VM runs on here")
+                    }
                 }
                 p = q
             }

@@ -7,10 +7,14 @@ import Glibc
 /// The live-migration stream between two VMMs (docs/migration.md). Everything is little-endian.
 ///
 ///     source -> destination
-///       hello:  "VIREOMIG", u32 version, u32 region count, (u64 base, u64 size) per region
+///       hello:  "VIREOMIG", u32 version, u32 flags (bit 0: storage copy), u32 token length,
+///               the token, u32 region count, (u64 base, u64 size) per region,
+///               u32 disk count, u64 virtual size per disk (storage copy; else 0 disks)
 ///       then messages, each a one-byte kind:
 ///       pages:  u64 guest address, u32 count, count * 4096 bytes
 ///       zeros:  u64 guest address, u32 count           (pages that are zero now)
+///       disk:   u32 disk, u64 offset, u32 length, the bytes   (storage copy)
+///       diskz:  u32 disk, u64 offset, u64 length        (a disk range that reads zero now)
 ///       state:  u32 length, a state.vsnap (the snapshot envelope and body)
 ///       go:     (nothing)                               (the destination may run the guest)
 ///     destination -> source
@@ -18,18 +22,77 @@ import Glibc
 ///       running:(nothing)
 ///
 /// The destination checks every field before it uses it: addresses and counts inside one RAM
-/// region (checked arithmetic), lengths bounded, the state through `SnapshotFile.decode`.
+/// region or one disk (checked arithmetic), lengths bounded, the token, the state through
+/// `SnapshotFile.decode`.
 enum MigrationWire {
     static let magic = Array("VIREOMIG".utf8)
-    static let version: UInt32 = 1
+    static let version: UInt32 = 2
     static let pageSize: UInt64 = 4096
     /// Pages in one message at most (1 MiB).
     static let maxPagesPerMessage: UInt32 = 256
     static let maxRegions: UInt32 = 8
     static let maxReadyText: UInt32 = 4096
+    static let maxToken: UInt32 = 256
+    static let maxDisks: UInt32 = 64
+    /// Disk bytes in one message at most.
+    static let maxDiskBytes: UInt32 = 1 << 20
+    static let flagStorageCopy: UInt32 = 1
 
     enum Kind: UInt8 {
-        case pages = 1, zeros = 2, state = 3, go = 4, ready = 5, running = 6
+        case pages = 1, zeros = 2, state = 3, go = 4, ready = 5, running = 6, disk = 7, diskZeros = 8
+    }
+
+    /// The first message of a migration.
+    struct Hello: Equatable {
+        var storageCopy = false
+        var token: [UInt8] = []
+        var regions: [Region] = []
+        /// Each disk's virtual size, in the VM's disk order (storage copy only).
+        var diskSizes: [UInt64] = []
+
+        struct Region: Equatable { var base: UInt64; var size: UInt64 }
+
+        func encode() -> [UInt8] {
+            var b = MigrationWire.magic + MigrationChannel.le32(MigrationWire.version)
+            b += MigrationChannel.le32(storageCopy ? MigrationWire.flagStorageCopy : 0)
+            b += MigrationChannel.le32(UInt32(token.count)) + token
+            b += MigrationChannel.le32(UInt32(regions.count))
+            for r in regions { b += MigrationChannel.le64(r.base) + MigrationChannel.le64(r.size) }
+            b += MigrationChannel.le32(UInt32(diskSizes.count))
+            for d in diskSizes { b += MigrationChannel.le64(d) }
+            return b
+        }
+
+        /// Reads and checks a hello (the destination side).
+        static func receive(_ channel: MigrationChannel) throws -> Hello {
+            guard try channel.receive(8) == MigrationWire.magic else {
+                throw VireoError(.corrupt, "incoming migration: the peer is not a Vireo VMM sending a migration stream")
+            }
+            let head = [UInt8](repeating: 0, count: 8) + (try channel.receive(12))
+            let version = MigrationChannel.u32(head, 8)
+            guard version == MigrationWire.version else {
+                throw VireoError(.unsupported, "incoming migration: stream version \(version); this vireo reads version \(MigrationWire.version)",
+                                 hint: "migrate between VMMs of the same release")
+            }
+            var h = Hello()
+            let flags = MigrationChannel.u32(head, 12)
+            guard flags & ~MigrationWire.flagStorageCopy == 0 else { throw VireoError(.unsupported, "incoming migration: unknown options 0x\(String(flags, radix: 16))") }
+            h.storageCopy = flags & MigrationWire.flagStorageCopy != 0
+            let tokenLength = MigrationChannel.u32(head, 16)
+            guard tokenLength <= MigrationWire.maxToken else { throw VireoError(.corrupt, "incoming migration: a token of \(tokenLength) bytes") }
+            h.token = try channel.receive(Int(tokenLength))
+            let count = try channel.receiveU32()
+            guard count >= 1, count <= MigrationWire.maxRegions else { throw VireoError(.corrupt, "incoming migration: \(count) memory regions") }
+            for _ in 0..<count {
+                let b = try channel.receive(16)
+                h.regions.append(Region(base: MigrationChannel.u64(b, 0), size: MigrationChannel.u64(b, 8)))
+            }
+            let disks = try channel.receiveU32()
+            guard disks <= MigrationWire.maxDisks else { throw VireoError(.corrupt, "incoming migration: \(disks) disks") }
+            for _ in 0..<disks { h.diskSizes.append(try channel.receiveU64()) }
+            guard h.storageCopy || h.diskSizes.isEmpty else { throw VireoError(.corrupt, "incoming migration: disk sizes without a storage copy") }
+            return h
+        }
     }
 }
 
@@ -65,8 +128,20 @@ public enum MigrationAddress: Sendable, Equatable, CustomStringConvertible {
         }
     }
 
-    /// Connects (the source side).
+    /// Connects (the source side). A destination that is not listening yet (refused, or its
+    /// socket file not there) is tried again for up to `timeoutSeconds`: its VMM may still be
+    /// starting.
     func connect(timeoutSeconds: Int = 10) throws -> MigrationChannel {
+        let deadline = monotonicNanos() &+ UInt64(timeoutSeconds) &* 1_000_000_000
+        while true {
+            do { return try connectOnce() } catch let e as VireoError where e.errno == ECONNREFUSED || e.errno == ENOENT {
+                guard monotonicNanos() < deadline else { throw e }
+                usleep(50_000)
+            }
+        }
+    }
+
+    private func connectOnce() throws -> MigrationChannel {
         switch self {
         case let .unix(path):
             let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)

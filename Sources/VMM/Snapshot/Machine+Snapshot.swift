@@ -337,6 +337,9 @@ struct OpenDisk {
     let format: DiskImageFormat
     let readOnly: Bool
     let backend: any BlockBackend
+    /// The write tracker in front of a read-write disk (the device writes through it; a storage
+    /// migration reads what it recorded).
+    var tracker: DirtyTrackingBlockBackend? = nil
 }
 
 extension String {
