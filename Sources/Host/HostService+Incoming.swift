@@ -76,7 +76,7 @@ extension HostService {
                 if let status = exitStatusIfGone(r) {
                     let why = readExitFile(name)?.reason
                         ?? (status > 128 ? "its VMM was stopped by signal \(status - 128) (the source gave the migration up)" : nil)
-                        ?? lastVMMLine(name) ?? "the VMM exited with status \(status)"
+                        ?? lastErrorLine(name) ?? "the VMM exited with status \(status)"
                     try? removeVM(name)
                     event(name, "migration-in-failed", "the VM did not arrive and was removed here: \(why)")
                     return
@@ -135,11 +135,6 @@ extension HostService {
             throw error
         }
         return made
-    }
-
-    private func lastVMMLine(_ name: String) -> String? {
-        guard let text = ProcFS.read(vmmLogPath(name)) else { return nil }
-        return text.split(separator: "\n").last(where: { $0.hasPrefix("vireo: ") }).map { String($0.dropFirst(7).prefix(500)) }
     }
 
     static func randomHex(_ bytes: Int) throws -> String {

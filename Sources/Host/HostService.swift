@@ -625,7 +625,7 @@ actor HostService {
 
     /// The last error line (`vireo: WHY`, how `vireo run` reports an error before its machine
     /// runs, when no exit file exists yet) that the VMM this daemon started wrote to vmm.log.
-    private func lastErrorLine(_ name: String) -> String? {
+    func lastErrorLine(_ name: String) -> String? {
         guard let start = logStart[name], let text = ProcFS.read(vmmLogPath(name), from: start) else { return nil }
         guard let line = text.split(separator: "\n").last(where: { $0.hasPrefix("vireo: ") }) else { return nil }
         return String(line.dropFirst(7).prefix(500))

@@ -30,9 +30,7 @@ struct ClientOptions: ParsableArguments {
                 throw VireoError(.invalidArgument, "--connect '\(connect)' is not ADDR:PORT")
             }
             guard let tokenFile else { throw VireoError(.invalidArgument, "--connect needs --token-file FILE (the daemon's bearer token)") }
-            let raw = try OwnedFD.readFile(tokenFile, limit: 4096, what: "token file")
-            let token = String(decoding: raw, as: UTF8.self).split(whereSeparator: { $0 == "\n" || $0 == " " || $0 == "\r" }).first.map(String.init) ?? ""
-            return APIClient(endpoint: .tcp(host: String(connect[..<colon]), port: port), token: token)
+            return APIClient(endpoint: .tcp(host: String(connect[..<colon]), port: port), token: try readToken(tokenFile))
         }
         let env = getenv("VIREO_SOCKET").map { String(cString: $0) }
         return APIClient(socket: socket ?? env ?? APIClient.defaultSocket)
@@ -43,6 +41,12 @@ struct ClientOptions: ParsableArguments {
             throw VireoError(.io, "the daemon's reply is not what this vireo expects (a different version?)")
         }
     }
+}
+
+/// A daemon's bearer token: the first word of its token file.
+func readToken(_ path: String) throws -> String {
+    let raw = try OwnedFD.readFile(path, limit: 4096, what: "token file")
+    return String(decoding: raw, as: UTF8.self).split(whereSeparator: { $0 == "\n" || $0 == " " || $0 == "\r" }).first.map(String.init) ?? ""
 }
 
 extension APIErrorBody {

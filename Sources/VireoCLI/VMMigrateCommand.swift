@@ -63,8 +63,7 @@ struct VMMigrateCommand: ParsableCommand {
             guard let to else { throw ValidationError("give the destination daemon's address: --to ADDR:PORT (its --listen)") }
             guard let tokenFile else { throw ValidationError("give the destination daemon's token: --token-file FILE") }
             guard let mode = MigrationStorage(rawValue: storage) else { throw ValidationError("--storage \(storage): give copy or shared") }
-            let raw = try OwnedFD.readFile(tokenFile, limit: 4096, what: "token file")
-            let token = String(decoding: raw, as: UTF8.self).split(whereSeparator: { $0 == "\n" || $0 == " " || $0 == "\r" }).first.map(String.init) ?? ""
+            let token = try readToken(tokenFile)
             let downtime = try maxDowntime.map(Self.parseMilliseconds)
             let request = MigrateRequest(to: to, token: token, storage: mode, maxDowntimeMs: downtime, maxBandwidthMiB: maxBandwidth)
             var info = try client.call("POST", "/v1/vms/\(pathSafe(name))/migrate", body: APIJSON.encode(request), as: MigrationInfo.self)
