@@ -30,7 +30,9 @@ config_extra = {
     "hugepages": {"type": "boolean", "description": "guest RAM on transparent huge pages (default: on for a kernel)"},
     "balloon_stats": {"type": "boolean", "description": "the balloon's statistics queue (default on)"},
     "balloon_deflate_on_oom": {"type": "boolean"}, "balloon_free_page_reporting": {"type": "boolean"},
-    "virtio_console": {"type": "boolean", "description": "a virtio console (hvc0), its output in the VM's hvc0.log"}}
+    "virtio_console": {"type": "boolean", "description": "a virtio console (hvc0), its output in the VM's hvc0.log"},
+    "generation_id": {"type": "string", "pattern": "^[0-9a-fA-F-]{32,36}$",
+                      "description": "the VM generation ID (ACPI vmgenid, 16 bytes as 32 hex digits); new on clone and revert; chosen when left out"}}
 doc = {
   "openapi": "3.0.3",
   "info": {"title": "Vireo host API", "version": "0.1.0",
@@ -122,6 +124,12 @@ doc = {
         "summary": "Save the VM's state to disk and end its VMM (host memory freed); start resumes it where it was",
         "responses": {"200": ok("the VM, stopped and suspended", ref("VM")), "404": err("no such VM"),
                       "409": err("the VM is not running, or has devices whose state is not saved yet"), "500": err("the VMM did not answer"), **unauth}}},
+    "/v1/vms/{name}/clone": {"post": {"operationId": "cloneVM", "parameters": [name_param],
+        "summary": "A new VM from this one: from a snapshot it runs on from the snapshot's state on overlays of its disks; without, the stopped VM's disks are copied. New MACs, vsock CID and generation ID",
+        "requestBody": {"required": True, "content": {"application/json": {"schema": ref("VMClone")}}},
+        "responses": {"201": ok("the clone (started if start was true)", ref("VM")), "400": err("malformed body or invalid name"),
+                      "404": err("no such VM or snapshot"), "409": err("the name is taken, the VM is not stopped (without a snapshot), a TAP is in use, or a disk could not be copied"),
+                      "422": err("a TAP per NIC is missing, or the clone failed to start"), "500": err("the VMM did not answer, or a file could not be made"), **unauth}}},
     "/v1/vms/{name}/config": {"get": {"operationId": "getVMConfig", "parameters": [name_param],
         "summary": "The VM's configuration as stored and, while its VMM runs, as the VMM runs it",
         "responses": {"200": ok("stored, running (while a VMM runs) and in_sync", ref("VMConfigReport")), "404": err("no such VM"),
@@ -168,6 +176,11 @@ doc = {
         "vm_state": ref("VMState"), "size_bytes": {"type": "integer", "description": "bytes on disk (state and the guest pages written)"},
         "memory_bytes": {"type": "integer", "description": "the VM's RAM"},
         "disk_snapshot": {"type": "string", "description": "the internal qcow2 snapshot keeping the VM's read-write disks as they were (absent without such disks)"}}},
+    "VMClone": {"type": "object", "required": ["name"], "additionalProperties": False, "properties": {
+        "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,62}$"},
+        "snapshot": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,62}$", "description": "clone the running state saved in this snapshot"},
+        "start": {"type": "boolean", "description": "start the clone once it is made"},
+        "taps": {"type": "array", "items": {"type": "string"}, "description": "a TAP per NIC of the source, in order"}}},
     "SnapshotList": {"type": "object", "required": ["snapshots"], "properties": {"snapshots": {"type": "array", "items": ref("Snapshot")}}},
     "VMConfigReport": {"type": "object", "required": ["stored"], "properties": {
         "stored": {"type": "object", "description": "the VM configuration the daemon stored (the VM body's configuration fields, with config_version)"},

@@ -59,6 +59,10 @@ extension HostService {
             let memory = Int64(Self.jsonField(reply, "memory_bytes").flatMap { Int64($0) } ?? 0)
             let snap = Snapshot(name: c.name, vm: name, createdAt: WallClock.now(), vmState: r.state, sizeBytes: size, memoryBytes: memory,
                                 diskSnapshot: Self.jsonField(reply, "disk_snapshot"))
+            // The configuration the VMM ran, beside its state: a clone starts from it.
+            if let config = try? OwnedFD.readFile(configPath(name), limit: 1 << 20, what: "VM configuration") {
+                try? Self.writeSmallFile(config, to: snapshotConfigPath(name, c.name))
+            }
             try Self.writeMeta(snap, to: dir + "/snapshot.json")
             event(name, "snapshot-created", "\(c.name): \(size) bytes in \(Self.jsonField(reply, "ms") ?? "?") ms")
             return snap
@@ -114,7 +118,15 @@ extension HostService {
             }
             // Stopped, not killed: the VMM closes its disks, so nothing it queued is lost.
             if r.state.hasProcess { try await stopProcess(&r, kill: false) }
-            try launch(&r, restoreFrom: snapshotDir(name, snap))
+            // The guest goes back in time: a new generation ID tells it so (it reseeds its RNG).
+            let previous = r.definition.config.generationID
+            r.definition.config.generationID = VMConfig.newGenerationID()
+            try inventory.update(r)
+            do { try launch(&r, restoreFrom: snapshotDir(name, snap)) } catch {
+                r.definition.config.generationID = previous
+                try? inventory.update(r)
+                throw error
+            }
             r = try await awaitReady(&r)
             if meta.vmState == .paused, r.state == .running,
                let reply = VMMProcess.control(socketPath(name), "pause"), reply.contains(#""ok":true"#) {

@@ -185,6 +185,7 @@ actor HostService {
         }
         def.config.configVersion = VMConfig.currentVersion
         def.config.assignDeviceIDs()
+        if def.config.generationID == nil { def.config.generationID = VMConfig.newGenerationID() }
         if c.template != nil {
             // The clone is made first (validation checks that the disk files exist), removed on failure.
             try makeLinkedClone(vm: c.name, template: c.template ?? "")
@@ -217,6 +218,9 @@ actor HostService {
             if u.memoryMiB != nil { needsRestart.append("memory") }
             if u.cmdline != nil { needsRestart.append("the kernel command line") }
             if u.balloonMiB != nil { needsRestart.append("the balloon device") }
+            if isSuspended(name) && !needsRestart.isEmpty {
+                throw HTTPError.conflict("VM '\(name)' is suspended to disk, and its saved state keeps \(needsRestart.joined(separator: ", ")): start it (`vireo vm start \(name)`) and stop it, then change it")
+            }
             guard !r.state.hasProcess || needsRestart.isEmpty else {
                 throw HTTPError.conflict("VM '\(name)' is \(r.state.rawValue), and its VMM keeps \(needsRestart.joined(separator: ", ")) until it restarts: stop it (`vireo vm stop \(name)`), change it, then start it again" + (u.balloonMiB != nil ? " (`vireo vm balloon \(name) SIZE` sets a running balloon's target)" : ""))
             }
@@ -260,7 +264,7 @@ actor HostService {
                   configPath(name), virtioConsolePath(name), lockPath(name), migrationTokenPath(name)] { unlink(f) }
         if !keepDisks {
             unlink(linkedClonePath(name))
-            for f in Self.directoryEntries(vmDir(name)) where f.hasPrefix("disk-") { unlink(vmDir(name) + "/" + f) }
+            for f in Self.directoryEntries(vmDir(name)) where f.hasPrefix("disk-") || f.hasPrefix("base-") { unlink(vmDir(name) + "/" + f) }
         }
         for snap in Self.directoryEntries(snapshotsDir(name)) { Self.removeTree(snapshotDir(name, snap)) }
         rmdir(snapshotsDir(name))
@@ -421,6 +425,12 @@ actor HostService {
         }
         guard let lock = held else { throw VMMAlreadyRunning() }
         unlink(exitPath(name)); unlink(socketPath(name))
+        if restoreFrom == nil && incoming == nil && r.definition.config.generationID == nil {
+            // A VM defined before generation IDs gets one at its next boot (recorded, so the
+            // stored and the running configuration agree).
+            r.definition.config.generationID = VMConfig.newGenerationID()
+            try inventory.update(r)
+        }
         // The VMM gets the definition's configuration whole, as a file (never rebuilt as flags).
         do { try VMMCommand.writeConfig(r.definition.config, to: configPath(name)) } catch {
             r.state = .failed; r.reason = "\(error)"; r.pid = nil

@@ -49,7 +49,7 @@ public struct Router: Sendable {
         ("POST", "/v1/vms/{name}/pause"), ("POST", "/v1/vms/{name}/resume"), ("POST", "/v1/vms/{name}/reboot"),
         ("GET", "/v1/vms/{name}/console"), ("GET", "/v1/vms/{name}/console/attach"), ("GET", "/v1/vms/{name}/stats"), ("GET", "/v1/vms/{name}/config"),
         ("GET", "/v1/vms/{name}/snapshots"), ("POST", "/v1/vms/{name}/snapshots"), ("DELETE", "/v1/vms/{name}/snapshots/{snapshot}"),
-        ("POST", "/v1/vms/{name}/snapshots/{snapshot}/revert"), ("POST", "/v1/vms/{name}/suspend"),
+        ("POST", "/v1/vms/{name}/snapshots/{snapshot}/revert"), ("POST", "/v1/vms/{name}/suspend"), ("POST", "/v1/vms/{name}/clone"),
         ("GET", "/v1/vms/{name}/balloon"), ("POST", "/v1/vms/{name}/balloon"),
         ("GET", "/v1/templates"), ("POST", "/v1/templates"), ("GET", "/v1/templates/{name}"), ("DELETE", "/v1/templates/{name}"),
     ] + imageRoutes + migrationRoutes
@@ -170,6 +170,9 @@ public struct Router: Sendable {
             case "resume": return .json(200, try await service.resume(name))
             case "reboot": return .json(200, try await service.reboot(name))
             case "suspend": return .json(200, try await service.suspend(name))
+            case "clone":
+                let c = try APIJSON.decodeStrict(VMClone.self, from: req.body, allowed: VMClone.fields)
+                return .json(201, try await service.cloneVM(name, c))
             default: break
             }
         case 5 where parts[0] == "v1" && parts[1] == "vms" && parts[3] == "snapshots":

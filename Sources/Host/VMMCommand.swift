@@ -9,13 +9,14 @@ import Glibc
 /// this run's wiring (where the console log, the control, console and vsock sockets and the exit
 /// file go), none of the VM's description. Nothing the API accepted is rebuilt on the way.
 public enum VMMCommand {
-    /// With `restore`, the VMM restores that snapshot directory (which carries the configuration
-    /// the VM ran when it was taken) instead of booting `configPath`.
+    /// With `restore`, the VMM restores that snapshot directory instead of booting, under the
+    /// configuration in `configPath` (checked against the one the snapshot was taken with: the
+    /// same machine; a clone's own disks, TAPs, MACs, vsock CID and generation ID may differ).
     /// With `incoming`, the VMM waits for a live migration (and runs it under `configPath`).
     public static func arguments(vmmBinary: String, configPath: String, restore: String? = nil, console: String, apiSocket: String, exitFile: String,
                                  consoleSocket: String? = nil, vsockSocket: String? = nil, virtioConsoleLog: String? = nil,
                                  incoming: Incoming? = nil) -> [String] {
-        var argv = [vmmBinary, "run"] + (restore.map { ["--restore", $0] } ?? ["--config", configPath])
+        var argv = [vmmBinary, "run"] + (restore.map { ["--restore", $0] } ?? []) + ["--config", configPath]
             + ["--serial", "file=\(console)", "--api-socket", apiSocket, "--exit-file", exitFile]
         if let incoming { argv += ["--incoming", incoming.address, "--incoming-token-file", incoming.tokenFile] }
         if let consoleSocket { argv += ["--console-socket", consoleSocket] }

@@ -1,8 +1,10 @@
 import CLinux
+import DiskImage
 import KVM
 import Synchronization
 import VireoConfig
 import VireoSupport
+import Virtio
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -177,6 +179,7 @@ public final class ControlServer: @unchecked Sendable {
         if words.first == "snapshot" { return snapshot(words.dropFirst().map(String.init), machine: machine) }
         if words.first == "migrate" { return migrate(words.dropFirst().map(String.init), machine: machine) }
         if words.first == "forget-disk-snapshot" { return forgetDiskSnapshot(words.dropFirst().map(String.init), machine: machine) }
+        if words.first == "export-disk-snapshot" { return exportDiskSnapshot(words.dropFirst().map(String.init), machine: machine) }
         switch command {
         case "config":
             // The configuration this VMM runs, whole (the daemon compares it with what it stored).
@@ -213,7 +216,7 @@ public final class ControlServer: @unchecked Sendable {
             machine.pauseGate.resume()
             return #"{"ok":true,"state":"stopping"}"#
         default:
-            return #"{"ok":false,"error":"unknown command; one of status, config, pause, resume, shutdown, stop, balloon [MIB], snapshot DIR, forget-disk-snapshot TAG, migrate ADDRESS [downtime-ms=N] [storage=copy] [token=T], migrate-status, migrate-cancel"}"#
+            return #"{"ok":false,"error":"unknown command; one of status, config, pause, resume, shutdown, stop, balloon [MIB], snapshot DIR, forget-disk-snapshot TAG, export-disk-snapshot TAG DISK-ID PATH, migrate ADDRESS [downtime-ms=N] [storage=copy] [token=T], migrate-status, migrate-cancel"}"#
         }
     }
 
@@ -318,6 +321,29 @@ public final class ControlServer: @unchecked Sendable {
             return #"{"ok":false,"error":"\#(jsonEscaped("\(error)"))"}"#
         }
         return #"{"ok":true,"disks":\#(n)}"#
+    }
+
+    /// `export-disk-snapshot TAG DISK-ID PATH`: writes read-write disk DISK-ID as it was at its
+    /// internal snapshot TAG (a machine snapshot's) into a new qcow2 image at PATH, with the
+    /// disk's backing file under it. The daemon makes a clone's base this way while the VM runs
+    /// on (the VMM holds the disk; the guest's I/O goes on between the steps).
+    static func exportDiskSnapshot(_ args: [String], machine: Machine) -> String {
+        guard args.count >= 3, args[0].hasPrefix("vireo-") else {
+            return #"{"ok":false,"error":"export-disk-snapshot takes a disk snapshot name (vireo-...), a disk id and a path"}"#
+        }
+        let path = args[2...].joined(separator: " ")
+        guard path.hasPrefix("/") else { return #"{"ok":false,"error":"export-disk-snapshot: give an absolute path"}"# }
+        guard let disk = machine.openDisks.first(where: { $0.id == args[1] }) else {
+            return #"{"ok":false,"error":"this VM has no disk \#(jsonEscaped(args[1]))"}"#
+        }
+        guard let image = (disk.backend as? DiskImageBlockBackend)?.image as? Qcow2Image else {
+            return #"{"ok":false,"error":"disk \#(jsonEscaped(args[1])) is not a qcow2 image, so it holds no internal snapshots"}"#
+        }
+        let t0 = monotonicNanos()
+        do { try image.exportSnapshot(args[0], to: path) } catch {
+            return #"{"ok":false,"error":"\#(jsonEscaped("\(error)"))"}"#
+        }
+        return #"{"ok":true,"path":"\#(jsonEscaped(path))","ms":\#((monotonicNanos() - t0) / 1_000_000)}"#
     }
 
     static func jsonEscaped(_ s: String) -> String {

@@ -65,6 +65,7 @@ extension Machine {
                 throw VireoError(.outOfRange, "the \(blob.label) at \(hex(blob.address)) does not fit in guest memory", hint: "give more --memory")
             }
         }
+        try writeGenerationIDAtBoot()
         for segment in plan.kernelSegments where segment.fileSize > 0 {
             // Guest RAM starts zeroed, so the part past fileSize (bss) needs no writes.
             try memory.load(fromFD: kernelFD.rawValue, offset: segment.fileOffset, count: segment.fileSize,
@@ -148,6 +149,7 @@ extension Machine {
         }
         try setUpLinuxDevices()
         try restoreDevices(source.snapshot.devices)
+        try applyGenerationIDOnRestore(saved: source.savedGenerationID)
     }
 
     /// LVT0 as ExtINT (the PIC's output) and LVT1 as NMI, as firmware leaves them for Linux.

@@ -186,7 +186,7 @@ extension Machine {
             try revertForRestore(image, disk: disk, index: index)
             return (DiskImageBlockBackend(image: image, identifier: disk.id ?? "vireo-disk\(index)"), .qcow2)
         case .raw:
-            if isRestoring && !disk.isReadOnly {
+            if isRestoring && !disk.isReadOnly && !disksTakenAsGiven.contains(disk.id ?? "disk\(index)") {
                 throw VireoError(.corrupt, "snapshot: it holds no contents for the read-write raw disk \(disk.id ?? "disk\(index)")",
                                  hint: "restore with the configuration the snapshot was taken with")
             }
@@ -211,7 +211,7 @@ extension Machine {
     /// On restore, a read-write disk goes back to the internal snapshot the machine snapshot
     /// made of it, so the disk holds what the restored guest's memory expects.
     private func revertForRestore(_ opened: any BlockImage, disk: VirtioConfig.Disk, index: Int) throws {
-        guard isRestoring, !disk.isReadOnly else { return }
+        guard isRestoring, !disk.isReadOnly, !disksTakenAsGiven.contains(disk.id ?? "disk\(index)") else { return }
         guard let image = opened as? Qcow2Image else {
             throw VireoError(.corrupt, "snapshot: disk \(disk.id ?? "disk\(index)") is not a qcow2 image, so it cannot go back to its contents at the snapshot")
         }

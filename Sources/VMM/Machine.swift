@@ -63,6 +63,8 @@ public final class Machine: @unchecked Sendable {
     let restoredDisks: [MachineSnapshot.Disk]
     /// Whether read-write disks revert to the snapshot's contents as they open (a restore, not a migration).
     let isRestoring: Bool
+    /// Disks (by id) a restore takes as they are (a clone's: made from the snapshot's disks).
+    let disksTakenAsGiven: Set<String>
     /// How many unmapped accesses were printed (vCPU threads race on it; it only bounds the output).
     private let reportedUnmapped = Atomic<Int>(0)
 
@@ -101,6 +103,7 @@ public final class Machine: @unchecked Sendable {
         try Machine.validateMemorySize(config.memorySize)
         restoredDisks = restoring?.snapshot.disks ?? []
         isRestoring = restoring?.revertsDisks ?? false
+        disksTakenAsGiven = restoring?.disksTakenAsGiven ?? []
         stop = try StopSignal()
         vm = try kvm.createVM()
         try vm.setTSSAddress(Machine.tssAddress)

@@ -403,6 +403,23 @@ public struct SnapshotCreate: Codable, Sendable, Equatable {
     public static let fields: Set<String> = ["name"]
 }
 
+/// POST /v1/vms/{name}/clone: a new VM from this one. From a snapshot (`snapshot`), the clone
+/// runs on from the snapshot's running state, on disks that are overlays of the snapshot's
+/// disk contents; without one, the VM must be stopped and its read-write disks are copied.
+/// Either way the clone gets its own MAC addresses, vsock CID and VM generation ID.
+public struct VMClone: Codable, Sendable, Equatable {
+    public var name: String
+    public var snapshot: String?
+    /// Start the clone once it is made.
+    public var start: Bool?
+    /// A TAP per NIC of the source, in order (a clone cannot share its source's TAPs).
+    public var taps: [String]?
+    public init(name: String, snapshot: String? = nil, start: Bool? = nil, taps: [String]? = nil) {
+        self.name = name; self.snapshot = snapshot; self.start = start; self.taps = taps
+    }
+    public static let fields: Set<String> = ["name", "snapshot", "start", "taps"]
+}
+
 /// One saved running state of a VM (GET /v1/vms/{name}/snapshots).
 public struct Snapshot: Codable, Sendable, Equatable {
     public var name: String

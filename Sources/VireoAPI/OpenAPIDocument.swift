@@ -1607,6 +1607,105 @@ public enum OpenAPIDocument {
         }
       }
     },
+    "/v1/vms/{name}/clone": {
+      "post": {
+        "operationId": "cloneVM",
+        "parameters": [
+          {
+            "name": "name",
+            "in": "path",
+            "required": true,
+            "schema": {
+              "type": "string",
+              "pattern": "^[a-z0-9][a-z0-9-]{0,62}$"
+            }
+          }
+        ],
+        "summary": "A new VM from this one: from a snapshot it runs on from the snapshot's state on overlays of its disks; without, the stopped VM's disks are copied. New MACs, vsock CID and generation ID",
+        "requestBody": {
+          "required": true,
+          "content": {
+            "application/json": {
+              "schema": {
+                "$ref": "#/components/schemas/VMClone"
+              }
+            }
+          }
+        },
+        "responses": {
+          "201": {
+            "description": "the clone (started if start was true)",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/VM"
+                }
+              }
+            }
+          },
+          "400": {
+            "description": "malformed body or invalid name",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "404": {
+            "description": "no such VM or snapshot",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "409": {
+            "description": "the name is taken, the VM is not stopped (without a snapshot), a TAP is in use, or a disk could not be copied",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "422": {
+            "description": "a TAP per NIC is missing, or the clone failed to start",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "500": {
+            "description": "the VMM did not answer, or a file could not be made",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "401": {
+            "description": "missing or wrong bearer token (TCP listener only)",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          }
+        }
+      }
+    },
     "/v1/vms/{name}/config": {
       "get": {
         "operationId": "getVMConfig",
@@ -2773,6 +2872,35 @@ public enum OpenAPIDocument {
           }
         }
       },
+      "VMClone": {
+        "type": "object",
+        "required": [
+          "name"
+        ],
+        "additionalProperties": false,
+        "properties": {
+          "name": {
+            "type": "string",
+            "pattern": "^[a-z0-9][a-z0-9-]{0,62}$"
+          },
+          "snapshot": {
+            "type": "string",
+            "pattern": "^[a-z0-9][a-z0-9-]{0,62}$",
+            "description": "clone the running state saved in this snapshot"
+          },
+          "start": {
+            "type": "boolean",
+            "description": "start the clone once it is made"
+          },
+          "taps": {
+            "type": "array",
+            "items": {
+              "type": "string"
+            },
+            "description": "a TAP per NIC of the source, in order"
+          }
+        }
+      },
       "SnapshotList": {
         "type": "object",
         "required": [
@@ -3041,6 +3169,11 @@ public enum OpenAPIDocument {
           "virtio_console": {
             "type": "boolean",
             "description": "a virtio console (hvc0), its output in the VM's hvc0.log"
+          },
+          "generation_id": {
+            "type": "string",
+            "pattern": "^[0-9a-fA-F-]{32,36}$",
+            "description": "the VM generation ID (ACPI vmgenid, 16 bytes as 32 hex digits); new on clone and revert; chosen when left out"
           }
         }
       },
@@ -3160,6 +3293,11 @@ public enum OpenAPIDocument {
           "virtio_console": {
             "type": "boolean",
             "description": "a virtio console (hvc0), its output in the VM's hvc0.log"
+          },
+          "generation_id": {
+            "type": "string",
+            "pattern": "^[0-9a-fA-F-]{32,36}$",
+            "description": "the VM generation ID (ACPI vmgenid, 16 bytes as 32 hex digits); new on clone and revert; chosen when left out"
           },
           "vsock_socket": {
             "type": "string",

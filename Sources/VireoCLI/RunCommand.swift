@@ -99,28 +99,20 @@ struct RunCommand: ParsableCommand {
 
     /// The machine to run: the VM configuration (from --config, or built from the flags: one
     /// type either way) in the machine's terms, plus this run's wiring and sampler settings.
-    func makeConfig(incoming: RestoreSource? = nil) throws -> MachineConfig {
+    func makeConfig(restoring: RestoreSource? = nil) throws -> MachineConfig {
         var wiring = MachineConfig.Wiring()
         wiring.serial = try parseSerial(serial)
         wiring.consoleSocket = consoleSocket
-        if let incoming {
+        if let restoring {
+            // A snapshot or a migration brings the machine (under a --config of the caller's own
+            // when one was adopted); only this run's wiring comes from the flags.
             wiring.vsockSocket = vsockSocket
             wiring.virtioConsoleLog = consoleLog
-            var c = try incoming.machineConfig(wiring: wiring)
+            var c = try restoring.machineConfig(wiring: wiring)
             c.consoleSocket = wiring.consoleSocket
             return try applySampler(c)
         }
         let vm: VMConfig
-        if restore != nil, config != nil { throw ValidationError("give either --restore or --config: a snapshot carries its own configuration") }
-        if let restore {
-            let given = descriptionFlagsGiven
-            guard given.isEmpty else { throw ValidationError("--restore \(restore) brings the whole machine; leave out \(given.joined(separator: ", "))") }
-            wiring.vsockSocket = vsockSocket
-            wiring.virtioConsoleLog = consoleLog
-            var c = try RestoreSource.load(restore).machineConfig(wiring: wiring)
-            c.consoleSocket = wiring.consoleSocket
-            return try applySampler(c)
-        }
         if let config {
             let given = descriptionFlagsGiven
             guard given.isEmpty else {
@@ -136,6 +128,18 @@ struct RunCommand: ParsableCommand {
         var config = try MachineConfig(vm: vm, wiring: wiring)
         if let probeImage { config.boot = .probe(.image(path: probeImage)) }
         return try applySampler(config)
+    }
+
+    /// The snapshot `--restore DIR` names, under the `--config FILE` given with it (a clone's
+    /// or a revert's configuration: its own disks, TAPs, MACs, vsock CID, generation ID).
+    func loadRestore(_ dir: String) throws -> RestoreSource {
+        let given = descriptionFlagsGiven
+        guard given.isEmpty else {
+            throw ValidationError("--restore \(dir) brings the whole machine; leave out \(given.joined(separator: ", ")) (a --config of the same machine, with its own disks, TAPs and MACs, may be given)")
+        }
+        var source = try RestoreSource.load(dir)
+        if let config { try source.adoptConfig(try Self.readConfig(config), for: .restore) }
+        return source
     }
 
     /// The active-memory sampler's settings (`--active-memory-window`, `--active-memory-sample`).
@@ -264,17 +268,17 @@ struct RunCommand: ParsableCommand {
                 printError("vireo: waiting for a migration on \(address)")
                 let received = try IncomingMigration.receive(on: address, token: token, disks: local?.disks ?? [])
                 if let local {
-                    do { try received.source.adoptLocalConfig(local) } catch {
+                    do { try received.source.adoptConfig(local, for: .migration) } catch {
                         try? received.ready(error: "\(error)")
                         throw error
                     }
                 }
                 migration = received
             }
-            var config = try makeConfig(incoming: migration?.source)
+            let restoring = try migration?.source ?? restore.map(loadRestore)
+            var config = try makeConfig(restoring: restoring)
             config.consoleEscape = config.serial == .stdio && isatty(0) == 1 && takesConsoleInput(config.boot)
             let probeLog = probeConsole(config)
-            let restoring = try migration?.source ?? restore.map(RestoreSource.load)
             let machine: Machine
             do {
                 machine = try Machine(config: config, onProbePass: { pass in

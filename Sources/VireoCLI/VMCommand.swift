@@ -21,7 +21,7 @@ struct VMCommand: ParsableCommand {
                       VMActionCommand<Pause>.self, VMActionCommand<Resume>.self, VMActionCommand<Reboot>.self,
                       VMBalloonCommand.self, VMDeleteCommand.self, VMConsoleCommand.self, VMLogsCommand.self,
                       VMStatsCommand.self, VMConfigCommand.self, VMSnapshotCommand.self, VMActionCommand<Suspend>.self,
-                      VMMigrateCommand.self])
+                      VMMigrateCommand.self, VMCloneCommand.self])
 }
 
 struct VMCreateCommand: ParsableCommand {

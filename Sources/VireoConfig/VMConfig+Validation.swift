@@ -60,7 +60,44 @@ extension VMConfig {
         if let c = cmdline, c.utf8.count > VMLimits.maxCmdlineBytes || c.contains("\n") || c.contains("\0") {
             throw ConfigProblem("cmdline", "invalid-cmdline", "cmdline must be one line of at most \(VMLimits.maxCmdlineBytes) bytes")
         }
+        if let g = generationID, Self.generationIDBytes(g) == nil {
+            throw ConfigProblem("generation_id", "invalid-generation-id", "generation_id '\(g.prefix(40))' is not 32 hex digits (16 bytes); leave it out and one is chosen")
+        }
         try validateDevices()
+    }
+
+    /// The 16 bytes of a generation ID given as 32 hex digits (dashes allowed, as in a UUID), or nil.
+    public static func generationIDBytes(_ s: String) -> [UInt8]? {
+        let digits = Array(s.utf8.filter { $0 != 45 })
+        guard digits.count == 32, s.utf8.count <= 36 else { return nil }
+        var out: [UInt8] = []
+        out.reserveCapacity(16)
+        func nibble(_ c: UInt8) -> UInt8? {
+            switch c {
+            case 48...57: return c - 48
+            case 65...70: return c - 55
+            case 97...102: return c - 87
+            default: return nil
+            }
+        }
+        var i = 0
+        while i < 32 {
+            guard let hi = nibble(digits[i]), let lo = nibble(digits[i + 1]) else { return nil }
+            out.append(hi << 4 | lo)
+            i += 2
+        }
+        return out
+    }
+
+    /// A new random generation ID (32 lowercase hex digits) from the host's getrandom.
+    public static func newGenerationID() -> String {
+        var g = SystemRandomNumberGenerator()
+        var s = ""
+        for _ in 0..<16 {
+            let b = UInt8.random(in: .min ... .max, using: &g)
+            s += (b < 16 ? "0" : "") + String(b, radix: 16)
+        }
+        return s
     }
 
     private func validateDevices() throws(ConfigProblem) {

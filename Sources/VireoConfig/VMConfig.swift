@@ -40,6 +40,11 @@ public struct VMConfig: Codable, Sendable, Equatable {
     public var vsockCID: Int?
     /// virtio-console (hvc0), besides the serial console.
     public var virtioConsole: Bool?
+    /// The VM generation ID (32 hex digits, 16 bytes) a Linux guest reads through the ACPI
+    /// `vmgenid` device. It changes when the VM is cloned or reverted to a snapshot, so the
+    /// guest reseeds its RNG and knows it is no longer the VM it was. nil: the VMM picks one
+    /// at boot (and records it, so a snapshot carries it).
+    public var generationID: String?
 
     public init(name: String, vcpus: Int = 1, memoryMiB: Int = 512, kernel: String? = nil, initrd: String? = nil,
                 cmdline: String? = nil, probe: String? = nil, disks: [Disk] = [], nics: [NIC] = [],
@@ -70,6 +75,7 @@ public struct VMConfig: Codable, Sendable, Equatable {
         case configVersion = "config_version", name, vcpus, memoryMiB = "memory_mib", kernel, initrd, cmdline, probe, hugepages
         case disks, nics, balloonMiB = "balloon_mib", balloonStats = "balloon_stats", balloonDeflateOnOOM = "balloon_deflate_on_oom"
         case balloonFreePageReporting = "balloon_free_page_reporting", rng, vsockCID = "vsock_cid", virtioConsole = "virtio_console"
+        case generationID = "generation_id"
     }
     /// Every JSON key of a VMConfig.
     public static let fields = Set(CodingKeys.allCases.map(\.rawValue))
@@ -94,6 +100,7 @@ public struct VMConfig: Codable, Sendable, Equatable {
         rng = try c.decodeIfPresent(Bool.self, forKey: .rng)
         vsockCID = try c.decodeIfPresent(Int.self, forKey: .vsockCID)
         virtioConsole = try c.decodeIfPresent(Bool.self, forKey: .virtioConsole)
+        generationID = try c.decodeIfPresent(String.self, forKey: .generationID)
     }
 
     public func encode(to encoder: Encoder) throws { try encode(to: encoder, omitting: []) }
@@ -122,6 +129,7 @@ public struct VMConfig: Codable, Sendable, Equatable {
         try put(rng, .rng)
         try put(vsockCID, .vsockCID)
         try put(virtioConsole, .virtioConsole)
+        try put(generationID, .generationID)
     }
 }
 

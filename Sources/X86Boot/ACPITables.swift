@@ -22,6 +22,12 @@ public enum ACPITables {
     /// The GSI of the Generic Event Device (ACPI0013): an edge on it runs `_EVT`, which
     /// notifies the power button (PNP0C0C), i.e. an ACPI shutdown request.
     public static let powerButtonGSI: UInt32 = 9
+    /// The GSI whose edge tells the guest its VM generation ID changed (the GED's `_EVT`
+    /// notifies \_SB.VGEN, and Linux's vmgenid driver reads the new ID and reseeds its RNG).
+    public static let generationIDGSI: UInt32 = 10
+    /// Where the 16-byte VM generation ID lives in guest memory: in the BIOS area below 1 MiB
+    /// that the e820 map reserves, after the ACPI tables. `\_SB.VGEN.ADDR` names it.
+    public static let generationIDAddress: UInt64 = 0xE_F000
 
     /// The tables for `cpuCount` CPUs (local APIC IDs 0..n-1, IOAPIC ID n), laid out from `address`.
     public static func build(cpuCount: Int, address: UInt64 = X86MemoryLayout.acpiTablesAddress) throws -> [UInt8] {
@@ -132,7 +138,7 @@ public enum ACPITables {
                 + device("PS2K", eisaID: 0x0303_D041, resources: io(0x60, 1) + io(0x64, 1) + irq(1))
                 + device("RTC0", eisaID: 0x000B_D041, resources: io(0x70, 2) + irq(8))
                 + pciRootBridge()
-                + powerButton() + genericEventDevice()
+                + powerButton() + generationIDDevice() + genericEventDevice()
             let scope = [0x10] + pkgLength(1 + 4 + devices.count) + Array("\\_SB_".utf8) + devices   // Scope (\_SB)
             return scope + sleepStateS5()
         }
@@ -153,18 +159,40 @@ public enum ACPITables {
             return [0x5B, 0x82] + pkgLength(body.count) + body
         }
 
-        /// \_SB.GED0: the hardware-reduced Generic Event Device (ACPI0013). Its one interrupt,
-        /// Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive) { powerButtonGSI }, runs
-        /// `_EVT`, which is Notify (\_SB.PWRB, 0x80): the VMM presses the power button by pulsing it.
+        /// \_SB.VGEN: the VM generation ID device (Microsoft's "Virtual Machine Generation ID"
+        /// specification; Linux's vmgenid driver binds to _HID VMGENCTR or _CID VM_GEN_COUNTER).
+        /// `ADDR` is a package of the ID's guest-physical address, low and high 32 bits. A
+        /// Notify (VGEN, 0x80) makes the driver read the ID again; a new one reseeds the RNG.
+        static func generationIDDevice() -> [UInt8] {
+            var body = Array("VGEN".utf8)
+            body += [0x08] + Array("_HID".utf8) + [0x0D] + Array("VMGENCTR".utf8) + [0x00]
+            body += [0x08] + Array("_CID".utf8) + [0x0D] + Array("VM_GEN_COUNTER".utf8) + [0x00]
+            body += [0x08] + Array("_DDN".utf8) + [0x0D] + Array("VM_Gen_Counter".utf8) + [0x00]
+            let elements: [UInt8] = [0x02, 0x0C] + le(UInt32(generationIDAddress)) + [0x00]   // 2 elements: DWordConst, Zero
+            body += [0x08] + Array("ADDR".utf8) + [0x12] + pkgLength(elements.count) + elements
+            return [0x5B, 0x82] + pkgLength(body.count) + body
+        }
+
+        /// \_SB.GED0: the hardware-reduced Generic Event Device (ACPI0013). Two interrupts
+        /// (each its own Extended Interrupt descriptor: Linux takes one GSI per descriptor),
+        /// ResourceConsumer, Edge, ActiveHigh, Exclusive: powerButtonGSI and generationIDGSI.
+        /// Linux runs `_EVT (GSI)`, which notifies \_SB.PWRB (the VMM presses the power button
+        /// by pulsing its GSI) or \_SB.VGEN (the generation ID changed).
         static func genericEventDevice() -> [UInt8] {
             var body = Array("GED0".utf8)
             body += [0x08] + Array("_HID".utf8) + [0x0D] + Array("ACPI0013".utf8) + [0x00]   // String
             body += [0x08] + Array("_UID".utf8) + [0x00]
-            let template: [UInt8] = [0x89] + le(UInt16(6)) + [0x03, 0x01] + le(powerButtonGSI) + [0x79, 0x00]
+            let template: [UInt8] = [0x89] + le(UInt16(6)) + [0x03, 0x01] + le(powerButtonGSI)
+                + [0x89] + le(UInt16(6)) + [0x03, 0x01] + le(generationIDGSI) + [0x79, 0x00]
             let buffer = [0x0A, UInt8(template.count)] + template
             body += [0x08] + Array("_CRS".utf8) + [0x11] + pkgLength(buffer.count) + buffer
-            let notify: [UInt8] = [0x86, 0x5C, 0x2E] + Array("_SB_PWRB".utf8) + [0x0A, 0x80]
-            let method = Array("_EVT".utf8) + [0x01] + notify                              // one argument
+            // If (LEqual (Arg0, gsi)) { Notify (\_SB.NAME, 0x80) }
+            func dispatch(_ gsi: UInt32, _ device: String) -> [UInt8] {
+                let notify: [UInt8] = [0x86, 0x5C, 0x2E] + Array("_SB_".utf8) + Array(device.utf8) + [0x0A, 0x80]
+                let predicate: [UInt8] = [0x93, 0x68, 0x0A, UInt8(truncatingIfNeeded: gsi)]
+                return [0xA0] + pkgLength(predicate.count + notify.count) + predicate + notify
+            }
+            let method = Array("_EVT".utf8) + [0x01] + dispatch(powerButtonGSI, "PWRB") + dispatch(generationIDGSI, "VGEN")
             body += [0x14] + pkgLength(method.count) + method
             return [0x5B, 0x82] + pkgLength(body.count) + body
         }

@@ -84,6 +84,9 @@ struct OpenAPIContractTests {
                       ("POST", "/v1/vms/c1/snapshots", "/v1/vms/{name}/snapshots", #"{"name":"s1"}"#),
                       ("POST", "/v1/vms/c1/snapshots", "/v1/vms/{name}/snapshots", #"{"name":"s1"}"#),       // 409
                       ("GET", "/v1/vms/c1/snapshots", "/v1/vms/{name}/snapshots", nil),
+                      ("POST", "/v1/vms/c1/clone", "/v1/vms/{name}/clone", #"{"name":"c1-clone","snapshot":"s1"}"#),
+                      ("POST", "/v1/vms/c1/clone", "/v1/vms/{name}/clone", #"{"name":"c1-clone","snapshot":"s1"}"#),  // 409: name taken
+                      ("POST", "/v1/vms/c1/clone", "/v1/vms/{name}/clone", #"{"name":"c1-twin"}"#),                     // 409: running
                       ("POST", "/v1/vms/c1/snapshots/s1/revert", "/v1/vms/{name}/snapshots/{snapshot}/revert", nil),
                       ("POST", "/v1/vms/c1/snapshots/zz/revert", "/v1/vms/{name}/snapshots/{snapshot}/revert", nil), // 404
                       ("DELETE", "/v1/vms/c1/snapshots/s1", "/v1/vms/{name}/snapshots/{snapshot}", nil),

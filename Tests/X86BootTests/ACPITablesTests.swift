@@ -104,11 +104,28 @@ struct ACPITablesTests {
         // GED0: _HID "ACPI0013"; Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive) { 9 }.
         #expect(aml.firstRange(of: [0x0D] + Array("ACPI0013".utf8) + [0x00]) != nil)
         #expect(aml.firstRange(of: [0x89, 0x06, 0x00, 0x03, 0x01, 0x09, 0x00, 0x00, 0x00]) != nil)
-        // Method (_EVT, 1) { Notify (\_SB.PWRB, 0x80) }
-        let method: [UInt8] = Array("_EVT".utf8) + [0x01, 0x86, 0x5C, 0x2E] + Array("_SB_PWRB".utf8) + [0x0A, 0x80]
+        // ... and a second descriptor { 10 } for the generation ID (Linux reads one GSI per descriptor).
+        #expect(aml.firstRange(of: [0x89, 0x06, 0x00, 0x03, 0x01, 0x0A, 0x00, 0x00, 0x00]) != nil)
+        // Method (_EVT, 1) { If (LEqual (Arg0, 9)) { Notify (\_SB.PWRB, 0x80) } If (LEqual (Arg0, 10)) { Notify (\_SB.VGEN, 0x80) } }
+        let power: [UInt8] = [0xA0, 0x12, 0x93, 0x68, 0x0A, 0x09, 0x86, 0x5C, 0x2E] + Array("_SB_PWRB".utf8) + [0x0A, 0x80]
+        let vgen: [UInt8] = [0xA0, 0x12, 0x93, 0x68, 0x0A, 0x0A, 0x86, 0x5C, 0x2E] + Array("_SB_VGEN".utf8) + [0x0A, 0x80]
+        let method: [UInt8] = Array("_EVT".utf8) + [0x01] + power + vgen
         let at = try #require(aml.firstRange(of: method))
         #expect(aml[at.lowerBound - 2] == 0x14)                       // MethodOp
         #expect(Int(aml[at.lowerBound - 1]) == method.count + 1)      // its PkgLength
+    }
+
+    @Test func dsdtHasAGenerationIDDevice() throws {
+        let t = try ACPITables.build(cpuCount: 1)
+        let fadt = Array(table(t, at: t.u64(Int(t.u64(24) - base) + 36)))
+        let aml = Array(table(t, at: fadt.u64(140)).dropFirst(36))
+        #expect(aml.firstRange(of: Array("VGEN".utf8) + [0x08] + Array("_HID".utf8) + [0x0D] + Array("VMGENCTR".utf8) + [0x00]) != nil)
+        #expect(aml.firstRange(of: [0x0D] + Array("VM_GEN_COUNTER".utf8) + [0x00]) != nil)
+        // Name (ADDR, Package (2) { 0xEF000, Zero }): the ID's address, low and high halves.
+        #expect(aml.firstRange(of: Array("ADDR".utf8) + [0x12, 0x08, 0x02, 0x0C, 0x00, 0xF0, 0x0E, 0x00, 0x00]) != nil)
+        // The ID sits in the e820-reserved BIOS area, clear of the tables themselves.
+        #expect(ACPITables.generationIDAddress >= X86MemoryLayout.acpiTablesAddress + UInt64(t.count))
+        #expect(ACPITables.generationIDAddress + 16 <= X86MemoryLayout.highMemoryStart)
     }
 
     /// ACPICA's own disassembler (Debian's acpica-tools) must read the DSDT without complaint
@@ -137,7 +154,8 @@ struct ACPITablesTests {
         #expect(p.terminationStatus == 0, "iasl -d failed: \(output)")
         let asl = try String(contentsOf: dir.appendingPathComponent("dsdt.dsl"), encoding: .utf8)
         for needle in ["Device (PWRB)", "EisaId (\"PNP0C0C\")", "Device (GED0)", "\"ACPI0013\"",
-                       "Method (_EVT, 1", "Notify (\\_SB.PWRB, 0x80)", "Name (\\_S5, Package (0x02)",
+                       "Method (_EVT, 1", "Notify (\\_SB.PWRB, 0x80)", "Notify (\\_SB.VGEN, 0x80)",
+                       "Device (VGEN)", "\"VMGENCTR\"", "\"VM_GEN_COUNTER\"", "Name (ADDR, Package (0x02)", "0x000EF000", "Name (\\_S5, Package (0x02)",
                        "Device (COM1)", "Device (PCI0)", "Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, )"] {
             #expect(asl.contains(needle), "the disassembled DSDT lacks \(needle)")
         }

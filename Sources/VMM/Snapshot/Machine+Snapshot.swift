@@ -19,6 +19,13 @@ public struct RestoreSource: Sendable {
     /// Whether read-write disks go back to the internal snapshot the machine snapshot made of
     /// them (a restore), or are taken as they are (a migration: the source's disks, handed over).
     public var revertsDisks = true
+    /// Disks (by id) taken as they are although the machine restores: a clone's, which its
+    /// maker filled from the snapshot's internal disk snapshot (`adoptConfig(_:for: .clone)`).
+    public var disksTakenAsGiven: Set<String> = []
+    /// The VM configuration the snapshot was taken with, when another one was adopted.
+    public var originalConfig: VMConfig? = nil
+    /// The generation ID the snapshot's guest saw (nil: a snapshot from before the device).
+    public var savedGenerationID: String? { (originalConfig ?? snapshot.config)?.generationID }
 
     /// Reads `dir/state.vsnap` (checked: magic, version, length, CRC, layout) and finds
     /// `dir/memory.bin`. Nothing is mapped or run yet.
