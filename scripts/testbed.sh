@@ -21,7 +21,7 @@
 #   --no-vmlinux     leave /guest/vmlinux (53 MB) out of L1 (a little faster boot)
 #   --log FILE       also write L1's console to FILE (default out/testbed/last.log)
 #   --verbose        show L1 kernel messages (no `quiet`, no dmesg -n 1)
-# L1 has: busybox, /dev/kvm, tun/bridge modules loaded, /guest/{vmlinuz,vmlinux,
+# L1 has: busybox, /dev/kvm, tun/bridge/8021q/nftables modules loaded, ip, bridge, nft, dnsmasq, /guest/{vmlinuz,vmlinux,
 # initramfs.cpio.gz,modules.txt}, vireo-l2-initrd (add files to an L2 initramfs).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib-common.sh"
@@ -53,7 +53,7 @@ done
 COMMAND="$*"
 
 ensure_cmds qemu-system-x86_64:qemu-system-x86 cpio:cpio gzip:gzip timeout:coreutils ldd:libc-bin \
-	objcopy:binutils
+	objcopy:binutils ip:iproute2 bridge:iproute2 nft:nftables dnsmasq:dnsmasq-base
 
 # ---- L2 assets ----
 if [[ -z $GUEST ]]; then
@@ -67,13 +67,18 @@ done
 
 kernel_root # KERNEL_DIR KVER KMOD_DIR
 BB_DIR=$(fetch_pkg busybox-static)
-L1_MODULES=(irqbypass kvm kvm-amd tun llc stp bridge)
+# Networks (docs/networks.md): bridges with VLAN filtering, 802.1Q interfaces, nftables NAT.
+L1_MODULES=(irqbypass kvm kvm-amd tun llc stp bridge 8021q nf_tables nft_chain_nat nft_masq nft_ct)
+# The host tools the daemon's networks use, from this host's Debian packages (with their
+# libraries), in /usr/local/bin so they come before busybox's `ip` on L1's PATH.
+L1_NET_TOOLS=(ip bridge nft dnsmasq)
 WORK=$VIREO_ROOT/out/testbed
 mkdir -p "$WORK" "$(dirname "$LOG")"
 
 # ---- base L1 initramfs (cached): busybox, modules, init, helpers ----
 BKEY=$(hash_of "$KVER" "$BB_DIR" "$VIREO_ROOT/guest/l1-init" "$VIREO_ROOT/guest/l1-bin/vireo-l2-initrd" \
-	"$VIREO_ROOT/scripts/testbed.sh" "$VIREO_ROOT/scripts/lib-common.sh" "${L1_MODULES[*]}")
+	"$VIREO_ROOT/scripts/testbed.sh" "$VIREO_ROOT/scripts/lib-common.sh" "${L1_MODULES[*]}" \
+	$(for t in "${L1_NET_TOOLS[@]}"; do readlink -f "$(command -v "$t")"; done))
 BASE=$VIREO_CACHE/l1-base-$BKEY.cpio
 if [[ ! -f $BASE ]]; then
 	log "building L1 base initramfs ($KVER)"
@@ -87,6 +92,7 @@ if [[ ! -f $BASE ]]; then
 	mknod -m 666 "$R/dev/null" c 1 3 2>/dev/null || true
 	echo 'root:x:0:0:root:/root:/bin/sh' >"$R/etc/passwd"
 	echo 'root:x:0:' >"$R/etc/group"
+	for t in "${L1_NET_TOOLS[@]}"; do copy_bin_with_libs "$(readlink -f "$(command -v "$t")")" "$R" "/usr/local/bin/$t"; done
 	CLOSURE=$(mod_closure "${L1_MODULES[@]}")
 	while read -r name path; do
 		cp "$path" "$R/lib/modules/$name.ko"

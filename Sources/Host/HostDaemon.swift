@@ -29,6 +29,8 @@ public enum HostDaemon {
         public var kvmIsPVM = false
         /// Start Linux-kernel VMs even on a PVM host (they are refused there otherwise).
         public var allowEmulatedKernels = false
+        /// Make the `default` network (NAT, DHCP, DNS) at the first start of this data directory.
+        public var defaultNetwork = true
         public init(socketPath: String, dataDir: String, listen: String?, tokenFile: String?, vmmBinary: String) {
             self.socketPath = socketPath; self.dataDir = dataDir; self.listen = listen; self.tokenFile = tokenFile; self.vmmBinary = vmmBinary
         }
@@ -49,6 +51,7 @@ public enum HostDaemon {
             var b: UInt8 = 0
             while read(readEnd, &b, 1) < 0 && errno == EINTR {}
             service.eventHub.stopAll()
+            NetworkHelpers.stopAll()   // dnsmasq ends with the daemon; bridges and TAPs stay for the VMMs
             usleep(300_000)
             if let p = HostDaemon.socketPathC { unlink(p) }
             _exit(0)
@@ -89,6 +92,7 @@ public enum HostDaemon {
         await service.configureAdmission(memoryOvercommit: o.memoryOvercommit)
         await service.configureKernelPolicy(kvmIsPVM: o.kvmIsPVM, allowEmulatedKernels: o.allowEmulatedKernels)
         await service.migrateDefinitions()
+        for line in await service.restoreNetworks(createDefault: o.defaultNetwork) { printLine("vireo host: " + line) }
         await service.adoptAll()
         if let tcp { await service.configureMigrationListener(host: tcp.host) }
 

@@ -100,21 +100,27 @@ extension HostService {
         return try? VMConfig.decode(bytes, source: path)
     }
 
-    /// New TAPs (one per NIC, from the request) and new MAC addresses.
+    /// New TAPs and new MAC addresses: a NIC on a daemon network gets a TAP the daemon makes;
+    /// every other NIC takes one from the request, in order.
     private func retargetNICs(_ config: inout VMConfig, taps: [String], source: String) throws {
-        guard taps.count == config.nics.count else {
-            throw HTTPError.invalid("invalid-nic", config.nics.isEmpty
-                ? "VM '\(source)' has no NICs; leave out taps"
-                : "VM '\(source)' has \(config.nics.count) NIC\(config.nics.count == 1 ? "" : "s") (on \(config.nics.map(\.tap).joined(separator: ", "))); give the clone a TAP of its own for each (`--tap NAME`, in order)")
+        let own = config.nics.indices.filter { config.nics[$0].network == nil }
+        guard taps.count == own.count else {
+            throw HTTPError.invalid("invalid-nic", own.isEmpty
+                ? "VM '\(source)' has no NICs on TAPs of its own; leave out taps"
+                : "VM '\(source)' has \(own.count) NIC\(own.count == 1 ? "" : "s") on TAPs of its own (\(own.map { config.nics[$0].tap }.joined(separator: ", "))); give the clone a TAP for each (`--tap NAME`, in order)")
         }
         let inUse = Set(try inventory.all().flatMap { $0.definition.nics.map(\.tap) })
-        for (i, tap) in taps.enumerated() {
+        for (i, tap) in zip(own, taps) {
             guard !inUse.contains(tap) else {
                 throw HTTPError.conflict("TAP \(tap) is used by another VM here; give the clone a TAP of its own")
             }
             config.nics[i].tap = tap
+        }
+        for i in config.nics.indices {
+            if config.nics[i].network != nil { config.nics[i].tap = "" }
             config.nics[i].mac = Self.newMAC()
         }
+        try assignNetworkTaps(&config)
     }
 
     /// A locally administered unicast MAC (52:56:xx:xx:xx:xx) from the host's getrandom.

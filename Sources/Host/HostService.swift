@@ -48,6 +48,9 @@ actor HostService {
     /// there too. Nil without one: then no VM can migrate here.
     var migrationListenHost: String?
 
+    /// Daemon networks' host side (HostService+Networks.swift), by name.
+    var networks: [String: NetworkRuntime] = [:]
+
     /// Live event subscribers (GET /v1/events?follow=true).
     let eventHub = EventHub()
     /// Images being created or imported (HostService+Images.swift).
@@ -186,6 +189,7 @@ actor HostService {
         def.config.configVersion = VMConfig.currentVersion
         def.config.assignDeviceIDs()
         if def.config.generationID == nil { def.config.generationID = VMConfig.newGenerationID() }
+        try assignNetworkTaps(&def.config)   // NICs on daemon networks get their TAP names (HostService+Networks.swift)
         if c.template != nil {
             // The clone is made first (validation checks that the disk files exist), removed on failure.
             try makeLinkedClone(vm: c.name, template: c.template ?? "")
@@ -454,8 +458,15 @@ actor HostService {
         r.exitStatus = nil
         try inventory.update(r)
         logStart[name] = ProcFS.fileSize(vmmLogPath(name))
+        do { try attachNetworkTaps(r.definition.config) } catch {
+            r.state = .failed; r.reason = "\((error as? HTTPError)?.message ?? "\(error)")"; r.pid = nil
+            try inventory.update(r)
+            event(name, "failed", r.reason ?? "")
+            throw error
+        }
         let pid: pid_t
         do { pid = try VMMProcess.spawn(argv, logPath: vmmLogPath(name), lockFD: lock.fd) } catch {
+            detachNetworkTaps(r.definition.config)
             r.state = .failed; r.reason = "\(error)"; r.pid = nil
             try inventory.update(r)
             event(name, "failed", "cannot start the VMM: \(error)")
@@ -631,6 +642,7 @@ actor HostService {
         r.pidStartTime = nil
         logStart[name] = nil
         unlink(socketPath(name))
+        detachNetworkTaps(r.definition.config)
     }
 
     /// The last error line (`vireo: WHY`, how `vireo run` reports an error before its machine
@@ -655,6 +667,7 @@ actor HostService {
         }
         // Reap children no VM claims any more (cannot normally happen; keeps zombies away).
         for pid in children where VMMProcess.reap(pid) != nil { children.remove(pid) }
+        superviseNetworks()
     }
 
     private func restartIfPolicySays(_ r: inout VMRecord) async {

@@ -69,6 +69,20 @@ final class Inventory: @unchecked Sendable {
         UPDATE events SET subject_kind = 'template' WHERE type LIKE 'template-%';
         CREATE INDEX events_subject ON events (subject, seq);
         """,
+        // 5: networks (their create request as JSON), and the daemon's own settings: the
+        // `default` network is made at the first start that finds 'pending'.
+        """
+        CREATE TABLE networks (
+            name TEXT PRIMARY KEY NOT NULL,
+            definition TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        );
+        CREATE TABLE settings (
+            key TEXT PRIMARY KEY NOT NULL,
+            value TEXT NOT NULL
+        );
+        INSERT INTO settings (key, value) VALUES ('default_network', 'pending');
+        """,
     ]
 
     init(path: String) throws {
@@ -150,6 +164,34 @@ final class Inventory: @unchecked Sendable {
 
     func deleteTemplate(_ name: String) throws {
         try db.query("DELETE FROM templates WHERE name = ?", [.text(name)])
+    }
+
+    // MARK: Networks
+
+    func networks() throws -> [(spec: NetworkCreate, createdAt: String)] {
+        try db.query("SELECT definition, created_at FROM networks ORDER BY name").compactMap { row in
+            guard row.count == 2, let text = row[0].text,
+                  let spec = try? JSONDecoder().decode(NetworkCreate.self, from: Data(text.utf8)) else { return nil }
+            return (spec, row[1].text ?? "")
+        }
+    }
+
+    func insertNetwork(_ n: NetworkCreate, createdAt: String) throws {
+        try db.query("INSERT INTO networks (name, definition, created_at) VALUES (?, ?, ?)",
+                     [.text(n.name), .text(String(decoding: APIJSON.encode(n), as: UTF8.self)), .text(createdAt)])
+    }
+
+    func deleteNetwork(_ name: String) throws {
+        try db.query("DELETE FROM networks WHERE name = ?", [.text(name)])
+    }
+
+    func setting(_ key: String) throws -> String? {
+        try db.query("SELECT value FROM settings WHERE key = ?", [.text(key)]).first?.first?.text
+    }
+
+    func setSetting(_ key: String, _ value: String) throws {
+        try db.query("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                     [.text(key), .text(value)])
     }
 
     // MARK: Events

@@ -52,6 +52,7 @@ public struct Router: Sendable {
         ("POST", "/v1/vms/{name}/snapshots/{snapshot}/revert"), ("POST", "/v1/vms/{name}/suspend"), ("POST", "/v1/vms/{name}/clone"),
         ("GET", "/v1/vms/{name}/balloon"), ("POST", "/v1/vms/{name}/balloon"),
         ("GET", "/v1/templates"), ("POST", "/v1/templates"), ("GET", "/v1/templates/{name}"), ("DELETE", "/v1/templates/{name}"),
+        ("GET", "/v1/networks"), ("POST", "/v1/networks"), ("GET", "/v1/networks/{name}"), ("DELETE", "/v1/networks/{name}"),
     ] + imageRoutes + migrationRoutes
 
     func handle(_ req: HTTPRequest) async -> HTTPResponse {
@@ -108,6 +109,16 @@ public struct Router: Sendable {
             if m == "GET" { return .json(200, TemplateList(templates: try await service.listTemplates())) }
             let create = try APIJSON.decodeStrict(TemplateCreate.self, from: req.body, allowed: TemplateCreate.fields)
             return .json(201, try await service.createTemplate(create))
+        case 2 where parts == ["v1", "networks"]:
+            try allow("GET", "POST")
+            if m == "GET" { return .json(200, NetworkList(networks: await service.listNetworks())) }
+            let create = try APIJSON.decodeStrict(NetworkCreate.self, from: req.body, allowed: NetworkCreate.fields)
+            return .json(201, try await service.createNetwork(create))
+        case 3 where parts[0] == "v1" && parts[1] == "networks":
+            try allow("GET", "DELETE")
+            if m == "GET" { return .json(200, try await service.showNetwork(parts[2])) }
+            try await service.deleteNetwork(parts[2])
+            return HTTPResponse(status: 204, contentType: "application/json", body: [])
         case 3 where parts[0] == "v1" && parts[1] == "templates":
             try allow("GET", "DELETE")
             if m == "GET" { return .json(200, try await service.showTemplate(parts[2])) }

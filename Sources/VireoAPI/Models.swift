@@ -260,7 +260,7 @@ public struct HostInfo: Codable, Sendable, Equatable {
 /// One thing that happened to a VM (GET /v1/events).
 /// What an event is about: a VM, a template or an image (stream control lines: "").
 public enum EventSubjectKind: String, Codable, Sendable, CaseIterable {
-    case vm, template, image
+    case vm, template, image, network
 }
 
 public struct Event: Codable, Sendable, Equatable {

@@ -149,10 +149,11 @@ public enum OpenAPIDocument {
               "enum": [
                 "vm",
                 "template",
-                "image"
+                "image",
+                "network"
               ]
             },
-            "description": "only events about VMs, templates or images"
+            "description": "only events about VMs, templates, images or networks"
           }
         ],
         "responses": {
@@ -2047,6 +2048,229 @@ public enum OpenAPIDocument {
         }
       }
     },
+    "/v1/networks": {
+      "get": {
+        "operationId": "listNetworks",
+        "summary": "All networks, the default one among them",
+        "responses": {
+          "200": {
+            "description": "the networks, by name",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/NetworkList"
+                }
+              }
+            }
+          },
+          "401": {
+            "description": "missing or wrong bearer token (TCP listener only)",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          }
+        }
+      },
+      "post": {
+        "operationId": "createNetwork",
+        "summary": "Make a network: a bridge (or a VLAN on the shared VLAN-filtering bridge), with a subnet the host serves DHCP and DNS on and NAT to an uplink",
+        "requestBody": {
+          "required": true,
+          "content": {
+            "application/json": {
+              "schema": {
+                "$ref": "#/components/schemas/NetworkCreate"
+              }
+            }
+          }
+        },
+        "responses": {
+          "201": {
+            "description": "the new network, up on the host",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Network"
+                }
+              }
+            }
+          },
+          "400": {
+            "description": "malformed JSON, unknown field, invalid name",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "409": {
+            "description": "a network with that name, or a vlan network with that VLAN ID, exists; or a host interface of the bridge's name is no bridge",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "413": {
+            "description": "body larger than 1 MiB",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "422": {
+            "description": "invalid-vlan: a VLAN ID out of 1..4094, missing, or given to a bridge network; invalid-subnet / subnet-overlap: a subnet that is no /16-/29 IPv4 CIDR or overlaps another network's or a host route; no-such-uplink, uplink-needs-subnet",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "500": {
+            "description": "network-setup-failed: the host could not make it (no bridge support, nft, dnsmasq...); nothing of it is left on the host",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "401": {
+            "description": "missing or wrong bearer token (TCP listener only)",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          }
+        }
+      }
+    },
+    "/v1/networks/{name}": {
+      "get": {
+        "operationId": "getNetwork",
+        "summary": "One network, whether its host side is up, and the VMs on it",
+        "parameters": [
+          {
+            "name": "name",
+            "in": "path",
+            "required": true,
+            "schema": {
+              "type": "string",
+              "pattern": "^[a-z0-9][a-z0-9-]{0,62}$"
+            }
+          }
+        ],
+        "responses": {
+          "200": {
+            "description": "the network",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Network"
+                }
+              }
+            }
+          },
+          "404": {
+            "description": "no such network",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "401": {
+            "description": "missing or wrong bearer token (TCP listener only)",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          }
+        }
+      },
+      "delete": {
+        "operationId": "deleteNetwork",
+        "summary": "Delete a network no VM's NIC uses: its bridge, VLAN interface, NAT table and dnsmasq go",
+        "parameters": [
+          {
+            "name": "name",
+            "in": "path",
+            "required": true,
+            "schema": {
+              "type": "string",
+              "pattern": "^[a-z0-9][a-z0-9-]{0,62}$"
+            }
+          }
+        ],
+        "responses": {
+          "204": {
+            "description": "deleted"
+          },
+          "404": {
+            "description": "no such network",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "409": {
+            "description": "VMs' NICs use it (the message names them)",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "500": {
+            "description": "network-teardown-incomplete: deleted, but the host kept something (named)",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "401": {
+            "description": "missing or wrong bearer token (TCP listener only)",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          }
+        }
+      }
+    },
     "/v1/images": {
       "get": {
         "operationId": "listImages",
@@ -2791,6 +3015,118 @@ public enum OpenAPIDocument {
           }
         }
       },
+      "NetworkCreate": {
+        "type": "object",
+        "required": [
+          "name",
+          "type"
+        ],
+        "additionalProperties": false,
+        "properties": {
+          "name": {
+            "type": "string",
+            "pattern": "^[a-z][a-z0-9-]{0,11}$"
+          },
+          "type": {
+            "type": "string",
+            "enum": [
+              "bridge",
+              "vlan"
+            ],
+            "description": "bridge: its own bridge vb-NAME; vlan: one VLAN on the shared VLAN-filtering bridge vireo-vlan"
+          },
+          "vlan": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 4094,
+            "description": "the VLAN ID (vlan networks only, required there)"
+          },
+          "subnet": {
+            "type": "string",
+            "description": "IPv4 CIDR, /16 to /29: the host takes the first address and serves DHCP and DNS (dnsmasq)"
+          },
+          "uplink": {
+            "type": "string",
+            "description": "a host interface; the subnet's traffic leaving by it is masqueraded (nftables); needs subnet"
+          }
+        }
+      },
+      "Network": {
+        "type": "object",
+        "required": [
+          "name",
+          "type",
+          "bridge",
+          "available",
+          "vms",
+          "created_at"
+        ],
+        "properties": {
+          "name": {
+            "type": "string"
+          },
+          "type": {
+            "type": "string",
+            "enum": [
+              "bridge",
+              "vlan"
+            ]
+          },
+          "vlan": {
+            "type": "integer"
+          },
+          "subnet": {
+            "type": "string"
+          },
+          "uplink": {
+            "type": "string"
+          },
+          "bridge": {
+            "type": "string",
+            "description": "the bridge NICs' TAPs join"
+          },
+          "gateway": {
+            "type": "string",
+            "description": "the host's address on the network (gateway and DNS server for DHCP clients)"
+          },
+          "dhcp_range": {
+            "type": "string",
+            "description": "FIRST-LAST"
+          },
+          "available": {
+            "type": "boolean",
+            "description": "whether the host side is up; VMs on an unavailable network do not start"
+          },
+          "reason": {
+            "type": "string",
+            "description": "why it is unavailable"
+          },
+          "vms": {
+            "type": "array",
+            "items": {
+              "type": "string"
+            },
+            "description": "VMs with a NIC on it"
+          },
+          "created_at": {
+            "type": "string"
+          }
+        }
+      },
+      "NetworkList": {
+        "type": "object",
+        "required": [
+          "networks"
+        ],
+        "properties": {
+          "networks": {
+            "type": "array",
+            "items": {
+              "$ref": "#/components/schemas/Network"
+            }
+          }
+        }
+      },
       "TemplateList": {
         "type": "object",
         "required": [
@@ -3021,14 +3357,29 @@ public enum OpenAPIDocument {
       },
       "NIC": {
         "type": "object",
-        "required": [
-          "tap"
-        ],
         "additionalProperties": false,
+        "anyOf": [
+          {
+            "required": [
+              "tap"
+            ]
+          },
+          {
+            "required": [
+              "network"
+            ]
+          }
+        ],
+        "description": "a TAP the user made (tap), or a NIC on a daemon network (network: the daemon names, makes and removes its TAP)",
         "properties": {
           "tap": {
             "type": "string",
             "pattern": "^[A-Za-z0-9._-]{1,15}$"
+          },
+          "network": {
+            "type": "string",
+            "pattern": "^[a-z][a-z0-9-]{0,11}$",
+            "description": "a network (GET /v1/networks) the NIC joins"
           },
           "mac": {
             "type": "string",
@@ -3693,6 +4044,7 @@ public enum OpenAPIDocument {
               "vm",
               "template",
               "image",
+              "network",
               ""
             ]
           },

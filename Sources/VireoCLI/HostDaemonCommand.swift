@@ -44,6 +44,8 @@ struct HostServeCommand: ParsableCommand {
     @Option(name: .customLong("memory-overcommit"), help: ArgumentHelp("Provisioned guest memory this host admits per byte of RAM + swap (0.01 to 100; default 1.5): a VM starts only if its memory plus that of the VMs running fits (RAM + swap) x RATIO.", valueName: "ratio"))
     var memoryOvercommit: Double?
 
+    @Flag(name: .customLong("no-default-network"), help: "Do not make the `default` network (a NAT bridge with DHCP and DNS) at this data directory's first start.")
+    var noDefaultNetwork = false
     @Flag(name: .customLong("allow-emulated-kernels"), help: "On a host whose KVM is the PVM backend (`vireo host check` says so), start Linux-kernel VMs anyway; they are refused there otherwise, since stock kernels are emulated and do not boot usefully.")
     var allowEmulatedKernels = false
 
@@ -67,6 +69,7 @@ struct HostServeCommand: ParsableCommand {
             options.memoryOvercommit = memoryOvercommit
             options.kvmIsPVM = KVMSystem.isPVM
             options.allowEmulatedKernels = allowEmulatedKernels
+            options.defaultNetwork = !noDefaultNetwork
             try HostDaemon.runBlocking(options)
         }
     }

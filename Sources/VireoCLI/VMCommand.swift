@@ -36,7 +36,7 @@ struct VMCreateCommand: ParsableCommand {
     @Option(help: "Number of vCPUs.") var cpus: Int?
     @Option(help: "Guest RAM, like 512M or 2G (a bare number is MiB).") var memory: String?
     @Option(help: "A disk (repeatable): PATH or path=PATH (a file on the daemon's host) or image=NAME (a store image, `vireo image list`), then [,format=raw|qcow2][,readonly][,id=NAME][,backing=any|confined|forbidden][,bps=N][,iops=N]. Without format= the daemon detects it from the file's signature and records it.") var disk: [String] = []
-    @Option(help: "A network interface (repeatable): tap=NAME[,mac=MAC].") var net: [String] = []
+    @Option(help: "A network interface (repeatable): network=NAME[,mac=MAC] (a daemon network, `vireo network list`; the daemon makes its TAP) or tap=NAME[,mac=MAC] (a TAP you made).") var net: [String] = []
     @Option(help: "Balloon target size, like 256M.") var balloon: String?
     @Flag(help: "virtio-rng: guest entropy from the host's getrandom.") var rng = false
     @Option(help: ArgumentHelp("virtio-vsock with this guest CID (3 and up); the host end is the VM's vsock socket (`vireo vm show`).", valueName: "cid")) var vsock: Int?
@@ -58,9 +58,7 @@ struct VMCreateCommand: ParsableCommand {
             }
             if !disk.isEmpty { c.disks = try disk.map(Self.diskSpec) }
             if !net.isEmpty {
-                c.nics = try net.map { n in
-                    do { return try DeviceOptions.net(n) } catch let e as DeviceOptions.ParseError { throw VireoError(.invalidArgument, e.description) }
-                }
+                c.nics = try net.map(Self.netSpec)
             }
             let vm = try client.makeClient().call("POST", "/v1/vms", body: APIJSON.encode(c), as: VM.self)
             if client.json { print(String(decoding: APIJSON.encode(vm, pretty: true), as: UTF8.self)); return }
@@ -70,6 +68,31 @@ struct VMCreateCommand: ParsableCommand {
 }
 
 extension VMCreateCommand {
+    /// `--net` for the daemon: `network=NAME[,mac=MAC]`, or `vireo run`'s `tap=NAME,...`.
+    static func netSpec(_ text: String) throws -> NICSpec {
+        guard text.hasPrefix("network=") || text.contains(",network=") else {
+            do { return try DeviceOptions.net(text) } catch let e as DeviceOptions.ParseError { throw VireoError(.invalidArgument, e.description) }
+        }
+        var nic = NICSpec(tap: "")
+        for part in text.split(separator: ",", omittingEmptySubsequences: false) {
+            let kv = part.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
+            switch (kv.first, kv.count) {
+            case ("network", 2) where nic.network == nil: nic.network = kv[1]
+            case ("mac", 2) where nic.mac == nil:
+                do { _ = try DeviceOptions.mac(kv[1]) } catch let e as DeviceOptions.ParseError { throw VireoError(.invalidArgument, e.description) }
+                nic.mac = kv[1]
+            case ("tap", _):
+                throw VireoError(.invalidArgument, "--net '\(text)': give network=NAME or tap=NAME, not both (the daemon makes a network NIC's TAP)")
+            default:
+                throw VireoError(.invalidArgument, "--net '\(text)': '\(part)' is not one of network=NAME, mac=MAC (each once)")
+            }
+        }
+        guard let n = nic.network, VMLimits.isValidNetworkName(n) else {
+            throw VireoError(.invalidArgument, "--net '\(text)': network=\(nic.network ?? "") is not a network name (\(VMLimits.networkNameRule))")
+        }
+        return nic
+    }
+
     /// `--disk` for the daemon: `vireo run`'s disk keys (DeviceOptions.disk), a bare PATH
     /// first, `readonly` alone, and `image=NAME` for a store image.
     static func diskSpec(_ text: String) throws -> DiskSpec {
@@ -139,7 +162,7 @@ struct VMShowCommand: ParsableCommand {
                 if let r = d.rateLimit, !r.isUnlimited { attrs.append("limit \(r.bytesPerSecond) B/s, \(r.opsPerSecond) IOPS") }
                 rows.append(("disk \(d.id ?? "")", "\(d.path) (\(attrs.joined(separator: ", ")))"))
             }
-            for n in v.nics { rows.append(("nic", "tap=\(n.tap)" + (n.mac.map { " mac=\($0)" } ?? ""))) }
+            for n in v.nics { rows.append(("nic", (n.network.map { "network=\($0) " } ?? "") + "tap=\(n.tap)" + (n.mac.map { " mac=\($0)" } ?? ""))) }
             if let b = v.balloonMiB { rows.append(("balloon", memoryText(b))) }
             if v.rng == true { rows.append(("rng", "virtio-rng")) }
             if let cid = v.vsockCID { rows.append(("vsock", "cid \(cid), host socket \(v.vsockSocket ?? "?")")) }

@@ -8,7 +8,7 @@ public struct VireoCommand: ParsableCommand {
         commandName: "vireo",
         abstract: "Vireo: a KVM virtual machine monitor and virtualization toolkit.",
         discussion: "`vireo [--socket PATH] vm ...` talks to the host daemon at PATH (default $VIREO_SOCKET or /run/vireo/vireo.sock).",
-        subcommands: [RunCommand.self, HostCommand.self, VMCommand.self, TemplateCommand.self, ImageCommand.self, EventsCommand.self, BenchCommand.self, DiskCommand.self, VsockProbeCommand.self, ControlCommand.self])
+        subcommands: [RunCommand.self, HostCommand.self, VMCommand.self, TemplateCommand.self, ImageCommand.self, NetworkCommand.self, EventsCommand.self, BenchCommand.self, DiskCommand.self, VsockProbeCommand.self, ControlCommand.self])
     public init() {}
 
     /// `vireo --socket PATH vm ...`: a --socket before the verb applies to every client verb

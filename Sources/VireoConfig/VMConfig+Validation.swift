@@ -117,6 +117,9 @@ extension VMConfig {
                     throw ConfigProblem(field + ".mac", "invalid-nic", "mac \(mac) is a multicast address (the first byte must be even)")
                 }
             }
+            if let net = nic.network, !VMLimits.isValidNetworkName(net) {
+                throw ConfigProblem(field + ".network", "invalid-nic", "network '\(net.prefix(40))' is not a valid network name (\(VMLimits.networkNameRule))")
+            }
             guard Self.isValidInterfaceName(nic.tap) else {
                 throw ConfigProblem(field + ".tap", "invalid-nic", "tap '\(nic.tap.prefix(40))' is not a valid interface name (1-15 of A-Z a-z 0-9 - _ .)")
             }

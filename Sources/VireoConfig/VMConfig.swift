@@ -199,20 +199,34 @@ extension VMConfig {
     public struct NIC: Codable, Sendable, Equatable {
         /// Stable device id (snapshots key the NIC's state by it).
         public var id: String?
-        /// A TAP device name on the host.
+        /// A TAP device name on the host. For a NIC on a daemon network (`network`) the daemon
+        /// names it at create (requests leave it out), makes it when the VM starts, attaches it
+        /// to the network's bridge, and deletes it when the VMM ends; the VMM just opens it.
         public var tap: String
         /// nil: the VMM derives a stable locally administered MAC from the VM and the NIC.
         public var mac: String?
         public var rateLimit: RateLimit?
+        /// The daemon network (GET /v1/networks) this NIC joins; nil: a TAP the user wired up.
+        public var network: String?
 
-        public init(tap: String, mac: String? = nil, id: String? = nil, rateLimit: RateLimit? = nil) {
-            self.tap = tap; self.mac = mac; self.id = id; self.rateLimit = rateLimit
+        public init(tap: String, mac: String? = nil, id: String? = nil, rateLimit: RateLimit? = nil, network: String? = nil) {
+            self.tap = tap; self.mac = mac; self.id = id; self.rateLimit = rateLimit; self.network = network
         }
 
         public enum CodingKeys: String, CodingKey, CaseIterable {
-            case id, tap, mac, rateLimit = "rate_limit"
+            case id, tap, mac, rateLimit = "rate_limit", network
         }
         public static let fields = Set(CodingKeys.allCases.map(\.rawValue))
+
+        public init(from decoder: Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            id = try c.decodeIfPresent(String.self, forKey: .id)
+            network = try c.decodeIfPresent(String.self, forKey: .network)
+            // `tap` may be left out when `network` names the NIC's network (the daemon names it).
+            tap = network == nil ? try c.decode(String.self, forKey: .tap) : try c.decodeIfPresent(String.self, forKey: .tap) ?? ""
+            mac = try c.decodeIfPresent(String.self, forKey: .mac)
+            rateLimit = try c.decodeIfPresent(RateLimit.self, forKey: .rateLimit)
+        }
     }
 }
 

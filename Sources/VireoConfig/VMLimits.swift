@@ -22,4 +22,14 @@ public enum VMLimits {
     }
 
     public static let nameRule = "names are 1-63 characters of a-z, 0-9 and '-', starting with a letter or digit"
+
+    /// Daemon networks: `[a-z][a-z0-9-]{0,11}`, short enough that the host interfaces named
+    /// after them (bridge `vb-NAME`) fit Linux's 15 bytes.
+    public static func isValidNetworkName(_ name: String) -> Bool {
+        let bytes = Array(name.utf8)
+        guard (1...12).contains(bytes.count), bytes[0] >= 97 && bytes[0] <= 122 else { return false }
+        return bytes.allSatisfy { ($0 >= 97 && $0 <= 122) || ($0 >= 48 && $0 <= 57) || $0 == 45 }
+    }
+
+    public static let networkNameRule = "network names are 1-12 characters of a-z, 0-9 and '-', starting with a letter"
 }

@@ -110,7 +110,7 @@ struct HostCloneTests {
         try refused(#"{"name":"r"}"#, 422, "a name of its own", "r2")
         try refused(#"{"name":"x1","snapshot":"none"}"#, 404, "no snapshot named", "x1")
         try refused(#"{"name":"x2","bogus":1}"#, 400, "bogus", "x2")
-        try refused(#"{"name":"x3","taps":["tap9"]}"#, 422, "has no NICs", "x3")
+        try refused(#"{"name":"x3","taps":["tap9"]}"#, 422, "has no NICs on TAPs", "x3")
         #expect(try d.action("r", "start").status == 200)
         try refused(#"{"name":"x4"}"#, 409, "take a snapshot", "x4")
         let cli = try vireo(d, ["vm", "clone", "r", "x5"])

@@ -73,6 +73,14 @@ struct OpenAPIContractTests {
             ("POST", "/v1/images/i1/resize", "/v1/images/{name}/resize", #"{"size_bytes":16777216}"#),
             ("POST", "/v1/images/i1/resize", "/v1/images/{name}/resize", #"{"size_bytes":1048576}"#),
             ("DELETE", "/v1/images/i1", "/v1/images/{name}", nil), ("DELETE", "/v1/images/i1", "/v1/images/{name}", nil),
+            // Networks (a real bridge vb-oa1 while the test runs; removed by its delete).
+            ("POST", "/v1/networks", "/v1/networks", #"{"name":"oa1","type":"bridge"}"#),
+            ("POST", "/v1/networks", "/v1/networks", #"{"name":"oa1","type":"bridge"}"#),                 // 409
+            ("POST", "/v1/networks", "/v1/networks", #"{"name":"oa2","type":"vlan","vlan":4095}"#),       // 422
+            ("POST", "/v1/networks", "/v1/networks", #"{"name":"oa2","type":"bridge","bogus":1}"#),       // 400
+            ("GET", "/v1/networks", "/v1/networks", nil), ("GET", "/v1/networks/oa1", "/v1/networks/{name}", nil),
+            ("GET", "/v1/networks/zz", "/v1/networks/{name}", nil),
+            ("DELETE", "/v1/networks/oa1", "/v1/networks/{name}", nil), ("DELETE", "/v1/networks/oa1", "/v1/networks/{name}", nil),
         ]
         if kvm {
             calls += [("POST", "/v1/vms/c1/start", "/v1/vms/{name}/start", nil), ("POST", "/v1/vms/c1/start", "/v1/vms/{name}/start", nil),

@@ -24,7 +24,14 @@ final class TestDaemon: @unchecked Sendable {
         return p
     }()
 
-    init(extra: [String] = []) throws {
+    /// Test daemons make no `default` network (many run at once; one host has one), but those
+    /// that test it (HostNetworkTests) pass `defaultNetwork: true`.
+    /// Environment the daemon gets besides the test's own (a PATH with a failing tool, say).
+    let environment: [String: String]
+
+    init(extra: [String] = [], defaultNetwork: Bool = false, environment: [String: String] = [:]) throws {
+        let extra = defaultNetwork ? extra : extra + ["--no-default-network"]
+        self.environment = environment
         let n = TestDaemon.counter.withLock { $0 += 1; return $0 }
         dir = "/tmp/vht-\(getpid())-\(n)"
         socket = dir + "/d.sock"
@@ -39,7 +46,8 @@ final class TestDaemon: @unchecked Sendable {
     func start() throws {
         guard let bin = VireoBinary.path else { throw VireoError(.notFound, "vireo not built") }
         // The test's own directory and the suite's shared one are the daemon's storage pools.
-        let c = try ChildProcess([bin, "host", "--socket", socket, "--data-dir", dataDir, "--pool", dir, "--pool", Self.sharedPool] + extra)
+        let c = try ChildProcess([bin, "host", "--socket", socket, "--data-dir", dataDir, "--pool", dir, "--pool", Self.sharedPool] + extra,
+                                   environment: environment)
         child = c
         // Its stderr says where it listens (and, for --listen ...:0, the port it got).
         for _ in 0..<3 {

@@ -15,6 +15,7 @@ func fullConfig() -> VMConfig {
     c.balloonDeflateOnOOM = true
     c.balloonFreePageReporting = true
     c.virtioConsole = true
+    c.generationID = "0123456789abcdef0123456789ABCDEF"
     return c
 }
 
@@ -31,6 +32,20 @@ func fullConfig() -> VMConfig {
         #expect(back.balloonDeflateOnOOM == true && back.balloonFreePageReporting == true && back.balloonStats == false)
         #expect(back.hugepages == false && back.virtioConsole == true && back.vsockCID == 42 && back.rng == true)
         #expect(back.configVersion == VMConfig.currentVersion)
+        #expect(back.generationID == "0123456789abcdef0123456789ABCDEF")
+    }
+
+    @Test func generationIDsAreCheckedAndNewOnesDiffer() throws {
+        #expect(VMConfig.generationIDBytes("0123456789abcdef0123456789ABCDEF")?.first == 0x01)
+        #expect(VMConfig.generationIDBytes("01234567-89ab-cdef-0123-456789abcdef")?.count == 16)
+        for bad in ["", "0123", "0123456789abcdef0123456789abcdeg", "0123456789abcdef0123456789abcdef00"] {
+            #expect(VMConfig.generationIDBytes(bad) == nil, "\(bad)")
+        }
+        var c = VMConfig(name: "g", kernel: "/k")
+        c.generationID = "not-an-id"
+        #expect(throws: ConfigProblem.self) { try c.validate() }
+        let a = VMConfig.newGenerationID(), b = VMConfig.newGenerationID()
+        #expect(a != b && VMConfig.generationIDBytes(a) != nil && a.count == 32)
     }
 
     @Test func everyPropertyHasAJSONKey() throws {
