@@ -62,7 +62,7 @@ P2=$!
 tap_up
 n=0
 until [ "$(count_of $D/2.log)" -ge 26 ]; do
-	n=$((n + 1)); [ $n -lt 150 ] || { cat $D/2.out; tail -8 $D/2.log; kill -9 $P2; fail "the restored guest does not count on (at $(count_of $D/2.log))"; }
+	n=$((n + 1)); [ $n -lt 150 ] || { echo "--- restored VMM stderr:"; cat $D/2.out; kill -0 $P2 2>/dev/null && echo "(it is still running)" || { wait $P2; echo "(it exited with status $?)"; }; tail -8 $D/2.log; kill -9 $P2; fail "the restored guest does not count on (at $(count_of $D/2.log))"; }
 	sleep 1
 done
 vireo control $D/2.sock stop > /dev/null
