@@ -14,7 +14,7 @@ extension Qcow2Image {
     public func exportSnapshot(_ name: String, to path: String, progress: ProgressHandler? = nil) throws(VireoError) {
         let (snapL1, diskSize) = try snapshotTable(name)
         let backingPath: String? = backingImage?.path ?? header.backingFile.map { b in
-            b.hasPrefix("/") ? b : (self.path.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/") + "/" + b)
+            b.hasPrefix("/") ? b : DiskImage.directoryOf(self.path) + "/" + b
         }
         var o = Qcow2CreateOptions(clusterSize: cs)
         o.backingFile = backingPath
