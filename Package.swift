@@ -60,9 +60,9 @@ let package = Package(
         .target(name: "VireoTestSupport", dependencies: ["VireoSupport"]),
 
         .testTarget(name: "VireoConfigTests", dependencies: ["VireoConfig"]),
-        .testTarget(name: "X86BootTests", dependencies: ["X86Boot", "VireoSupport"]),
-        .testTarget(name: "DevicesTests", dependencies: ["Devices", "VireoSupport"]),
-        .testTarget(name: "VirtioTests", dependencies: ["Virtio", "Devices", "GuestMemory", "VireoSupport"], exclude: ["Corpus"]),
+        .testTarget(name: "X86BootTests", dependencies: ["X86Boot", "VireoSupport", "VireoTestSupport"]),
+        .testTarget(name: "DevicesTests", dependencies: ["Devices", "VireoSupport", "VireoTestSupport"]),
+        .testTarget(name: "VirtioTests", dependencies: ["Virtio", "Devices", "GuestMemory", "VireoSupport", "VireoTestSupport"], exclude: ["Corpus"]),
         .testTarget(name: "DiskImageTests", dependencies: ["DiskImage", "VireoSupport", "VireoTestSupport"]),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "GuestMemory", "VMM", "VireoSupport", "CProbeGuest"]),
         .testTarget(name: "HostTests", dependencies: ["Host", "VireoAPI", "VireoSupport", "DiskImage", "VireoTestSupport"]),

@@ -1,6 +1,7 @@
 import Devices
 import GuestMemory
 import Testing
+import VireoTestSupport
 import Virtio
 
 /// Seeded random inputs: the device side must never trap, and must either produce a chain that
@@ -48,7 +49,7 @@ import Virtio
                 var address = randomAddress(), length = randomLength()
                 if flags & 4 != 0 && rng.below(2) == 0 {
                     // A plausible indirect table in valid RAM, filled with random entries.
-                    let count = rng.below(40) + 1
+                    let count: UInt64 = rng.below(40) + 1
                     address = 0xC0000 + 0x800 * UInt64(i % 32)
                     length = UInt32(count * 16) ^ (rng.below(8) == 0 ? UInt32(rng.below(16)) : 0)
                     for e in 0..<count {

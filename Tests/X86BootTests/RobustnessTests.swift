@@ -1,25 +1,13 @@
 import Foundation
 import Testing
+import VireoTestSupport
 import VireoSupport
 import X86Boot
 
 /// Untrusted kernel images: corrupted at random, they must be refused with a VireoError or
 /// planned consistently, never trap.
 @Suite struct RobustnessTests {
-    /// SplitMix64: deterministic, so a failure reproduces.
-    struct Rng {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-        mutating func below(_ n: Int) -> Int { Int(next() % UInt64(n)) }
-    }
-
-    func mutate(_ base: [UInt8], hot: Range<Int>, rng: inout Rng) -> [UInt8] {
+    func mutate(_ base: [UInt8], hot: Range<Int>, rng: inout SplitMix) -> [UInt8] {
         var b = base
         for _ in 0..<(1 + rng.below(6)) {
             let i = rng.below(4) == 0 ? rng.below(b.count) : hot.lowerBound + rng.below(hot.count)
@@ -52,13 +40,13 @@ import X86Boot
     }
 
     @Test func corruptedBzImages() {
-        var rng = Rng(state: 1)
+        var rng = SplitMix(seed: 1)
         let base = Fixtures.bzImage(payload: 512)
         for _ in 0..<1500 { exercise(mutate(base, hot: 0x1F1..<0x270, rng: &rng)) }
     }
 
     @Test func corruptedVmlinux() {
-        var rng = Rng(state: 2)
+        var rng = SplitMix(seed: 2)
         let base = Fixtures.vmlinux()
         for _ in 0..<1500 { exercise(mutate(base, hot: 0..<(64 + 3 * 56), rng: &rng)) }
         for _ in 0..<500 { exercise(mutate(base, hot: 0x5000..<base.count, rng: &rng)) }   // the notes
