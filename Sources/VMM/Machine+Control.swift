@@ -84,6 +84,12 @@ public final class PauseGate: @unchecked Sendable {
         return parked >= vcpus.count
     }
 
+    /// Marks the gate paused before any vCPU thread runs: each parks before its first KVM_RUN
+    /// and waits for `resume()` (`vireo run --paused`).
+    public func startPaused() {
+        paused.store(true, ordering: .sequentiallyConsistent)
+    }
+
     public func resume() {
         pthread_mutex_lock(mutex)
         paused.store(false, ordering: .sequentiallyConsistent)

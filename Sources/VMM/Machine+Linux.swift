@@ -83,6 +83,7 @@ extension Machine {
                 CPUIDLeaf(function: $0.function, index: $0.index, flags: $0.flags, eax: $0.eax, ebx: $0.ebx, ecx: $0.ecx, edx: $0.edx)
             }
             if index == 0 {
+                offeredCPUFeatures = CPUFeatures.of(CPUIDPolicy.entries(from: supported, vcpuIndex: 0, vcpuCount: config.cpus))
                 for l in leaves where [0x1, 0x7, 0xD].contains(l.function) {
                     DebugLog.log("cpuid \(hex(l.function)).\(l.index) flags \(l.flags) eax \(hex(l.eax)) ebx \(hex(l.ebx)) ecx \(hex(l.ecx)) edx \(hex(l.edx))")
                 }
@@ -135,6 +136,7 @@ extension Machine {
         let supported = try kvm.supportedCPUID().map {
             CPUIDEntry(function: $0.function, index: $0.index, flags: $0.flags, eax: $0.eax, ebx: $0.ebx, ecx: $0.ecx, edx: $0.edx)
         }
+        offeredCPUFeatures = try Machine.cpuFeatures(CPUIDPolicy.entries(from: supported, vcpuIndex: 0, vcpuCount: config.cpus), restoring: source)
         for (index, vcpu) in vcpus.enumerated() {
             let leaves = CPUIDPolicy.entries(from: supported, vcpuIndex: index, vcpuCount: config.cpus).map {
                 CPUIDLeaf(function: $0.function, index: $0.index, flags: $0.flags, eax: $0.eax, ebx: $0.ebx, ecx: $0.ecx, edx: $0.edx)

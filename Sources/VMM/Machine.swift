@@ -65,6 +65,8 @@ public final class Machine: @unchecked Sendable {
     let isRestoring: Bool
     /// Disks (by id) a restore takes as they are (a clone's: made from the snapshot's disks).
     let disksTakenAsGiven: Set<String>
+    /// The CPU features vCPU 0 is offered (X86Boot.CPUFeatures), saved with each snapshot.
+    var offeredCPUFeatures: [String: UInt32] = [:]
     /// How many unmapped accesses were printed (vCPU threads race on it; it only bounds the output).
     private let reportedUnmapped = Atomic<Int>(0)
 
@@ -152,6 +154,9 @@ public final class Machine: @unchecked Sendable {
         switch config.boot {
         case let .probe(workload):
             let supported = try kvm.supportedCPUID()
+            offeredCPUFeatures = try Machine.cpuFeatures(supported.map {
+                CPUIDEntry(function: $0.function, index: $0.index, flags: $0.flags, eax: $0.eax, ebx: $0.ebx, ecx: $0.ecx, edx: $0.edx)
+            }, restoring: restoring)
             if let restoring {
                 // RAM already holds the guest (its memory file); the vCPUs take their saved state.
                 for (vcpu, state) in zip(vcpus, restoring.snapshot.vcpus) {

@@ -35,6 +35,9 @@ struct RunCommand: ParsableCommand {
     @Option(help: ArgumentHelp("With --incoming: accept only a source that presents the token in this file (the daemons make one per migration).", valueName: "file"))
     var incomingTokenFile: String?
 
+    @Flag(help: "Start with the vCPUs paused (as QEMU's -S): the machine is built, restored or received, then waits for the control socket's `resume`. Needs --api-socket.")
+    var paused = false
+
     @Option(help: "Guest kernel: an ELF vmlinux or a bzImage.")
     var kernel: String?
 
@@ -257,6 +260,9 @@ struct RunCommand: ParsableCommand {
         pthread_sigmask(SIG_BLOCK, &stopSignals, nil)
         let exit = try reportingErrors { () throws -> MachineExit in
             var migration: IncomingMigration? = nil
+            if paused, apiSocket == nil {
+                throw ValidationError("--paused waits for the control socket's `resume`; give --api-socket PATH too")
+            }
             if let incoming {
                 let given = descriptionFlagsGiven
                 guard given.isEmpty, restore == nil else {
@@ -309,6 +315,7 @@ struct RunCommand: ParsableCommand {
             defer { terminal?.restore() }
             wasRaw = terminal != nil
             migration?.confirmRunning()
+            if paused { machine.pauseGate.startPaused() }
             let exit = machine.run()
             var reason = exit.description
             if case .migrated = exit {

@@ -159,6 +159,24 @@ struct SnapshotHostileTests {
         #expect(memoryAfter == memoryBefore, "a hostile restore changed the fixture's memory file")
     }
 
+    /// A snapshot whose guest saw CPU features this host lacks is refused before any vCPU
+    /// runs, naming them; one without the field (format 1 before it) restores as before.
+    @Test func aSnapshotFromACPUWithMoreFeaturesIsRefused() throws {
+        let bytes = try OwnedFD.readFile(Self.fixture + "/state.vsnap", limit: 1 << 26, what: "fixture")
+        let body = try JSONSerialization.jsonObject(with: Data(bytes[SnapshotFile.headerSize...]), options: [.fragmentsAllowed])
+        let dir = "/tmp/vireo-cpufeat-snap-\(getpid())"
+        defer { _ = system("rm -rf \(dir)") }
+        var b = try #require(body as? [String: Any])
+        b["cpu_features"] = ["7.0.ebx": 0xFFFF_FFFF, "1.ecx": 0]
+        try Self.writeCase(Array(try JSONSerialization.data(withJSONObject: b)), into: dir)
+        let outcome = try Self.restore(dir)
+        guard case .refused(let err) = outcome else { Issue.record("\(outcome), not refused"); return }
+        #expect(err.contains("features this host's KVM does not offer") && err.contains("7.0.ebx bit"), "\(err)")
+        b["cpu_features"] = ["7.0.ebx": 0]
+        try Self.writeCase(Array(try JSONSerialization.data(withJSONObject: b)), into: dir)
+        #expect(try Self.restore(dir) == .ran, "features the host has (none asked) must not refuse")
+    }
+
     /// Envelope damage: every header field and a flipped body byte.
     @Test func damagedEnvelopesAreRefused() throws {
         let bytes = try OwnedFD.readFile(Self.fixture + "/state.vsnap", limit: 1 << 26, what: "fixture")

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import VMM
 import VireoSupport
 import VireoTestSupport
 #if canImport(Glibc)
@@ -46,11 +47,34 @@ struct SnapshotRunTests {
         _ = Self.control(dir + "/a.sock", "stop")
         #expect(first.wait() == 143)
 
+        // The snapshot records the CPU features its guest was offered.
+        let saved = try SnapshotFile.decode(try OwnedFD.readFile(dir + "/snap/state.vsnap", limit: 1 << 26, what: "state"), source: "snap")
+        #expect(saved.cpuFeatures?["1.edx"].map { $0 & (1 << 26) != 0 } == true, "no SSE2 among the saved CPU features: \(String(describing: saved.cpuFeatures))")
+
         let restored = try ChildProcess([bin, "run", "--restore", dir + "/snap", "--serial", "none", "--api-socket", dir + "/b.sock"])
         let status = Self.control(dir + "/b.sock", "status")
         #expect(status.contains(#""state":"running""#), "\(status)")
         _ = Self.control(dir + "/b.sock", "stop")
         #expect(restored.wait() == 143)
+
+        // --paused: restored, then held until `resume`.
+        let held = try ChildProcess([bin, "run", "--restore", dir + "/snap", "--paused", "--serial", "none", "--api-socket", dir + "/c.sock"])
+        let p1 = Self.control(dir + "/c.sock", "status")
+        usleep(200_000)
+        let p2 = Self.control(dir + "/c.sock", "status")
+        func exits(_ s: String) -> Int {
+            guard let r = s.firstRange(of: #""pio_exits":"#) else { return -1 }
+            return Int(s[r.upperBound...].prefix(while: \.isNumber)) ?? -1
+        }
+        #expect(p1.contains(#""state":"paused""#) && exits(p1) == exits(p2), "a --paused restore ran: \(p1) then \(p2)")
+        #expect(Self.control(dir + "/c.sock", "resume").contains(#""ok":true"#))
+        var p3 = Self.control(dir + "/c.sock", "status")
+        for _ in 0..<40 where exits(p3) <= exits(p2) { usleep(50_000); p3 = Self.control(dir + "/c.sock", "status") }
+        #expect(p3.contains(#""state":"running""#) && exits(p3) > exits(p2), "resume did not start it: \(p3)")
+        _ = Self.control(dir + "/c.sock", "stop")
+        #expect(held.wait() == 143)
+        let (s0, _, err0) = try VireoBinary.run(["run", "--restore", dir + "/snap", "--paused"])
+        #expect(s0 != 0 && err0.contains("--api-socket"), "\(err0)")
 
         // Damaged: the VMM says why and runs nothing.
         let state = dir + "/snap/state.vsnap"

@@ -255,7 +255,8 @@ extension Machine {
         return MachineSnapshot(format: MachineSnapshot.currentFormat, writer: "vireo " + VireoVersion.string, config: vmConfig,
                                cpus: vcpus.count, boot: boot,
                                memory: memory.regions.map { .init(guestBase: $0.guestBase, size: $0.size) },
-                               vcpus: states, chips: chips, devices: saveDevices(), disks: disks.isEmpty ? nil : disks)
+                               vcpus: states, chips: chips, devices: saveDevices(), disks: disks.isEmpty ? nil : disks,
+                               cpuFeatures: offeredCPUFeatures.isEmpty ? nil : offeredCPUFeatures)
     }
 
     /// Takes or gives up the write locks of the read-write disks (the hand-over to the destination).

@@ -6,6 +6,7 @@ import GuestMemory
 import KVM
 import VireoConfig
 import VireoSupport
+import X86Boot
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -76,6 +77,24 @@ public struct RestoreSource: Sendable {
         var c = MachineConfig(boot: boot, cpus: snapshot.cpus, memorySize: size, serial: serial)
         c.vm = snapshot.config
         return c
+    }
+}
+
+extension Machine {
+    /// The compared CPU features of `entries` (vCPU 0's CPUID on this host). When restoring,
+    /// refuses a snapshot whose guest was offered features that this host's KVM cannot offer:
+    /// the guest would fault on its next use of one (a migration destination refuses the same
+    /// way, before the source hands the VM over).
+    static func cpuFeatures(_ entries: [CPUIDEntry], restoring: RestoreSource?) throws -> [String: UInt32] {
+        let offered = CPUFeatures.of(entries)
+        guard let saved = restoring?.snapshot.cpuFeatures else { return offered }
+        let missing = CPUFeatures.missing(saved: saved, offered: offered)
+        guard missing.isEmpty else {
+            let shown = missing.prefix(16).joined(separator: ", ") + (missing.count > 16 ? " and \(missing.count - 16) more" : "")
+            throw VireoError(.unsupported, "the saved guest was running on a CPU with features this host's KVM does not offer (\(shown)); it would fault on its next use of one",
+                             hint: "restore or migrate it to a host with the same CPU model or a newer one")
+        }
+        return offered
     }
 }
 

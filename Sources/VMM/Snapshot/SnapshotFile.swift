@@ -35,6 +35,14 @@ public struct MachineSnapshot: Codable, Sendable, Equatable {
     public var devices: [String: DeviceState]
     /// The disks as they were when the snapshot was taken (nil in snapshots without disks).
     public var disks: [Disk]?
+    /// The CPU features vCPU 0 was offered (X86Boot's CPUFeatures registers); a host that cannot
+    /// offer all of them refuses the restore. Nil in snapshots from before the field.
+    public var cpuFeatures: [String: UInt32]?
+
+    enum CodingKeys: String, CodingKey {
+        case format, writer, config, cpus, boot, memory, vcpus, chips, devices, disks
+        case cpuFeatures = "cpu_features"
+    }
 
     /// A disk of the machine. A read-write disk's contents at the snapshot are kept as an
     /// internal qcow2 snapshot named `disk_snapshot` inside the image itself; a restore reverts
