@@ -228,7 +228,7 @@ function vmView(main, name) {
   const chartsBox = h("div", { class: "charts", id: "charts" });
   const termBox = h("div", { class: "terminal", id: "terminal", hidden: true });
   const consoleStatus = h("p", { class: "status", id: "console-status", role: "status" });
-  let vm = null, gone = false;
+  let vm = null, gone = false, consoleReattach = () => {};
 
   async function run(label, fn) {
     setStatus(status, label + "…");
@@ -284,6 +284,7 @@ function vmView(main, name) {
     b.resume.disabled = s !== "paused";
     b.delete.disabled = !(s === "stopped" || s === "failed");
     b.snapshot.disabled = !(s === "running" || s === "paused");
+    consoleReattach();
     facts.replaceChildren(...[["vCPUs", vm.vcpus], ["memory", vm.memory_mib + " MiB"],
       ["boots", vm.template ? "template " + vm.template : vm.probe ? "probe guest: " + vm.probe : vm.kernel],
       ["disks", (vm.disks || []).map(d => d.path).join(", ") || "none"], ["NICs", (vm.nics || []).length],
@@ -325,21 +326,33 @@ function vmView(main, name) {
 
   every(POLL_MS, async () => { await refresh(); await sample(); });
 
+  // The console: once opened it stays wanted; when its websocket closes (the VM stopped or
+  // rebooted into a new VMM) it attaches again as soon as the VM runs.
+  let term = null, ws = null, consoleWanted = false;
   function openConsole() {
-    if (!window.Terminal) { setStatus(consoleStatus, "The terminal is unavailable: the host lacks Debian's libjs-xterm (apt-get install libjs-xterm).", true); return; }
-    termBox.hidden = false;
-    termBox.replaceChildren();
-    const term = new Terminal({ rendererType: "dom", cursorBlink: true, rows: 20, scrollback: 2000 });
-    term.open(termBox);
-    const ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + path + "/console/attach");
-    ws.binaryType = "arraybuffer";
-    const dec = new TextDecoder(), enc = new TextEncoder();
-    ws.onopen = () => { setStatus(consoleStatus, "Connected to " + name + "'s serial console."); term.focus(); };
-    ws.onmessage = e => term.write(typeof e.data === "string" ? e.data : dec.decode(new Uint8Array(e.data), { stream: true }));
-    ws.onclose = e => setStatus(consoleStatus, "Console closed" + (e.reason ? ": " + e.reason : " (is the VM running?)") + ". Open it again when the VM runs.", !e.wasClean);
-    term.on("data", d => { if (ws.readyState === WebSocket.OPEN) ws.send(enc.encode(d)); });
-    cleanups.push(() => { ws.close(); term.destroy(); });
+    if (!window.Terminal) { setStatus(consoleStatus, "The terminal is unavailable: the host lacks Debian's libjs-xterm and node-xterm (apt-get install libjs-xterm node-xterm).", true); return; }
+    consoleWanted = true;
+    const enc = new TextEncoder();
+    if (!term) {
+      termBox.hidden = false;
+      term = new Terminal({ rendererType: "dom", cursorBlink: true, rows: 20, scrollback: 2000 });
+      term.open(termBox);
+      term.on("data", d => { if (ws && ws.readyState === WebSocket.OPEN) ws.send(enc.encode(d)); });
+      cleanups.push(() => { consoleWanted = false; if (ws) ws.close(); term.destroy(); });
+    }
+    if (ws) return;
+    const dec = new TextDecoder();
+    const sock = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + path + "/console/attach");
+    ws = sock;
+    sock.binaryType = "arraybuffer";
+    sock.onopen = () => { setStatus(consoleStatus, "Connected to " + name + "'s serial console."); term.focus(); };
+    sock.onmessage = e => term.write(typeof e.data === "string" ? e.data : dec.decode(new Uint8Array(e.data), { stream: true }));
+    sock.onclose = e => {
+      if (ws === sock) ws = null;
+      setStatus(consoleStatus, "Console closed" + (e.reason ? ": " + e.reason : " (is the VM running?)") + ". It attaches again when the VM runs.", !e.wasClean);
+    };
   }
+  consoleReattach = () => { if (consoleWanted && !ws && vm && vm.state === "running") openConsole(); };
 }
 
 function makeCharts(box) {

@@ -228,10 +228,18 @@ def main():
         step("console: typed 'hello vireo', the guest answered 'HELLO VIREO'")
         shot("console.png")
 
-        # A page on a VM deleted behind its back.
+        # The VM stops: the console says so; it runs again: the console attaches again by itself.
         d.api("POST", "/v1/vms/echo1/kill")
         wait.until(lambda _: "closed" in by_id("console-status").text.lower())
         step("console after the VM stopped: " + by_id("console-status").text)
+        check(d.api("POST", "/v1/vms/echo1/start")[0] == 200, "start echo1 again")
+        wait.until(lambda _: "Connected" in by_id("console-status").text)
+        driver.find_element(By.CSS_SELECTOR, "#terminal .xterm-helper-textarea").send_keys(" again")
+        WebDriverWait(driver, 10).until(lambda _: "AGAIN" in by_id("terminal").text)
+        step("console re-attached by itself when the VM ran again: ' again' -> 'AGAIN'")
+        # A page on a VM deleted behind its back.
+        d.api("POST", "/v1/vms/echo1/kill")
+        wait.until(lambda _: "closed" in by_id("console-status").text.lower())
         check(d.api("DELETE", "/v1/vms/echo1")[0] == 204, "delete echo1")
         wait.until(lambda _: driver.find_elements(By.ID, "vm-gone"))
         step("stale page: " + by_id("vm-gone").text)
