@@ -36,7 +36,7 @@ config_extra = {
 doc = {
   "openapi": "3.0.3",
   "info": {"title": "Vireo host API", "version": "0.1.0",
-           "description": "The REST API of `vireo host`: VMs on one server. Every 4xx/5xx body is an Error. On the TCP listener every request needs `Authorization: Bearer TOKEN`."},
+           "description": "The REST API of `vireo host`: VMs on one server. Every 4xx/5xx body is an Error. On the TCP listener every request needs `Authorization: Bearer TOKEN`, or the session cookie of a web console login (/ui/login), with `X-Vireo-CSRF: 1` on requests that change things (403 without it)."},
   "paths": {
     "/openapi.json": {"get": {"operationId": "getOpenAPI", "summary": "This document", "responses": {"200": ok("the OpenAPI document", {"type": "object"}), **unauth}}},
     "/metrics": {"get": {"operationId": "getMetrics", "summary": "Prometheus text metrics for the host and every VM",
@@ -433,6 +433,34 @@ doc["components"]["schemas"].update({
     "IncomingMigrationTicket": {"type": "object", "required": ["vm", "port", "token"], "properties": {
         "vm": {"type": "string"}, "port": {"type": "integer", "description": "where the VMM waits for the stream, on the daemon's listen address"},
         "token": {"type": "string", "description": "the one-time token the source VMM must present"}}},
+})
+
+# The web console (docs/console-web.md): pages, not API. On the TCP listener, a login with the
+# bearer token sets a session cookie that the API also accepts (with X-Vireo-CSRF: 1 on changes).
+def html(desc): return {"description": desc, "content": {"text/html": {"schema": {"type": "string"}}}}
+def see_other(desc): return {"description": desc, "headers": {"Location": {"schema": {"type": "string"}}}}
+def static(op, desc, ctype, missing=None):
+    r = {"200": {"description": desc, "content": {ctype: {"schema": {"type": "string"}}}}}
+    if missing: r["404"] = {"description": f"Debian's {missing} is not installed (the text says: apt-get install {missing})", "content": {"text/plain": {"schema": {"type": "string"}}}}
+    return {"get": {"operationId": op, "summary": desc, "tags": ["web console"], "responses": r}}
+doc["paths"].update({
+    "/": {"get": {"operationId": "webRoot", "summary": "Redirects to the web console", "tags": ["web console"], "responses": {"303": see_other("to /ui/")}}},
+    "/ui/": {"get": {"operationId": "webConsole", "summary": "The web console (its views follow the URL fragment: #/host, #/vms, #/vms/NAME, #/images, #/templates)",
+                     "tags": ["web console"], "responses": {"200": html("the console page"), "303": see_other("not logged in: to /ui/login (?reason=expired when the cookie's session has ended)")}}},
+    "/ui/login": {
+        "get": {"operationId": "webLoginPage", "summary": "The login page", "tags": ["web console"],
+                "responses": {"200": html("the login form"), "303": see_other("already logged in, or the unix socket (no login there): to /ui/")}},
+        "post": {"operationId": "webLogin", "summary": "Log in with the listener's bearer token; sets the session cookie (HttpOnly, SameSite=Strict, 12 hours)",
+                 "tags": ["web console"],
+                 "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": {"type": "object", "required": ["token"], "properties": {"token": {"type": "string"}}}}}},
+                 "responses": {"303": see_other("logged in: to /ui/, with Set-Cookie"), "400": html("no token given"), "401": html("wrong token: the login page again"),
+                               "415": html("not a form body")}}},
+    "/ui/logout": {"post": {"operationId": "webLogout", "summary": "Ends the session and clears the cookie", "tags": ["web console"], "responses": {"303": see_other("to /ui/login")}}},
+    "/ui/app.js": static("webAppJS", "The console's script", "text/javascript"),
+    "/ui/app.css": static("webAppCSS", "The console's style sheet", "text/css"),
+    "/ui/vendor/chart.js": static("webChartJS", "Chart.js from Debian's libjs-chart.js", "text/javascript", "libjs-chart.js"),
+    "/ui/vendor/xterm.js": static("webXtermJS", "xterm.js from Debian's libjs-xterm", "text/javascript", "libjs-xterm"),
+    "/ui/vendor/xterm.css": static("webXtermCSS", "xterm.js's style sheet from Debian's libjs-xterm", "text/css", "libjs-xterm"),
 })
 
 here = os.path.dirname(os.path.abspath(__file__))

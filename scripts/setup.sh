@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Vireo's build, tests and demo need from Debian's packages (idempotent).
 set -euo pipefail
-pkgs=(qemu-system-x86 qemu-utils acpica-tools busybox-static cpio lz4 zlib1g-dev libzstd-dev libsqlite3-dev iproute2 nftables dnsmasq-base)
+pkgs=(qemu-system-x86 qemu-utils acpica-tools busybox-static cpio lz4 zlib1g-dev libzstd-dev libsqlite3-dev iproute2 nftables dnsmasq-base
+      chromium chromium-driver python3-selenium libjs-chart.js libjs-xterm node-xterm systemd)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then

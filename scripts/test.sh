@@ -20,6 +20,17 @@ grep -vE '^(Test Case|Test Suite|\s*Executed 0 tests)|◇ Test .* started|↳' o
 grep -aiE 'skipped|^SKIP' out-swift-test.log | sort -u | sed 's/^/skipped (swift test): /'
 rm -f out-swift-test.log
 
+echo "== browser tests (headless Chromium drives the web console; screenshots in out/browser/)"
+if [[ ! -x /usr/bin/chromium || ! -x /usr/bin/chromedriver ]] || ! /usr/bin/python3 -c 'import selenium' 2>/dev/null; then
+  skipped+=("browser tests: Debian's chromium, chromium-driver or python3-selenium is missing (scripts/setup.sh installs them)")
+  status=1
+elif [[ ! -w /dev/kvm ]]; then
+  skipped+=("browser tests: /dev/kvm is not usable here; the test runs probe VMs")
+  status=1
+else
+  timeout 300 /usr/bin/python3 tests/browser/test_web_console.py .build/release/vireo || status=1
+fi
+
 echo "== testbed scenarios (nested SVM KVM under QEMU TCG)"
 if command -v qemu-system-x86_64 >/dev/null; then
   swift build -c release --static-swift-stdlib --product vireo 2>&1 | tail -n 1

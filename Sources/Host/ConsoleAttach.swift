@@ -43,7 +43,7 @@ enum ConsoleAttach {
                 let promise = channel.eventLoop.makePromise(of: HTTPHeaders?.self)
                 promise.completeWithTask {
                     if head.method == .GET, let name = vmName(uri: head.uri),
-                       router.accepts(authorization: head.headers.first(name: "authorization")),
+                       router.acceptsAttach(HTTPServer.request(head, [])),
                        (try? await router.service.consoleAttachTarget(name)) != nil {
                         return HTTPHeaders()
                     }
@@ -183,8 +183,14 @@ final class WebSocketIdleCloser: ChannelInboundHandler, Sendable {
 extension Router {
     /// Whether this listener accepts a request with this Authorization header (always on the
     /// unix socket; on TCP only with the daemon's bearer token).
-    func accepts(authorization: String?) -> Bool {
-        guard let token else { return true }
-        return authorization == "Bearer \(token)"
+    /// Whether an attach request may upgrade: the bearer token, or a web console session from
+    /// a page of this daemon (a browser's websocket carries the cookie and its page's Origin).
+    func acceptsAttach(_ req: HTTPRequest) -> Bool {
+        guard token != nil else { return true }
+        switch authenticate(req) {
+        case .bearer: return true
+        case .session: return sessionRefusal(req) == nil
+        case .anonymous: return false
+        }
     }
 }

@@ -76,7 +76,12 @@ enum HTTPServer {
                     if tooLarge {
                         response = .error(HTTPError(413, "body-too-large", "request bodies are limited to \(Router.maxBody) bytes"))
                     } else {
-                        response = await router.handle(request(h, body))
+                        let started = ContinuousClock.now
+                        let req = request(h, body)
+                        response = await router.handle(req)
+                        let took = ContinuousClock.now - started
+                        router.requestMetrics.record(method: req.method, path: req.path, status: response.status,
+                                                     seconds: Double(took.components.seconds) + Double(took.components.attoseconds) / 1e18)
                     }
                     if let stream = response.stream {
                         try await writeStream(response, stream, version: h.version, channel: connection.channel, outbound)

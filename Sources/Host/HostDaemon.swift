@@ -31,6 +31,8 @@ public enum HostDaemon {
         public var allowEmulatedKernels = false
         /// Make the `default` network (NAT, DHCP, DNS) at the first start of this data directory.
         public var defaultNetwork = true
+        /// The --config file these options came from in part (said in the start-up line).
+        public var configFile: String?
         public init(socketPath: String, dataDir: String, listen: String?, tokenFile: String?, vmmBinary: String) {
             self.socketPath = socketPath; self.dataDir = dataDir; self.listen = listen; self.tokenFile = tokenFile; self.vmmBinary = vmmBinary
         }
@@ -97,7 +99,8 @@ public enum HostDaemon {
         if let tcp { await service.configureMigrationListener(host: tcp.host) }
 
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
-        let unixRouter = Router(service: service, token: nil)
+        let requestMetrics = RequestMetrics()
+        let unixRouter = Router(service: service, token: nil, requestMetrics: requestMetrics)
         let unix = try await HTTPServer.bindUnix(o.socketPath, group: group, router: unixRouter)
         chmod(o.socketPath, 0o660)
         socketPathC = strdup(o.socketPath)
@@ -116,7 +119,7 @@ public enum HostDaemon {
             }
         }
         signal(SIGPIPE, SIG_IGN)
-        printLine("vireo host: listening on \(o.socketPath), data in \(o.dataDir), pid \(getpid())")
+        printLine("vireo host: listening on \(o.socketPath), data in \(o.dataDir), pid \(getpid())" + (o.configFile.map { ", config \($0)" } ?? ""))
         if o.kvmIsPVM {
             printLine(o.allowEmulatedKernels
                 ? "vireo host: this host's KVM is the PVM backend; Linux-kernel VMs start anyway (--allow-emulated-kernels) but are emulated and do not boot usefully"
@@ -126,7 +129,7 @@ public enum HostDaemon {
         try await withThrowingTaskGroup(of: Void.self) { tasks in
             tasks.addTask { try await HTTPServer.serve(unix, router: unixRouter) }
             if let tcp {
-                let tcpRouter = Router(service: service, token: tcp.token)
+                let tcpRouter = Router(service: service, token: tcp.token, requestMetrics: requestMetrics)
                 let listener = try await HTTPServer.bindTCP(host: tcp.host, port: tcp.port, group: group, router: tcpRouter)
                 let port = listener.channel.localAddress?.port ?? tcp.port
                 printLine("vireo host: listening on \(tcp.host):\(port) (bearer token required)")

@@ -37,8 +37,16 @@ public struct Router: Sendable {
     let service: HostService
     /// Bearer token required on this listener (TCP), or nil (the unix socket: its file mode guards it).
     let token: String?
+    /// The web console's logins on this listener (WebSessions.swift).
+    let sessions: WebSessions
+    /// Request counts and durations for /metrics, shared by every listener.
+    let requestMetrics: RequestMetrics
 
     static let maxBody = 1 << 20
+
+    init(service: HostService, token: String?, requestMetrics: RequestMetrics = RequestMetrics()) {
+        self.service = service; self.token = token; self.sessions = WebSessions(); self.requestMetrics = requestMetrics
+    }
 
     /// Every (method, path template) the server answers.
     public static let routes: [(method: String, path: String)] = [
@@ -53,14 +61,19 @@ public struct Router: Sendable {
         ("GET", "/v1/vms/{name}/balloon"), ("POST", "/v1/vms/{name}/balloon"),
         ("GET", "/v1/templates"), ("POST", "/v1/templates"), ("GET", "/v1/templates/{name}"), ("DELETE", "/v1/templates/{name}"),
         ("GET", "/v1/networks"), ("POST", "/v1/networks"), ("GET", "/v1/networks/{name}"), ("DELETE", "/v1/networks/{name}"),
-    ] + imageRoutes + migrationRoutes
+    ] + imageRoutes + migrationRoutes + webRoutes
 
     func handle(_ req: HTTPRequest) async -> HTTPResponse {
-        if let token {
-            let given = req.header("authorization")
-            guard let given, given == "Bearer \(token)" else {
+        if Self.isWebPath(req.path) { return await web(req) }
+        if token != nil {
+            switch authenticate(req) {
+            case .bearer: break
+            case .session:
+                if let refusal = sessionRefusal(req) { return .error(refusal) }
+            case .anonymous:
+                let given = req.header("authorization")
                 var r = HTTPResponse.error(HTTPError(401, "unauthorized", given == nil
-                    ? "this listener needs 'Authorization: Bearer TOKEN' (the daemon's --token-file)"
+                    ? "this listener needs 'Authorization: Bearer TOKEN' (the daemon's --token-file) or a web console login (/ui/login)"
                     : "the bearer token is wrong"))
                 r.headers.append(("WWW-Authenticate", "Bearer"))
                 return r
@@ -87,7 +100,8 @@ public struct Router: Sendable {
             return HTTPResponse(status: 200, contentType: "application/json", body: Array(OpenAPIDocument.json.utf8))
         case 1 where parts[0] == "metrics":
             try allow("GET")
-            return HTTPResponse(status: 200, contentType: "text/plain; version=0.0.4", body: Array((await Metrics.render(service.metricsSnapshot()) + eventMetrics).utf8))
+            return HTTPResponse(status: 200, contentType: "text/plain; version=0.0.4",
+                                body: Array((await Metrics.render(service.metricsSnapshot()) + eventMetrics + RequestMetrics.buildInfo + requestMetrics.render()).utf8))
         case 2 where parts == ["v1", "host"]:
             try allow("GET")
             return .json(200, await service.hostInfo())

@@ -6,7 +6,7 @@ public enum OpenAPIDocument {
   "info": {
     "title": "Vireo host API",
     "version": "0.1.0",
-    "description": "The REST API of `vireo host`: VMs on one server. Every 4xx/5xx body is an Error. On the TCP listener every request needs `Authorization: Bearer TOKEN`."
+    "description": "The REST API of `vireo host`: VMs on one server. Every 4xx/5xx body is an Error. On the TCP listener every request needs `Authorization: Bearer TOKEN`, or the session cookie of a web console login (/ui/login), with `X-Vireo-CSRF: 1` on requests that change things (403 without it)."
   },
   "paths": {
     "/openapi.json": {
@@ -2911,6 +2911,312 @@ public enum OpenAPIDocument {
               "application/json": {
                 "schema": {
                   "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          }
+        }
+      }
+    },
+    "/": {
+      "get": {
+        "operationId": "webRoot",
+        "summary": "Redirects to the web console",
+        "tags": [
+          "web console"
+        ],
+        "responses": {
+          "303": {
+            "description": "to /ui/",
+            "headers": {
+              "Location": {
+                "schema": {
+                  "type": "string"
+                }
+              }
+            }
+          }
+        }
+      }
+    },
+    "/ui/": {
+      "get": {
+        "operationId": "webConsole",
+        "summary": "The web console (its views follow the URL fragment: #/host, #/vms, #/vms/NAME, #/images, #/templates)",
+        "tags": [
+          "web console"
+        ],
+        "responses": {
+          "200": {
+            "description": "the console page",
+            "content": {
+              "text/html": {
+                "schema": {
+                  "type": "string"
+                }
+              }
+            }
+          },
+          "303": {
+            "description": "not logged in: to /ui/login (?reason=expired when the cookie's session has ended)",
+            "headers": {
+              "Location": {
+                "schema": {
+                  "type": "string"
+                }
+              }
+            }
+          }
+        }
+      }
+    },
+    "/ui/login": {
+      "get": {
+        "operationId": "webLoginPage",
+        "summary": "The login page",
+        "tags": [
+          "web console"
+        ],
+        "responses": {
+          "200": {
+            "description": "the login form",
+            "content": {
+              "text/html": {
+                "schema": {
+                  "type": "string"
+                }
+              }
+            }
+          },
+          "303": {
+            "description": "already logged in, or the unix socket (no login there): to /ui/",
+            "headers": {
+              "Location": {
+                "schema": {
+                  "type": "string"
+                }
+              }
+            }
+          }
+        }
+      },
+      "post": {
+        "operationId": "webLogin",
+        "summary": "Log in with the listener's bearer token; sets the session cookie (HttpOnly, SameSite=Strict, 12 hours)",
+        "tags": [
+          "web console"
+        ],
+        "requestBody": {
+          "required": true,
+          "content": {
+            "application/x-www-form-urlencoded": {
+              "schema": {
+                "type": "object",
+                "required": [
+                  "token"
+                ],
+                "properties": {
+                  "token": {
+                    "type": "string"
+                  }
+                }
+              }
+            }
+          }
+        },
+        "responses": {
+          "303": {
+            "description": "logged in: to /ui/, with Set-Cookie",
+            "headers": {
+              "Location": {
+                "schema": {
+                  "type": "string"
+                }
+              }
+            }
+          },
+          "400": {
+            "description": "no token given",
+            "content": {
+              "text/html": {
+                "schema": {
+                  "type": "string"
+                }
+              }
+            }
+          },
+          "401": {
+            "description": "wrong token: the login page again",
+            "content": {
+              "text/html": {
+                "schema": {
+                  "type": "string"
+                }
+              }
+            }
+          },
+          "415": {
+            "description": "not a form body",
+            "content": {
+              "text/html": {
+                "schema": {
+                  "type": "string"
+                }
+              }
+            }
+          }
+        }
+      }
+    },
+    "/ui/logout": {
+      "post": {
+        "operationId": "webLogout",
+        "summary": "Ends the session and clears the cookie",
+        "tags": [
+          "web console"
+        ],
+        "responses": {
+          "303": {
+            "description": "to /ui/login",
+            "headers": {
+              "Location": {
+                "schema": {
+                  "type": "string"
+                }
+              }
+            }
+          }
+        }
+      }
+    },
+    "/ui/app.js": {
+      "get": {
+        "operationId": "webAppJS",
+        "summary": "The console's script",
+        "tags": [
+          "web console"
+        ],
+        "responses": {
+          "200": {
+            "description": "The console's script",
+            "content": {
+              "text/javascript": {
+                "schema": {
+                  "type": "string"
+                }
+              }
+            }
+          }
+        }
+      }
+    },
+    "/ui/app.css": {
+      "get": {
+        "operationId": "webAppCSS",
+        "summary": "The console's style sheet",
+        "tags": [
+          "web console"
+        ],
+        "responses": {
+          "200": {
+            "description": "The console's style sheet",
+            "content": {
+              "text/css": {
+                "schema": {
+                  "type": "string"
+                }
+              }
+            }
+          }
+        }
+      }
+    },
+    "/ui/vendor/chart.js": {
+      "get": {
+        "operationId": "webChartJS",
+        "summary": "Chart.js from Debian's libjs-chart.js",
+        "tags": [
+          "web console"
+        ],
+        "responses": {
+          "200": {
+            "description": "Chart.js from Debian's libjs-chart.js",
+            "content": {
+              "text/javascript": {
+                "schema": {
+                  "type": "string"
+                }
+              }
+            }
+          },
+          "404": {
+            "description": "Debian's libjs-chart.js is not installed (the text says: apt-get install libjs-chart.js)",
+            "content": {
+              "text/plain": {
+                "schema": {
+                  "type": "string"
+                }
+              }
+            }
+          }
+        }
+      }
+    },
+    "/ui/vendor/xterm.js": {
+      "get": {
+        "operationId": "webXtermJS",
+        "summary": "xterm.js from Debian's libjs-xterm",
+        "tags": [
+          "web console"
+        ],
+        "responses": {
+          "200": {
+            "description": "xterm.js from Debian's libjs-xterm",
+            "content": {
+              "text/javascript": {
+                "schema": {
+                  "type": "string"
+                }
+              }
+            }
+          },
+          "404": {
+            "description": "Debian's libjs-xterm is not installed (the text says: apt-get install libjs-xterm)",
+            "content": {
+              "text/plain": {
+                "schema": {
+                  "type": "string"
+                }
+              }
+            }
+          }
+        }
+      }
+    },
+    "/ui/vendor/xterm.css": {
+      "get": {
+        "operationId": "webXtermCSS",
+        "summary": "xterm.js's style sheet from Debian's libjs-xterm",
+        "tags": [
+          "web console"
+        ],
+        "responses": {
+          "200": {
+            "description": "xterm.js's style sheet from Debian's libjs-xterm",
+            "content": {
+              "text/css": {
+                "schema": {
+                  "type": "string"
+                }
+              }
+            }
+          },
+          "404": {
+            "description": "Debian's libjs-xterm is not installed (the text says: apt-get install libjs-xterm)",
+            "content": {
+              "text/plain": {
+                "schema": {
+                  "type": "string"
                 }
               }
             }

@@ -11,7 +11,7 @@ struct HostCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "host",
         abstract: "Run the host daemon (the default), or check and describe this server as a virtualization host.",
-        subcommands: [HostServeCommand.self, HostCheckCommand.self, HostInfoCommand.self],
+        subcommands: [HostServeCommand.self, HostCheckCommand.self, HostInfoCommand.self, HostInstallServiceCommand.self],
         defaultSubcommand: HostServeCommand.self)
 }
 

@@ -17,19 +17,22 @@ struct HostServeCommand: ParsableCommand {
         Example: vireo host --socket /run/vireo/vireo.sock --data-dir /var/lib/vireo
         """)
 
-    @Option(help: "Unix socket the API listens on.")
-    var socket: String = APIClient.defaultSocket
+    @Option(help: ArgumentHelp("A config file (TOML: `key = value` lines, the keys being these flags' names, e.g. data-dir = \"/var/lib/vireo\"); a flag given here wins over it.", valueName: "file"))
+    var config: String?
 
-    @Option(help: "Directory for the inventory database and each VM's logs and sockets.")
-    var dataDir: String = "/var/lib/vireo"
+    @Option(help: "Unix socket the API listens on (default \(APIClient.defaultSocket)).")
+    var socket: String?
 
-    @Option(help: "Also listen on TCP ADDR:PORT (needs --token-file; clients send 'Authorization: Bearer TOKEN').")
+    @Option(help: "Directory for the inventory database and each VM's logs and sockets (default /var/lib/vireo).")
+    var dataDir: String?
+
+    @Option(help: "Also listen on TCP ADDR:PORT (needs --token-file; clients send 'Authorization: Bearer TOKEN', browsers log in at /ui/).")
     var listen: String?
 
     @Option(help: "File holding the bearer token for the TCP listener (16+ characters).")
     var tokenFile: String?
 
-    @Option(name: .customLong("pool"), help: ArgumentHelp("A storage pool (repeatable): a directory whose files VMs may use as kernels, initrds, disks, template bases and import sources. The data directory is always one; files anywhere else are refused.", valueName: "dir"))
+    @Option(name: .customLong("pool"), help: ArgumentHelp("A storage pool (repeatable): a directory whose files VMs may use as kernels, initrds, disks, template bases and import sources. The data directory is always one; files anywhere else are refused. Given here, these replace the config file's.", valueName: "dir"))
     var pools: [String] = []
 
     @Option(help: ArgumentHelp("The vireo binary that runs each VMM.", visibility: .hidden))
@@ -44,32 +47,40 @@ struct HostServeCommand: ParsableCommand {
     @Option(name: .customLong("memory-overcommit"), help: ArgumentHelp("Provisioned guest memory this host admits per byte of RAM + swap (0.01 to 100; default 1.5): a VM starts only if its memory plus that of the VMs running fits (RAM + swap) x RATIO.", valueName: "ratio"))
     var memoryOvercommit: Double?
 
-    @Flag(name: .customLong("no-default-network"), help: "Do not make the `default` network (a NAT bridge with DHCP and DNS) at this data directory's first start.")
-    var noDefaultNetwork = false
-    @Flag(name: .customLong("allow-emulated-kernels"), help: "On a host whose KVM is the PVM backend (`vireo host check` says so), start Linux-kernel VMs anyway; they are refused there otherwise, since stock kernels are emulated and do not boot usefully.")
-    var allowEmulatedKernels = false
+    @Flag(inversion: .prefixedNo, help: "Make the `default` network (a NAT bridge with DHCP and DNS) at this data directory's first start (the default; --no-default-network does not).")
+    var defaultNetwork: Bool?
+    @Flag(inversion: .prefixedNo, help: "On a host whose KVM is the PVM backend (`vireo host check` says so), start Linux-kernel VMs anyway; they are refused there otherwise, since stock kernels are emulated and do not boot usefully.")
+    var allowEmulatedKernels: Bool?
 
     func run() throws {
         try reportingErrors {
+            var file = HostConfigFile(path: "")
+            if let config { file = try HostConfigFile.load(config) }
+            let memoryOvercommit = self.memoryOvercommit ?? file.decimal("memory-overcommit")
+            let activeMemoryWindow = self.activeMemoryWindow ?? file.uint32("active-memory-window")
+            let activeMemorySample = self.activeMemorySample ?? file.uint32("active-memory-sample")
             if let r = memoryOvercommit, !(0.01...100).contains(r) {
-                throw VireoError(.invalidArgument, "--memory-overcommit \(r) is out of range: give 0.01 to 100 (1 admits RAM + swap exactly; the default 1.5 admits half as much again)")
+                throw VireoError(.invalidArgument, "memory-overcommit \(r) is out of range: give 0.01 to 100 (1 admits RAM + swap exactly; the default 1.5 admits half as much again)")
             }
             guard (activeMemoryWindow ?? 0) <= 3600 else {
-                throw VireoError(.invalidArgument, "--active-memory-window \(activeMemoryWindow ?? 0) is more than an hour; give 1 to 3600 seconds, or 0 to turn the estimate off")
+                throw VireoError(.invalidArgument, "active-memory-window \(activeMemoryWindow ?? 0) is more than an hour; give 1 to 3600 seconds, or 0 to turn the estimate off")
             }
             var options = HostDaemon.Options(
-                socketPath: socket, dataDir: dataDir, listen: listen, tokenFile: tokenFile,
-                vmmBinary: vmmBinary ?? ChildProcess.selfExecutable())
+                socketPath: socket ?? file.string("socket") ?? APIClient.defaultSocket,
+                dataDir: dataDir ?? file.string("data-dir") ?? "/var/lib/vireo",
+                listen: listen ?? file.string("listen"), tokenFile: tokenFile ?? file.string("token-file"),
+                vmmBinary: vmmBinary ?? file.string("vmm-binary") ?? ChildProcess.selfExecutable())
             if let n = activeMemorySample, n == 0 || n > 1024 || n & (n - 1) != 0 {
-                throw VireoError(.invalidArgument, "--active-memory-sample \(n) is not a power of two from 1 to 1024 (1 tracks every page)")
+                throw VireoError(.invalidArgument, "active-memory-sample \(n) is not a power of two from 1 to 1024 (1 tracks every page)")
             }
             options.activeMemoryWindow = activeMemoryWindow
             options.activeMemorySample = activeMemorySample
-            options.pools = pools
+            options.pools = pools.isEmpty ? file.strings("pool") ?? [] : pools
             options.memoryOvercommit = memoryOvercommit
             options.kvmIsPVM = KVMSystem.isPVM
-            options.allowEmulatedKernels = allowEmulatedKernels
-            options.defaultNetwork = !noDefaultNetwork
+            options.allowEmulatedKernels = allowEmulatedKernels ?? file.bool("allow-emulated-kernels") ?? false
+            options.defaultNetwork = defaultNetwork ?? file.bool("default-network") ?? true
+            if let path = config { options.configFile = path }
             try HostDaemon.runBlocking(options)
         }
     }

@@ -81,6 +81,11 @@ struct OpenAPIContractTests {
             ("GET", "/v1/networks", "/v1/networks", nil), ("GET", "/v1/networks/oa1", "/v1/networks/{name}", nil),
             ("GET", "/v1/networks/zz", "/v1/networks/{name}", nil),
             ("DELETE", "/v1/networks/oa1", "/v1/networks/{name}", nil), ("DELETE", "/v1/networks/oa1", "/v1/networks/{name}", nil),
+            // The web console (the unix socket has no login: the login routes go on to /ui/).
+            ("GET", "/", "/", nil), ("GET", "/ui/", "/ui/", nil), ("GET", "/ui/login", "/ui/login", nil), ("POST", "/ui/login", "/ui/login", nil),
+            ("POST", "/ui/logout", "/ui/logout", nil), ("GET", "/ui/app.js", "/ui/app.js", nil), ("GET", "/ui/app.css", "/ui/app.css", nil),
+            ("GET", "/ui/vendor/chart.js", "/ui/vendor/chart.js", nil), ("GET", "/ui/vendor/xterm.js", "/ui/vendor/xterm.js", nil),
+            ("GET", "/ui/vendor/xterm.css", "/ui/vendor/xterm.css", nil),
         ]
         if kvm {
             calls += [("POST", "/v1/vms/c1/start", "/v1/vms/{name}/start", nil), ("POST", "/v1/vms/c1/start", "/v1/vms/{name}/start", nil),
