@@ -201,7 +201,7 @@ struct MemoryReclaimRunTests {
     @Test func patternWorkloadTextIsChecked() throws {
         for bad in ["pattern:purple", "pattern:zero:x", "pattern:zero:1:2"] {
             let (status, _, err) = try VireoBinary.run(["run", "--probe", bad, "--memory", "16M", "--serial", "none"])
-            #expect(status != 0 && err.contains("probe '\(bad)'") && err.contains("compressible, random, zero, identical") && !err.contains("Fatal"), "\(bad): \(err)")
+            #expect(status != 0 && err.contains("probe '\(bad)'") && !err.contains("Fatal"), "\(bad): \(err)")
         }
         #expect(try ProbeWorkload.parse("pattern:identical:8") == .pattern(mode: .identical, hotBytes: 8 << 20))
         #expect(throws: VireoError.self) { try ProbeWorkload.parse("pattern:nope") }
