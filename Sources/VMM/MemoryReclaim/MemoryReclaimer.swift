@@ -304,13 +304,19 @@ final class MemoryReclaimer: @unchecked Sendable {
             while next < candidates.count, result.releasedBytes < bytes {
                 let end = min(candidates.count, next + Self.batchPages)
                 try pausing {
-                    for page in candidates[next..<end] where result.releasedBytes < bytes {
-                        switch release(page, cctx: cctx, scratch: scratch) {
-                        case .released: result.releasedBytes += UInt64(Self.pageSize)
+                    var stored: [UInt] = []
+                    var swapped = false
+                    for page in candidates[next..<end] where result.releasedBytes + UInt64(stored.count * Self.pageSize) < bytes {
+                        switch store(page, cctx: cctx, scratch: scratch) {
+                        case .stored(let toSwap): stored.append(page); swapped = swapped || toSwap
                         case .kept: result.keptBytes += UInt64(Self.pageSize)
                         case .skipped: break
                         }
                     }
+                    // The swap file's pages go to the disk and leave the page cache: hypervisor
+                    // swapping must free host memory, not move it into the cache.
+                    if swapped { flushSwap() }
+                    result.releasedBytes += releaseRuns(stored.sorted())
                 }
                 next = end
             }
@@ -344,10 +350,39 @@ final class MemoryReclaimer: @unchecked Sendable {
         return out
     }
 
-    private enum Outcome { case released, kept, skipped }
+    private enum Outcome { case stored(swap: Bool), kept, skipped }
 
-    /// One page, with the guest stopped: classify, store, release.
-    private func release(_ page: UInt, cctx: OpaquePointer, scratch: UnsafeMutableRawPointer) -> Outcome {
+    /// Releases the stored pages (sorted), one MADV_DONTNEED per contiguous run; a run the
+    /// kernel refuses keeps its pages (their records are dropped). Returns the bytes released.
+    private func releaseRuns(_ pages: [UInt]) -> UInt64 {
+        var released: UInt64 = 0
+        var i = 0
+        while i < pages.count {
+            var j = i + 1
+            while j < pages.count, pages[j] == pages[j - 1] + UInt(Self.pageSize) { j += 1 }
+            let length = (j - i) * Self.pageSize
+            // SAFETY: [pages[i], pages[i] + length) are whole pages of guest RAM (from mincore over
+            // the live regions), stored above; the guest is stopped while they are released.
+            if let p = UnsafeMutableRawPointer(bitPattern: pages[i]), madvise(p, length, MADV_DONTNEED) == 0 {
+                released += UInt64(length)
+            } else {
+                for k in i..<j { _ = take(pages[k]) }
+            }
+            i = j
+        }
+        return released
+    }
+
+    /// Writes the swap file's dirty pages to the disk and drops them from the page cache.
+    private func flushSwap() {
+        let fd = swapFD.load(ordering: .acquiring)
+        guard fd >= 0 else { return }
+        _ = fdatasync(fd)
+        _ = posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED)
+    }
+
+    /// One page, with the guest stopped: classify and store (released later, by run).
+    private func store(_ page: UInt, cctx: OpaquePointer, scratch: UnsafeMutableRawPointer) -> Outcome {
         guard let p = UnsafeMutableRawPointer(bitPattern: page) else { return .skipped }
         // Still resident? (A balloon may have discarded it since the candidates were listed.)
         var resident: UInt8 = 0
@@ -376,11 +411,8 @@ final class MemoryReclaimer: @unchecked Sendable {
             }
         }
         put(stored, at: page)
-        guard madvise(p, Self.pageSize, MADV_DONTNEED) == 0 else {
-            _ = take(page)
-            return .kept
-        }
-        return .released
+        if case .swapped = stored { return .stored(swap: true) }
+        return .stored(swap: false)
     }
 
     /// Writes a page to a free swap slot; nil (counted, the page stays in RAM) on failure.
