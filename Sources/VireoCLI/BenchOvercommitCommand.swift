@@ -9,11 +9,14 @@ import Glibc
 /// zero pages), measured on real VMMs. Starts `vms` probe VMMs (`vireo run`, one process each):
 /// VM 0 is the active one (fills its RAM, then rewrites a hot set in a loop and counts its
 /// passes); the others fill their RAM and idle, with compressible, identical and random page
-/// contents in turn. After two sampling windows every VM is asked to reclaim all of its RAM
-/// (`reclaim`, only pages not written in the last window are taken). Measured: the VMMs' total
-/// RSS against the RAM they provide (ratio), the active VM's hot passes per second before and
-/// after (slowdown), and, after every idle guest read all of its pages back and checked them,
-/// the fault-in service time (p50, p99). Any page that reads back wrong fails the run.
+/// contents in turn. A small control VM (not reclaimed, twice the hot set of RAM) runs the same
+/// hot loop: the active VM's slowdown is its rate relative to the control's, after the reclaim
+/// against before, so load from other processes on the host cancels out. After two sampling
+/// windows every VM but the control is asked to reclaim all of its RAM (`reclaim`; only pages
+/// not written in the last window are taken). Measured: the VMMs' total RSS against the RAM
+/// they provide (ratio), the slowdown, and, after every idle guest read all of its pages back
+/// and checked them, the fault-in service time (p50, p99). Any page that reads back wrong
+/// fails the run.
 struct BenchOvercommit: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "overcommit",
@@ -74,10 +77,12 @@ struct BenchOvercommit: ParsableCommand {
                                        memory: memory, hot: i == 0 ? hot : 0))
             }
             let active = machines[0]
-            try Self.wait(seconds: 120, "the guests filled their RAM") { machines.allSatisfy { $0.number("probe", "filled") == 1 } }
+            let control = try VM(bin: bin, dir: dir, index: vms, mode: "compressible", memory: max(16, hot * 2), hot: hot)
+            defer { _ = control.control("stop"); _ = control.child.wait() }
+            try Self.wait(seconds: 120, "the guests filled their RAM") { (machines + [control]).allSatisfy { $0.number("probe", "filled") == 1 } }
             sleep(3)   // two sampling windows: the filled pages age, the hot set does not
-            let before = try rate(active)
-            let rssBefore = machines.reduce(UInt64(0)) { $0 + $1.rss }
+            let before = try rates(active, control)
+            let rssBefore = machines.reduce(UInt64(0)) { $0 + $1.rss } + control.rss
 
             let t0 = monotonicNanos()
             var replies: [[String: String]] = []
@@ -89,8 +94,8 @@ struct BenchOvercommit: ParsableCommand {
             let reclaimMs = (monotonicNanos() - t0) / 1_000_000
             let released = replies.reduce(UInt64(0)) { $0 + (UInt64($1["released_bytes"] ?? "") ?? 0) }
             sleep(1)
-            let rssAfter = machines.reduce(UInt64(0)) { $0 + $1.rss }
-            let after = try rate(active)
+            let rssAfter = machines.reduce(UInt64(0)) { $0 + $1.rss } + control.rss
+            let after = try rates(active, control)
             let activeFaults = active.number("memory", "faultin_count")
             let held = machines.map { m in (m.number("memory", "compressed_bytes"), m.number("memory", "compressed_stored_bytes"),
                                            m.number("memory", "swapped_bytes"), m.number("memory", "zero_bytes")) }
@@ -109,16 +114,18 @@ struct BenchOvercommit: ParsableCommand {
             }
             guard bad == 0 else { throw VireoError(.guest, "\(bad) guest pages read back wrong after reclaim") }
 
-            let provisioned = UInt64(vms) * memory << 20
+            let provisioned = UInt64(vms) * memory << 20 + max(16, hot * 2) << 20
             let ratio = Double(provisioned) / Double(max(1, rssAfter))
-            let slowdown = before > 0 ? (1 - after / before) * 100 : 0
+            let relBefore = before.active / before.control, relAfter = after.active / after.control
+            let slowdown = (1 - relAfter / relBefore) * 100
             func mib(_ b: UInt64) -> UInt64 { b >> 20 }
             let sum = held.reduce((UInt64(0), UInt64(0), UInt64(0), UInt64(0))) { ($0.0 + $1.0, $0.1 + $1.1, $0.2 + $1.2, $0.3 + $1.3) }
             print("ratio=\(String(format: "%.2f", ratio)) slowdown_pct=\(String(format: "%.1f", slowdown)) faultin_us_p99=\(p99s.max() ?? 0)")
             print("vms=\(vms) memory_mib=\(memory) provisioned_mib=\(mib(provisioned)) rss_before_mib=\(mib(rssBefore)) rss_after_mib=\(mib(rssAfter)) "
                   + "released_mib=\(mib(released)) compressed_mib=\(mib(sum.0)) stored_mib=\(mib(sum.1)) swapped_mib=\(mib(sum.2)) zero_mib=\(mib(sum.3)) "
                   + "reclaim_ms=\(reclaimMs) reclaim_mib_per_s=\(reclaimMs > 0 ? mib(released) * 1000 / reclaimMs : 0)")
-            print("active_hot_mib=\(hot) active_passes_per_s_before=\(String(format: "%.1f", before)) active_passes_per_s_after=\(String(format: "%.1f", after)) "
+            print("active_hot_mib=\(hot) active_passes_per_s_before=\(String(format: "%.1f", before.active)) control_before=\(String(format: "%.1f", before.control)) "
+                  + "active_passes_per_s_after=\(String(format: "%.1f", after.active)) control_after=\(String(format: "%.1f", after.control)) "
                   + "active_faultins=\(activeFaults)")
             print("faultin_us_p50=\(p50s.sorted()[p50s.count / 2]) faultin_count=\(faults) verify_ms=\(verifyMs) "
                   + "verify_us_per_page=\(faults > 0 ? verifyMs * 1000 / faults : 0) bad_pages=\(bad)")
@@ -129,15 +136,15 @@ struct BenchOvercommit: ParsableCommand {
         }
     }
 
-    /// The active VM's hot-set passes per second over `seconds`.
-    func rate(_ vm: VM) throws -> Double {
-        let p0 = vm.number("probe", "hot_passes")
+    /// Hot-set passes per second of the active and the control VM over the same `seconds`.
+    func rates(_ active: VM, _ control: VM) throws -> (active: Double, control: Double) {
+        let a0 = active.number("probe", "hot_passes"), c0 = control.number("probe", "hot_passes")
         let t0 = monotonicNanos()
         sleep(seconds)
-        let p1 = vm.number("probe", "hot_passes")
-        let t1 = monotonicNanos()
-        guard p1 > p0 else { throw VireoError(.guest, "the active VM made no progress") }
-        return Double(p1 - p0) / (Double(t1 - t0) / 1e9)
+        let a1 = active.number("probe", "hot_passes"), c1 = control.number("probe", "hot_passes")
+        let s = Double(monotonicNanos() - t0) / 1e9
+        guard a1 > a0, c1 > c0 else { throw VireoError(.guest, "the active or the control VM made no progress") }
+        return (Double(a1 - a0) / s, Double(c1 - c0) / s)
     }
 
     static func wait(seconds: Int, _ what: String, _ done: () -> Bool) throws {
