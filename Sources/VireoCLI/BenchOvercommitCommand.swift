@@ -9,9 +9,11 @@ import Glibc
 /// zero pages), measured on real VMMs. Starts `vms` probe VMMs (`vireo run`, one process each):
 /// VM 0 is the active one (fills its RAM, then rewrites a hot set in a loop and counts its
 /// passes); the others fill their RAM and idle, with compressible, identical and random page
-/// contents in turn. A small control VM (not reclaimed, twice the hot set of RAM) runs the same
-/// hot loop: the active VM's slowdown is its rate relative to the control's, after the reclaim
-/// against before, so load from other processes on the host cancels out. After two sampling
+/// contents in turn. A control VM, the active one's twin that is never reclaimed, runs the same
+/// hot loop over the same seconds: the active VM's slowdown is its passes relative to the
+/// control's, after the reclaim against before, so load from other
+/// processes on the host cancels out. The control VM is an instrument: it is left out of the
+/// ratio (its RSS is printed). After two sampling
 /// windows every VM but the control is asked to reclaim all of its RAM (`reclaim`; only pages
 /// not written in the last window are taken). Measured: the VMMs' total RSS against the RAM
 /// they provide (ratio), the slowdown, and, after every idle guest read all of its pages back
@@ -77,12 +79,12 @@ struct BenchOvercommit: ParsableCommand {
                                        memory: memory, hot: i == 0 ? hot : 0))
             }
             let active = machines[0]
-            let control = try VM(bin: bin, dir: dir, index: vms, mode: "compressible", memory: max(16, hot * 2), hot: hot)
+            let control = try VM(bin: bin, dir: dir, index: vms, mode: "compressible", memory: memory, hot: hot)
             defer { _ = control.control("stop"); _ = control.child.wait() }
             try Self.wait(seconds: 120, "the guests filled their RAM") { (machines + [control]).allSatisfy { $0.number("probe", "filled") == 1 } }
             sleep(3)   // two sampling windows: the filled pages age, the hot set does not
             let before = try rates(active, control)
-            let rssBefore = machines.reduce(UInt64(0)) { $0 + $1.rss } + control.rss
+            let rssBefore = machines.reduce(UInt64(0)) { $0 + $1.rss }
 
             let t0 = monotonicNanos()
             var replies: [[String: String]] = []
@@ -94,7 +96,7 @@ struct BenchOvercommit: ParsableCommand {
             let reclaimMs = (monotonicNanos() - t0) / 1_000_000
             let released = replies.reduce(UInt64(0)) { $0 + (UInt64($1["released_bytes"] ?? "") ?? 0) }
             sleep(1)
-            let rssAfter = machines.reduce(UInt64(0)) { $0 + $1.rss } + control.rss
+            let rssAfter = machines.reduce(UInt64(0)) { $0 + $1.rss }
             let after = try rates(active, control)
             let activeFaults = active.number("memory", "faultin_count")
             let held = machines.map { m in (m.number("memory", "compressed_bytes"), m.number("memory", "compressed_stored_bytes"),
@@ -114,10 +116,9 @@ struct BenchOvercommit: ParsableCommand {
             }
             guard bad == 0 else { throw VireoError(.guest, "\(bad) guest pages read back wrong after reclaim") }
 
-            let provisioned = UInt64(vms) * memory << 20 + max(16, hot * 2) << 20
+            let provisioned = UInt64(vms) * memory << 20
             let ratio = Double(provisioned) / Double(max(1, rssAfter))
-            let relBefore = before.active / before.control, relAfter = after.active / after.control
-            let slowdown = (1 - relAfter / relBefore) * 100
+            let slowdown = (1 - after.relative / before.relative) * 100
             func mib(_ b: UInt64) -> UInt64 { b >> 20 }
             let sum = held.reduce((UInt64(0), UInt64(0), UInt64(0), UInt64(0))) { ($0.0 + $1.0, $0.1 + $1.1, $0.2 + $1.2, $0.3 + $1.3) }
             print("ratio=\(String(format: "%.2f", ratio)) slowdown_pct=\(String(format: "%.1f", slowdown)) faultin_us_p99=\(p99s.max() ?? 0)")
@@ -125,8 +126,9 @@ struct BenchOvercommit: ParsableCommand {
                   + "released_mib=\(mib(released)) compressed_mib=\(mib(sum.0)) stored_mib=\(mib(sum.1)) swapped_mib=\(mib(sum.2)) zero_mib=\(mib(sum.3)) "
                   + "reclaim_ms=\(reclaimMs) reclaim_mib_per_s=\(reclaimMs > 0 ? mib(released) * 1000 / reclaimMs : 0)")
             print("active_hot_mib=\(hot) active_passes_per_s_before=\(String(format: "%.1f", before.active)) control_before=\(String(format: "%.1f", before.control)) "
-                  + "active_passes_per_s_after=\(String(format: "%.1f", after.active)) control_after=\(String(format: "%.1f", after.control)) "
-                  + "active_faultins=\(activeFaults)")
+                  + "relative_before=\(String(format: "%.3f", before.relative)) active_passes_per_s_after=\(String(format: "%.1f", after.active)) "
+                  + "control_after=\(String(format: "%.1f", after.control)) relative_after=\(String(format: "%.3f", after.relative)) "
+                  + "active_faultins=\(activeFaults) control_rss_mib=\(mib(control.rss))")
             print("faultin_us_p50=\(p50s.sorted()[p50s.count / 2]) faultin_count=\(faults) verify_ms=\(verifyMs) "
                   + "verify_us_per_page=\(faults > 0 ? verifyMs * 1000 / faults : 0) bad_pages=\(bad)")
             for (m, h) in zip(machines, held) {
@@ -136,15 +138,16 @@ struct BenchOvercommit: ParsableCommand {
         }
     }
 
-    /// Hot-set passes per second of the active and the control VM over the same `seconds`.
-    func rates(_ active: VM, _ control: VM) throws -> (active: Double, control: Double) {
+    /// Hot-set passes per second of the active and the control VM over the same `seconds`, and
+    /// the active VM's passes relative to the control's.
+    func rates(_ active: VM, _ control: VM) throws -> (active: Double, control: Double, relative: Double) {
         let a0 = active.number("probe", "hot_passes"), c0 = control.number("probe", "hot_passes")
         let t0 = monotonicNanos()
         sleep(seconds)
         let a1 = active.number("probe", "hot_passes"), c1 = control.number("probe", "hot_passes")
         let s = Double(monotonicNanos() - t0) / 1e9
         guard a1 > a0, c1 > c0 else { throw VireoError(.guest, "the active or the control VM made no progress") }
-        return (Double(a1 - a0) / s, Double(c1 - c0) / s)
+        return (Double(a1 - a0) / s, Double(c1 - c0) / s, Double(a1 - a0) / Double(c1 - c0))
     }
 
     static func wait(seconds: Int, _ what: String, _ done: () -> Bool) throws {

@@ -186,6 +186,30 @@ struct MemoryReclaimRunTests {
         #expect(probe("bad_pages") == 0)
     }
 
+    @Test func aMigrationAfterReclaimArrivesIntact() throws {
+        let vm = try VMM("mig", memory: "64M", probe: "pattern:random") { ["--swap-file", $0 + "/swap"] }
+        defer { vm.child.signal(SIGKILL); _ = vm.child.wait(); _ = system("rm -rf \(vm.dir)") }
+        try vm.waitFilledAndCold()
+        let r = Self.pairs(vm.control("reclaim 48M"))
+        #expect(r["ok"] == "true" && (UInt64(r["swapped_bytes"] ?? "") ?? 0) >= 40 << 20, "\(r)")
+        let bin = try #require(VireoBinary.path)
+        let dsock = vm.dir + "/d.sock", msock = vm.dir + "/mig.sock"
+        let destination = try ChildProcess([bin, "run", "--incoming", "unix:\(msock)", "--serial", "none", "--api-socket", dsock])
+        defer { _ = SnapshotRunTests.control(dsock, "stop"); _ = destination.wait() }
+        try Self.wait(seconds: 10) { access(msock, F_OK) == 0 }
+        let reply = vm.control("migrate unix:\(msock) downtime-ms=2000")
+        #expect(reply.contains(#""ok":true"#), "\(reply)")
+        // The source ends once the guest runs on the destination.
+        #expect(vm.child.wait() == 0)
+        #expect(SnapshotRunTests.control(dsock, "probe-verify").contains(#""ok":true"#))
+        func probe(_ k: String) -> UInt64 {
+            let s = (try? JSONSerialization.jsonObject(with: Data(SnapshotRunTests.control(dsock, "status").utf8))) as? [String: Any]
+            return ((s?["probe"] as? [String: Any])?[k] as? NSNumber)?.uint64Value ?? 0
+        }
+        try Self.wait(seconds: 60) { probe("verify_passes") >= 1 }
+        #expect(probe("bad_pages") == 0)
+    }
+
     @Test func badReclaimRequestsChangeNothing() throws {
         let vm = try VMM("bad", memory: "32M", probe: "pattern:compressible")
         defer { vm.finish() }
