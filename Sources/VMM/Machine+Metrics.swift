@@ -40,6 +40,8 @@ public struct MachineMetrics: Sendable, Equatable {
         public var zeroBytes: UInt64 = 0
         public var reclaimKeptBytes: UInt64 = 0
         public var swapErrors: UInt64 = 0
+        /// The last swap-file error (the pages stayed in RAM), if any.
+        public var swapError: String?
         public var faultinCount: UInt64 = 0
         public var faultinUsP50: UInt64 = 0
         public var faultinUsP99: UInt64 = 0
@@ -83,6 +85,7 @@ extension Machine {
         metrics.memory.zeroBytes = r.zeroBytes
         metrics.memory.reclaimKeptBytes = r.keptBytes
         metrics.memory.swapErrors = r.swapErrors
+        metrics.memory.swapError = r.lastSwapError
         metrics.memory.faultinCount = r.faultinCount
         metrics.memory.faultinUsP50 = r.faultinUsP50
         metrics.memory.faultinUsP99 = r.faultinUsP99
@@ -98,6 +101,7 @@ extension MachineMetrics {
         if let b = memory.balloonBytes { m += #","balloon_bytes":\#(b)"# }
         m += #","compressed_bytes":\#(memory.compressedBytes),"compressed_stored_bytes":\#(memory.compressedStoredBytes),"swapped_bytes":\#(memory.swappedBytes),"zero_bytes":\#(memory.zeroBytes)"#
         m += #","reclaim_kept_bytes":\#(memory.reclaimKeptBytes),"swap_errors":\#(memory.swapErrors),"faultin_count":\#(memory.faultinCount),"faultin_us_p50":\#(memory.faultinUsP50),"faultin_us_p99":\#(memory.faultinUsP99)"#
+        if let e = memory.swapError { m += #","swap_error":\#(JSONText.string(e))"# }
         if !memory.guest.isEmpty {
             m += #","guest":{"# + memory.guest.sorted { $0.key < $1.key }.map { #""\#($0.key)":\#($0.value)"# }.joined(separator: ",") + "}"
         }

@@ -144,6 +144,8 @@ struct MemoryReclaimRunTests {
         #expect(kept >= 90 << 20, "\(r)")
         #expect((UInt64(r["swap_errors"] ?? "") ?? 0) >= 1)
         #expect(vm.memory("reclaim_kept_bytes") >= 90 << 20 && vm.memory("swap_errors") >= 1)
+        let why = (vm.status()["memory"] as? [String: Any])?["swap_error"] as? String ?? ""
+        #expect(why.contains("/dev/full") && why.contains("No space left"), "\(why)")
         #expect(vm.rss + (16 << 20) > before, "the pages stayed resident")
         #expect(try vm.verify() == 0)
     }

@@ -71,3 +71,17 @@ extension String {
     /// One line: newlines become spaces (key=value replies end at the line's end).
     var replacingNewlines: String { String(map { $0 == "\n" || $0 == "\r" ? " " : $0 }) }
 }
+
+extension Machine {
+    /// In-process callers (tests, benchmarks): the control command `reclaim BYTES`; returns
+    /// the bytes released.
+    public func reclaim(bytes: UInt64) throws -> UInt64 { try reclaimMemory(bytes: bytes).releasedBytes }
+
+    /// Released pages brought back so far (by any thread: vCPUs through KVM, the VMM, the kernel).
+    public var reclaimFaultins: UInt64 { reclaimer.stats.faultinCount }
+
+    /// For the pattern probe workload: whether the guest has filled its RAM.
+    public var probePatternFilled: Bool {
+        (devices as? ProbeDevices)?.patternFilled.load(ordering: .acquiring) ?? false
+    }
+}
