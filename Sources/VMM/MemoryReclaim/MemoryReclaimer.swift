@@ -419,7 +419,7 @@ final class MemoryReclaimer: @unchecked Sendable {
     private func writeToSwap(_ page: UnsafeRawBufferPointer) -> UInt64? {
         var fd = swapFD.load(ordering: .acquiring)
         if fd < 0, let path = options.swapFile {
-            fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+            fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600)
             guard fd >= 0 else {
                 let e = errno
                 noteSwapError("cannot open \(path): \(String(cString: strerror(e)))")
