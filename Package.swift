@@ -36,7 +36,7 @@ let package = Package(
         // One VM's description (VMConfig): the API, the inventory and the VMM share it.
         .target(name: "VireoConfig"),
         .target(name: "VMM", dependencies: [
-            "VireoConfig", "CLinux", "VireoSupport", "KVM", "GuestMemory", "X86Boot", "Devices", "Virtio", "DiskImage", "CProbeGuest",
+            "VireoConfig", "CLinux", "VireoSupport", "KVM", "GuestMemory", "X86Boot", "Devices", "Virtio", "DiskImage", "CProbeGuest", "CZstd",
         ]),
         // The host daemon's API: Codable models, the OpenAPI document, a blocking HTTP client.
         .target(name: "VireoAPI", dependencies: ["VireoSupport", "VireoConfig"]),

@@ -19,6 +19,12 @@
  *        '#', which is answered with 4096 '#' (for output-volume tests); an
  *        empty receiver (LSR.DR clear) idles on port 0xF8 (the VMM returns after input
  *        arrives or about 20 ms; a ring-3 guest cannot HLT)
+ *   rdi = 6: pattern. rsi mode (0 compressible: each 8-byte word holds its own address;
+ *        1 random: a hash of the address, incompressible; 2 zero; 3 identical: every page
+ *        alike, each word its offset in the page), r8/r9 the region, r10 the hot length.
+ *        Fills the region, marks 3 on 0xF5, then loops: rewrite the first r10 bytes (the
+ *        hot set), read the gate 0xF9; on 1 verify every word of the region and write the
+ *        number of pages that differ (eax) to 0xFA.
  * Ports (the VMM's probe device):
  *   0xF4 write: workload finished (the VMM stops the machine, exit status 0)
  *   0xF5 write: marker (al = 1 first instruction, 2 end of a dirty pass)
@@ -50,6 +56,8 @@ ring3:
     je      compute
     cmp     $5, %rdi
     je      echo
+    cmp     $6, %rdi
+    je      pattern
     cmp     $4, %rdi
     jne     done
     jmp     *%rdx
@@ -104,6 +112,71 @@ echo:
     sub     $0x20, %al
 7:  out     %al, %dx
     jmp     echo
+pattern:
+    mov     %r8, %rbx
+    mov     %r9, %rcx
+10: call    pval
+    mov     %rax, (%rbx)
+    add     $8, %rbx
+    sub     $8, %rcx
+    ja      10b
+    mov     $3, %al
+    out     %al, $0xF5                  /* filled */
+11: mov     %r8, %rbx
+    mov     %r10, %rcx
+    test    %rcx, %rcx
+    jz      13f
+12: call    pval                        /* the hot set: rewritten (same values) every pass */
+    mov     %rax, (%rbx)
+    add     $8, %rbx
+    sub     $8, %rcx
+    ja      12b
+13: in      $0xF9, %al                  /* gate: 1 = verify now */
+    test    %al, %al
+    jz      11b
+    mov     %r8, %rbx
+    mov     %r9, %rcx
+    xor     %r12, %r12                  /* pages that differ */
+14: xor     %r13, %r13
+    mov     $512, %r14
+15: call    pval
+    cmp     %rax, (%rbx)
+    je      16f
+    mov     $1, %r13
+16: add     $8, %rbx
+    dec     %r14
+    jnz     15b
+    add     %r13, %r12
+    sub     $4096, %rcx
+    ja      14b
+    mov     %r12, %rax
+    mov     $0xFA, %dx
+    out     %eax, %dx
+    jmp     11b
+/* rax = the pattern's word at address rbx for mode rsi (clobbers r11). */
+pval:
+    cmp     $2, %rsi
+    je      18f
+    mov     %rbx, %rax
+    cmp     $0, %rsi
+    je      17f
+    cmp     $3, %rsi
+    jne     19f
+    and     $0xFFF, %rax
+    ret
+19: movabs  $0x9E3779B97F4A7C15, %r11
+    imul    %r11, %rax
+    mov     %rax, %r11
+    shr     $29, %r11
+    xor     %r11, %rax
+    movabs  $0xBF58476D1CE4E5B9, %r11
+    imul    %r11, %rax
+    mov     %rax, %r11
+    shr     $32, %r11
+    xor     %r11, %rax
+17: ret
+18: xor     %eax, %eax
+    ret
 done:
     xor     %eax, %eax
     out     %al, $0xF4

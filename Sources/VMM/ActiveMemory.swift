@@ -30,6 +30,8 @@ public final class ActiveMemorySampler: Sendable {
     let startDelaySeconds: UInt32
     let enableLogging: @Sendable () throws -> Void
     private let state = Mutex(Snapshot())
+    /// Per-page write ages for the memory reclaimer, fed from every window's fetch.
+    let ages: PageAges
 
     public struct Snapshot: Sendable, Equatable {
         /// Bytes of guest pages written in the last full window; nil before the first one ended.
@@ -48,6 +50,7 @@ public final class ActiveMemorySampler: Sendable {
         self.enableLogging = enableLogging
         self.windowSeconds = max(1, windowSeconds)
         self.sampleOneIn = log.manualProtect ? max(1, sampleOneIn) : 1
+        self.ages = PageAges(slots: log.slots)
     }
 
     /// Sleeps until `seconds` passed (true) or a stop was requested (false).
@@ -128,11 +131,13 @@ public final class ActiveMemorySampler: Sendable {
                     // The written fraction of the sampled pages, scaled to all of RAM.
                     let sampled = current.dirtyPages
                     pages = sampled == 0 ? 0 : Int(UInt64(Self.overlap(dirty, current)) * totalPages / UInt64(sampled))
+                    ages.observe(dirty: dirty, observed: current)
                     let next = log.randomSample(oneIn: sampleOneIn, using: &rng)
                     try log.rearm(next)
                     sample = next
                 } else {
                     pages = dirty.dirtyPages
+                    ages.observe(dirty: dirty, observed: nil)
                 }
             } catch {
                 state.withLock { $0.failure = "\(error)"; $0.activeBytes = nil }

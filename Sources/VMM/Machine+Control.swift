@@ -119,7 +119,8 @@ public final class PauseGate: @unchecked Sendable {
 /// Commands: `config` (the VM configuration it runs, as JSON), `status` (state, per-vCPU exit counts and thread ids, memory (provisioned, active
 /// estimate, guest-reported), per-disk and per-NIC counters), `pause`, `resume`,
 /// `shutdown` (press the ACPI power button; the guest powers itself off), `stop` (end now),
-/// `balloon [MIB]` (the balloon's target and actual size; with MIB, a new target).
+/// `balloon [MIB]` (the balloon's target and actual size; with MIB, a new target),
+/// `reclaim BYTES` (compress or swap cold guest pages; a line of key=value pairs, MemoryReclaim/).
 /// One connection at a time, on its own host thread; the daemon is the only client.
 public final class ControlServer: @unchecked Sendable {
     public let path: String
@@ -181,6 +182,7 @@ public final class ControlServer: @unchecked Sendable {
 
     static func handle(_ command: String, machine: Machine) -> String {
         let words = command.split(separator: " ")
+        if words.first == "reclaim" { return reclaim(words.dropFirst().map(String.init), machine: machine) }
         if words.first == "balloon" { return balloon(words.dropFirst().map(String.init), machine: machine) }
         if words.first == "snapshot" { return snapshot(words.dropFirst().map(String.init), machine: machine) }
         if words.first == "migrate" { return migrate(words.dropFirst().map(String.init), machine: machine) }
@@ -211,6 +213,8 @@ public final class ControlServer: @unchecked Sendable {
             }
             button.press()
             return #"{"ok":true,"state":"shutting-down","presses":\#(button.pressCount)}"#
+        case "probe-verify":
+            return probeVerify(machine: machine)
         case "migrate-status":
             return migrationStatus(machine)
         case "migrate-cancel":
@@ -222,7 +226,7 @@ public final class ControlServer: @unchecked Sendable {
             machine.pauseGate.resume()
             return #"{"ok":true,"state":"stopping"}"#
         default:
-            return #"{"ok":false,"error":"unknown command; one of status, config, pause, resume, shutdown, stop, balloon [MIB], snapshot DIR, forget-disk-snapshot TAG, export-disk-snapshot TAG DISK-ID PATH, migrate ADDRESS [downtime-ms=N] [storage=copy] [token=T], migrate-status, migrate-cancel"}"#
+            return #"{"ok":false,"error":"unknown command; one of status, config, pause, resume, shutdown, stop, balloon [MIB], reclaim BYTES, snapshot DIR, forget-disk-snapshot TAG, export-disk-snapshot TAG DISK-ID PATH, migrate ADDRESS [downtime-ms=N] [storage=copy] [token=T], migrate-status, migrate-cancel"}"#
         }
     }
 
@@ -371,7 +375,7 @@ public final class ControlServer: @unchecked Sendable {
         let vcpus = machine.stats.enumerated().map { i, s in
             #"{"index":\#(i),"tid":\#(tids[i] ?? 0),"pio_exits":\#(s.pioExits.load(ordering: .relaxed)),"mmio_exits":\#(s.mmioExits.load(ordering: .relaxed)),"other_exits":\#(s.otherExits.load(ordering: .relaxed))}"#
         }
-        return #"{"ok":true,"state":"\#(state)","pid":\#(getpid()),"vcpus":[\#(vcpus.joined(separator: ","))],\#(machine.metrics().jsonFields)}"#
+        return #"{"ok":true,"state":"\#(state)","pid":\#(getpid()),"vcpus":[\#(vcpus.joined(separator: ","))],\#(machine.metrics().jsonFields)\#(probeFields(machine))}"#
     }
 }
 

@@ -32,6 +32,19 @@ public struct MachineMetrics: Sendable, Equatable {
         public var guest: [String: UInt64]
         /// Balloon size now (pages the guest gave back), in bytes; nil without a balloon.
         public var balloonBytes: UInt64?
+        /// Hypervisor reclaim: guest bytes held compressed, their compressed size, guest bytes
+        /// in the swap file, all-zero pages released, and the fault-ins that brought pages back.
+        public var compressedBytes: UInt64 = 0
+        public var compressedStoredBytes: UInt64 = 0
+        public var swappedBytes: UInt64 = 0
+        public var zeroBytes: UInt64 = 0
+        public var reclaimKeptBytes: UInt64 = 0
+        public var swapErrors: UInt64 = 0
+        /// The last swap-file error (the pages stayed in RAM), if any.
+        public var swapError: String?
+        public var faultinCount: UInt64 = 0
+        public var faultinUsP50: UInt64 = 0
+        public var faultinUsP99: UInt64 = 0
     }
     public var memory: Memory
     public var disks: [Disk]
@@ -60,11 +73,23 @@ extension Machine {
             let names: [UInt16: String] = [4: "free_bytes", 5: "total_bytes", 6: "available_bytes", 7: "disk_caches_bytes"]
             for (tag, value) in balloon.latestStats { if let n = names[tag] { guest[n] = value } }
         }
-        return MachineMetrics(
+        let r = reclaimer.stats
+        var metrics = MachineMetrics(
             memory: .init(provisionedBytes: memory.totalSize, activeBytes: active, activeWindowSeconds: config.activeMemoryWindowSeconds,
                           activeSampleOneIn: activeMemory?.sampleOneIn ?? 1, activeStatus: status, guest: guest, balloonBytes: balloon.map { UInt64($0.actualPages) * 4096 }),
             disks: diskCounters.map { .init(name: $0.name, path: $0.path, counters: $0.counters.snapshot) },
             nics: netCounters.map { .init(name: $0.name, counters: $0.counters.snapshot) })
+        metrics.memory.compressedBytes = r.compressedBytes
+        metrics.memory.compressedStoredBytes = r.storedBytes
+        metrics.memory.swappedBytes = r.swappedBytes
+        metrics.memory.zeroBytes = r.zeroBytes
+        metrics.memory.reclaimKeptBytes = r.keptBytes
+        metrics.memory.swapErrors = r.swapErrors
+        metrics.memory.swapError = r.lastSwapError
+        metrics.memory.faultinCount = r.faultinCount
+        metrics.memory.faultinUsP50 = r.faultinUsP50
+        metrics.memory.faultinUsP99 = r.faultinUsP99
+        return metrics
     }
 }
 
@@ -74,6 +99,9 @@ extension MachineMetrics {
         var m = #""provisioned_bytes":\#(memory.provisionedBytes),"active_window_seconds":\#(memory.activeWindowSeconds),"active_sample_one_in":\#(memory.activeSampleOneIn),"active_status":\#(JSONText.string(memory.activeStatus))"#
         if let a = memory.activeBytes { m += #","active_bytes":\#(a)"# }
         if let b = memory.balloonBytes { m += #","balloon_bytes":\#(b)"# }
+        m += #","compressed_bytes":\#(memory.compressedBytes),"compressed_stored_bytes":\#(memory.compressedStoredBytes),"swapped_bytes":\#(memory.swappedBytes),"zero_bytes":\#(memory.zeroBytes)"#
+        m += #","reclaim_kept_bytes":\#(memory.reclaimKeptBytes),"swap_errors":\#(memory.swapErrors),"faultin_count":\#(memory.faultinCount),"faultin_us_p50":\#(memory.faultinUsP50),"faultin_us_p99":\#(memory.faultinUsP99)"#
+        if let e = memory.swapError { m += #","swap_error":\#(JSONText.string(e))"# }
         if !memory.guest.isEmpty {
             m += #","guest":{"# + memory.guest.sorted { $0.key < $1.key }.map { #""\#($0.key)":\#($0.value)"# }.joined(separator: ",") + "}"
         }

@@ -45,6 +45,8 @@ public final class Machine: @unchecked Sendable {
     public let dirtyLogUnavailable: String?
     /// The active-memory sampler (nil when not asked for or when dirty logging is unavailable).
     public let activeMemory: ActiveMemorySampler?
+    /// Compression and swapping of cold guest pages (MemoryReclaim/); idle until a `reclaim`.
+    let reclaimer: MemoryReclaimer
     /// The virtio devices' counters, for `metrics()` (set up once in init).
     var diskCounters: [(name: String, path: String, counters: BlockCounters)] = []
     var netCounters: [(name: String, counters: NetCounters)] = []
@@ -141,6 +143,10 @@ public final class Machine: @unchecked Sendable {
                 : nil
         }
 
+        reclaimer = MemoryReclaimer(memory: memory, options: config.reclaim) { [stop] why in
+            stop.request(.failed(why))
+        }
+
         if case .linux = config.boot {
             // The in-kernel PIC/IOAPIC/LAPICs and PIT must exist before any vCPU.
             try vm.createIRQChip()
@@ -175,6 +181,7 @@ public final class Machine: @unchecked Sendable {
             let probe = ProbeDevices(stop: stop, mmioSink: ProbeWorkload.defaultMMIOAddress,
                                      benchStartNanos: t0, onPass: onProbePass)
             if let restoring { try probe.restore(restoring.snapshot.devices) }
+            if case let .pattern(_, hot) = workload { probe.patternWorkload = true; probe.patternHot = hot > 0 }
             devices = probe
             if !config.virtio.isEmpty {
                 // Probe images drive virtio-pci themselves (poll mode: no irqchip, no MSI-X).
@@ -276,6 +283,7 @@ public final class Machine: @unchecked Sendable {
         }
         eventLoop?.join()
         sampler?.join()
+        reclaimer.shutdown()
         if let platform = devices as? PlatformDevices {
             let p = platform.ports.statistics
             DebugLog.log("port bus: unhandled reads \(p.unhandledReads) writes \(p.unhandledWrites), last \(p.lastUnhandledAddress.map { hex($0) } ?? "-")")

@@ -44,6 +44,9 @@ public struct MachineConfig: Sendable {
     /// the start). Until then guest RAM keeps KVM's huge-page mappings: dirty logging maps it
     /// with 4 KiB pages, which a booting guest, touching all of its memory, pays for.
     public var activeMemoryStartDelaySeconds: UInt32 = 0
+    /// Hypervisor memory reclaim (the control command `reclaim`): the swap file and the bound
+    /// on the compressed store (MemoryReclaim/).
+    public var reclaim = ReclaimOptions()
 
     public static let defaultCmdline = "console=ttyS0 reboot=k panic=-1"
 

@@ -24,6 +24,19 @@ final class ProbeDevices: ExitHandler, @unchecked Sendable {
     var fallback: ExitHandler?
     /// COM1 of the echo workload (nil otherwise); the idle port waits for its input.
     var serial: Serial16550?
+    /// The pattern workload (set before the vCPUs start): its gate and verify counters.
+    var patternWorkload = false
+    /// Whether it rewrites a hot set (then the gate answers at once; otherwise it idles ~20 ms).
+    var patternHot = false
+    let patternFilled = Atomic<Bool>(false)
+    let hotPasses = Atomic<UInt64>(0)
+    let verifyRequests = Atomic<UInt64>(0)
+    let verifyServed = Atomic<UInt64>(0)
+    let verifyPasses = Atomic<UInt64>(0)
+    /// Pages found different, summed over every verify pass.
+    let badPages = Atomic<UInt64>(0)
+    let verifyStartNanos = Atomic<UInt64>(0)
+    let lastVerifyMicros = Atomic<UInt64>(0)
 
     init(stop: StopSignal, mmioSink: UInt64, benchStartNanos: UInt64?, onPass: (@Sendable (UInt64) -> Void)?) {
         self.stop = stop
@@ -45,6 +58,8 @@ final class ProbeDevices: ExitHandler, @unchecked Sendable {
                 if let t0 = benchStartNanos, now >= t0 {
                     writeStderrLine("first_instruction_us=\((now - t0) / 1000)")
                 }
+            } else if marker == 3 {
+                patternFilled.store(true, ordering: .releasing)
             } else if marker == 2 {
                 let n = passes.add(1, ordering: .relaxed).newValue
                 onPass?(n)
@@ -58,6 +73,33 @@ final class ProbeDevices: ExitHandler, @unchecked Sendable {
                 waitedMs += 1
             }
             for i in io.data.indices { io.data[i] = 0 }
+            return true
+        case ProbeGuest.gatePort where patternWorkload:
+            guard !io.isWrite else { return true }
+            for i in io.data.indices { io.data[i] = 0 }
+            var waitedMs = 0
+            while true {
+                let served = verifyServed.load(ordering: .acquiring)
+                if verifyRequests.load(ordering: .acquiring) > served {
+                    verifyServed.store(served + 1, ordering: .releasing)
+                    verifyStartNanos.store(monotonicNanos(), ordering: .releasing)
+                    if let first = io.data.indices.first { io.data[first] = 1 }
+                    return true
+                }
+                if patternHot || waitedMs >= 20 || stop.isStopping { break }
+                usleep(1000)
+                waitedMs += 1
+            }
+            hotPasses.add(1, ordering: .relaxed)
+            return true
+        case ProbeGuest.verifyPort where patternWorkload:
+            guard io.isWrite else { return true }
+            var value: UInt64 = 0
+            for (i, b) in io.data.prefix(4).enumerated() { value |= UInt64(b) << (8 * UInt64(i)) }
+            badPages.add(value, ordering: .acquiringAndReleasing)
+            let t0 = verifyStartNanos.load(ordering: .acquiring)
+            lastVerifyMicros.store((monotonicNanos() &- t0) / 1000, ordering: .releasing)
+            verifyPasses.add(1, ordering: .acquiringAndReleasing)
             return true
         case ProbeGuest.controlPort:
             if io.isWrite { stop.request(.probeDone) }

@@ -26,14 +26,31 @@ public enum ProbeWorkload: Sendable, Equatable {
     /// Echoes COM1 forever: each received byte is sent back with a-z uppercased ('#' answers
     /// with 4096 '#'). Stops only when the VMM is stopped.
     case echo
+    /// Fills the RAM above 2 MiB with a pattern (`mode`), then rewrites its first `hotBytes`
+    /// over and over; on a `probe-verify` request it checks every word and reports the pages
+    /// that differ (`status` -> probe). Memory reclaim's proof: the pattern must survive.
+    case pattern(mode: PatternMode, hotBytes: UInt64)
+
+    public enum PatternMode: UInt64, Sendable, CaseIterable {
+        /// Each 8-byte word holds its guest-physical address (compresses to about a third).
+        case compressible = 0
+        /// A hash of the address: incompressible.
+        case random = 1
+        /// All zero (written, so resident).
+        case zero = 2
+        /// Every page alike (each word its offset in the page): what page sharing merges.
+        case identical = 3
+        public var name: String { String(describing: self) }
+    }
 
     public static let defaultMMIOAddress: UInt64 = 0xD000_0000
 
     /// A workload from its configuration text: pio:N, mmio:N, dirty[:PASSES], compute:N, echo.
     public static func parse(_ text: String) throws -> ProbeWorkload {
+        if text == "pattern" || text.hasPrefix("pattern:") { return try parsePattern(text) }
         let parts = text.split(separator: ":", maxSplits: 1).map(String.init)
         let count = parts.count > 1 ? UInt64(parts[1]) : nil
-        let form = "one of pio:N, mmio:N, dirty[:PASSES], compute:N, echo"
+        let form = "one of pio:N, mmio:N, dirty[:PASSES], compute:N, echo, pattern[:MODE[:HOT-MIB]]"
         if parts.count > 1, count == nil { throw VireoError(.invalidArgument, "probe '\(text)': '\(parts[1])' is not a count (\(form))") }
         switch parts.first ?? "" {
         case "pio": return .pioLoop(iterations: count ?? 100_000)
@@ -43,6 +60,28 @@ public enum ProbeWorkload: Sendable, Equatable {
         case "echo" where parts.count == 1: return .echo
         default: throw VireoError(.invalidArgument, "probe '\(text)' is not \(form)")
         }
+    }
+
+    /// `pattern[:MODE[:HOT-MIB]]`, MODE one of compressible (the default), random, zero, identical.
+    static func parsePattern(_ text: String) throws -> ProbeWorkload {
+        let parts = text.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
+        let modes = PatternMode.allCases.map(\.name).joined(separator: ", ")
+        guard parts.count <= 3 else { throw VireoError(.invalidArgument, "probe '\(text)': give pattern:MODE:HOT-MIB at most (MODE one of \(modes))") }
+        var mode = PatternMode.compressible
+        if parts.count > 1 {
+            guard let m = PatternMode.allCases.first(where: { $0.name == parts[1] }) else {
+                throw VireoError(.invalidArgument, "probe '\(text)': '\(parts[1])' is not a pattern mode (one of \(modes))")
+            }
+            mode = m
+        }
+        var hot: UInt64 = 0
+        if parts.count > 2 {
+            guard let mib = UInt64(parts[2]), mib <= 1 << 20 else {
+                throw VireoError(.invalidArgument, "probe '\(text)': the hot set '\(parts[2])' is not a number of MiB")
+            }
+            hot = mib << 20
+        }
+        return .pattern(mode: mode, hotBytes: hot)
     }
 }
 
@@ -58,6 +97,9 @@ public enum ProbeGuest {
     /// The echo workload reads this when COM1 has no input: the VMM returns once input
     /// arrives or after about 20 ms (a ring-3 guest cannot HLT).
     public static let idlePort: UInt16 = 0xF8
+    /// The pattern workload's gate (read: 1 = verify now) and result (write: pages that differ).
+    public static let gatePort: UInt16 = 0xF9
+    public static let verifyPort: UInt16 = 0xFA
     /// Where a probe image is loaded and entered (ring 3), and how large it may be.
     public static let imageAddress: UInt64 = 0x10_0000
     public static let imageMaxSize: UInt64 = 0x70_0000
@@ -171,6 +213,12 @@ public enum ProbeGuest {
         case let .executeUnmapped(address): regs.rdi = 4; regs.rdx = address
         case .image: regs.rdi = 4; regs.rdx = imageAddress
         case .echo: regs.rdi = 5
+        case let .pattern(mode, hot):
+            regs.rdi = 6; regs.rsi = mode.rawValue
+            regs.r8 = dirtyStart
+            let top = min(memorySize, 3 << 30)
+            regs.r9 = top > dirtyStart ? (top - dirtyStart) & ~0xFFF : 0x1000
+            regs.r10 = min(hot & ~0xFFF, regs.r9)
         }
         try vcpu.setRegisters(regs)
     }

@@ -5,11 +5,12 @@ import Glibc
 #endif
 
 /// `vireo control SOCKET COMMAND...`: one command to a VMM's control socket (`vireo run
-/// --api-socket`), its JSON reply on stdout; exit 1 when the reply says ok:false.
+/// --api-socket`), its reply on stdout (JSON; `reclaim`'s is a line of key=value pairs); exit 1
+/// when the reply says ok:false (or ok=false).
 struct ControlCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "control",
-        abstract: "Send one command to a VMM's control socket: status, config, pause, resume, shutdown, stop, balloon [MIB], snapshot DIR.",
+        abstract: "Send one command to a VMM's control socket: status, config, pause, resume, shutdown, stop, balloon [MIB], reclaim BYTES, snapshot DIR.",
         discussion: "Example: vireo control /tmp/vm.sock snapshot /var/lib/vireo/snap1")
 
     @Argument(help: "The VMM's control socket (vireo run --api-socket).") var socket: String
@@ -37,7 +38,7 @@ struct ControlCommand: ParsableCommand {
             }
             let reply = String(decoding: out, as: UTF8.self)
             print(reply, terminator: reply.hasSuffix("\n") ? "" : "\n")
-            if reply.contains(#""ok":false"#) { throw ExitCode(1) }
+            if reply.contains(#""ok":false"#) || reply.hasPrefix("ok=false") { throw ExitCode(1) }
         }
     }
 }

@@ -149,7 +149,7 @@ enum HostChecks {
         let huge = readText("/proc/sys/vm/nr_hugepages") ?? "0"
         add(huge == "0" ? .warn : .pass, "hugetlbfs pages", huge == "0" ? "none preallocated (optional: sysctl vm.nr_hugepages=N for pinned huge-page guests)" : "\(huge) preallocated")
         if exists("/dev/userfaultfd") || exists("/proc/sys/vm/unprivileged_userfaultfd") {
-            add(.pass, "userfaultfd", "available (what post-copy migration and hypervisor memory compression would use; Vireo has neither yet)")
+            add(.pass, "userfaultfd", "available (hypervisor memory compression and swap use it: docs/memory-reclaim.md)")
         } else {
             add(.warn, "userfaultfd", "not available")
         }

@@ -94,6 +94,12 @@ struct RunCommand: ParsableCommand {
     @Option(name: .customLong("active-memory-sample"), help: ArgumentHelp("Track a random 1/N of the guest pages per window for the active-memory estimate (N a power of two up to 1024; default 16; 1 = every page, exact but dearer). N times fewer write faults; see docs/PERFORMANCE.md.", valueName: "N"))
     var activeMemorySample: UInt32 = 16
 
+    @Option(name: .customLong("swap-file"), help: ArgumentHelp("A per-VM swap file for cold guest pages that do not compress to half a page (control command `reclaim`; docs/memory-reclaim.md). Default: none, such pages stay in RAM.", valueName: "path"))
+    var swapFile: String?
+
+    @Option(name: .customLong("compress-store-max"), help: ArgumentHelp("The bound on the compressed store of reclaimed guest pages (e.g. 128M). Default: a quarter of guest RAM.", valueName: "size"))
+    var compressStoreMax: String?
+
     @Option(help: "A unix socket for this VMM's control protocol: status, pause, resume, shutdown (ACPI power button), stop (used by `vireo host`).")
     var apiSocket: String?
 
@@ -156,6 +162,16 @@ struct RunCommand: ParsableCommand {
             throw ValidationError("--active-memory-sample \(activeMemorySample) is not a power of two from 1 to 1024 (1 tracks every page)")
         }
         config.activeMemorySampleOneIn = activeMemorySample
+        config.reclaim.swapFile = swapFile
+        if let swapFile, swapFile.isEmpty || swapFile.hasSuffix("/") {
+            throw ValidationError("--swap-file '\(swapFile)' is not a file path; give a path such as /var/lib/vireo/vms/NAME/swap")
+        }
+        if let text = compressStoreMax {
+            guard let bytes = ByteSize.parse(text), bytes <= 1 << 46 else {
+                throw ValidationError("--compress-store-max '\(text)' is not a size; give bytes or a K, M or G size such as 128M (0: compress nothing)")
+            }
+            config.reclaim.storeMaxBytes = bytes
+        }
         return config
     }
 

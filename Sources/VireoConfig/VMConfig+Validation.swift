@@ -42,7 +42,7 @@ extension VMConfig {
             throw ConfigProblem("probe", "conflicting-boot", "give either kernel or probe, not both")
         case let .probe(p):
             guard Self.isValidProbe(p) else {
-                throw ConfigProblem("probe", "invalid-probe", "probe '\(p.prefix(40))' is not one of pio:N, mmio:N, dirty[:PASSES], compute:N")
+                throw ConfigProblem("probe", "invalid-probe", "probe '\(p.prefix(40))' is not one of pio:N, mmio:N, dirty[:PASSES], compute:N, pattern[:MODE[:HOT-MIB]]")
             }
             if initrd != nil || cmdline != nil {
                 throw ConfigProblem("initrd", "conflicting-boot", "initrd and cmdline go with a kernel, not a probe workload")
@@ -182,6 +182,14 @@ extension VMConfig {
 
     public static func isValidProbe(_ s: String) -> Bool {
         if s == "echo" { return true }   // COM1 echo (console tests)
+        if s == "pattern" || s.hasPrefix("pattern:") {
+            // pattern[:MODE[:HOT-MIB]] (memory reclaim tests and `vireo bench overcommit`)
+            let p = s.split(separator: ":", omittingEmptySubsequences: false)
+            guard p.count <= 3 else { return false }
+            if p.count > 1, !["compressible", "random", "zero", "identical"].contains(p[1]) { return false }
+            if p.count > 2 { guard !p[2].isEmpty, p[2].count <= 7, let m = UInt64(p[2]), m <= 1 << 20 else { return false } }
+            return true
+        }
         let parts = s.split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false)
         guard let kind = parts.first, ["pio", "mmio", "dirty", "compute"].contains(kind) else { return false }
         if parts.count == 2 {

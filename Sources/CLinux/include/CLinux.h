@@ -132,6 +132,65 @@ static inline int vireo_install_handler(int signo, vireo_signal_handler_t h) {
     return sigaction(signo, &sa, NULL);
 }
 
+// ---- userfaultfd (hypervisor memory reclaim: released guest pages come back on a touch)
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/types.h>
+/// A userfaultfd (close-on-exec, non-blocking) from /dev/userfaultfd, else the syscall; -1 + errno.
+static inline int vireo_uffd_open(void) {
+    int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+    if (dev >= 0) {
+#ifdef USERFAULTFD_IOC_NEW
+        int fd = ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
+        int e = errno;
+        close(dev);
+        if (fd >= 0) return fd;
+        errno = e;
+#else
+        close(dev);
+#endif
+    }
+    return (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+}
+/// UFFDIO_API handshake (no optional features): 0, or -1 + errno.
+static inline int vireo_uffd_api(int fd) {
+    struct uffdio_api api = { .api = UFFD_API, .features = 0 };
+    return ioctl(fd, UFFDIO_API, &api);
+}
+/// UFFDIO_REGISTER [start, start+len) for missing-page faults: 0, or -1 + errno.
+static inline int vireo_uffd_register_missing(int fd, uint64_t start, uint64_t len) {
+    struct uffdio_register r = { .range = { .start = start, .len = len }, .mode = UFFDIO_REGISTER_MODE_MISSING };
+    return ioctl(fd, UFFDIO_REGISTER, &r);
+}
+/// UFFDIO_COPY `len` bytes from `src` to the missing page(s) at `dst`, waking the faulting
+/// threads: 0, or -errno (-EEXIST: the page is already there; -EAGAIN: retry).
+static inline int vireo_uffd_copy(int fd, uint64_t dst, const void *src, uint64_t len) {
+    struct uffdio_copy c = { .dst = dst, .src = (uint64_t)(uintptr_t)src, .len = len, .mode = 0, .copy = 0 };
+    if (ioctl(fd, UFFDIO_COPY, &c) == 0) return 0;
+    return -errno;
+}
+/// UFFDIO_ZEROPAGE over [dst, dst+len): 0, or -errno (as vireo_uffd_copy).
+static inline int vireo_uffd_zeropage(int fd, uint64_t dst, uint64_t len) {
+    struct uffdio_zeropage z = { .range = { .start = dst, .len = len }, .mode = 0, .zeropage = 0 };
+    if (ioctl(fd, UFFDIO_ZEROPAGE, &z) == 0) return 0;
+    return -errno;
+}
+/// UFFDIO_WAKE the threads waiting on [start, start+len).
+static inline int vireo_uffd_wake(int fd, uint64_t start, uint64_t len) {
+    struct uffdio_range r = { .start = start, .len = len };
+    return ioctl(fd, UFFDIO_WAKE, &r);
+}
+/// Reads one event: 1 and *address for a page fault, 0 for another event, -errno on none/error.
+static inline int vireo_uffd_read_fault(int fd, uint64_t *address) {
+    struct uffd_msg msg;
+    ssize_t n = read(fd, &msg, sizeof(msg));
+    if (n < 0) return -errno;
+    if ((size_t)n != sizeof(msg)) return -EIO;
+    if (msg.event != UFFD_EVENT_PAGEFAULT) return 0;
+    *address = msg.arg.pagefault.address;
+    return 1;
+}
+
 #include <pthread.h>
 int vireo_set_thread_name(pthread_t thread, const char *name);
 int vireo_pipe_cloexec(int fds[2]);

@@ -63,6 +63,9 @@ extension Machine {
         _ = try snapshotBoot()
         guard token.count <= Int(MigrationWire.maxToken) else { throw VireoError(.invalidArgument, "the migration token is longer than \(MigrationWire.maxToken) bytes") }
         guard openDisks.count <= Int(MigrationWire.maxDisks) else { throw VireoError(.unsupported, "more than \(MigrationWire.maxDisks) disks to migrate") }
+        // Released pages come back first (pre-copy reads RAM with mincore); no reclaim runs
+        // while the migration is active (the control command refuses).
+        try reclaimer.restoreAll()
         migration.cancelRequested.store(false, ordering: .releasing)
         migration.update {
             $0 = MigrationStatus.State(); $0.phase = "setup"; $0.destination = address.description; $0.downtimeTargetMs = downtimeMs

@@ -118,6 +118,8 @@ extension Machine {
         guard pauseGate.isPaused, pauseGate.parked >= vcpus.count else {
             throw VireoError(.conflict, "the machine must be paused while a snapshot is written")
         }
+        // Released pages come back first: the RAM writer takes a non-resident page for a hole.
+        try reclaimer.restoreAll()
         // A raw disk cannot hold its own snapshot; refuse before anything is written.
         if let raw = openDisks.first(where: { !$0.readOnly && $0.format != .qcow2 }) {
             throw VireoError(.unsupported, "disk \(raw.id) (\(raw.path)) is \(raw.format) and read-write: its contents at the snapshot could not be kept",
@@ -336,6 +338,7 @@ extension ProbeWorkload {
         case let .dirty(p): return "dirty:\(p)"
         case let .compute(n): return "compute:\(n)"
         case .echo: return "echo"
+        case let .pattern(mode, hot): return "pattern:\(mode.name):\(hot >> 20)"
         default: return nil
         }
     }
