@@ -8,7 +8,7 @@ import VireoSupport
 /// is its host: total = the limit, free = the limit minus what the group uses that the kernel
 /// could not simply drop (usage minus inactive page cache). Otherwise total = MemTotal and free
 /// = MemAvailable.
-struct HostMemory: Sendable, Equatable {
+public struct HostMemory: Sendable, Equatable {
     var totalBytes: UInt64
     var freeBytes: UInt64
     /// "host" (/proc/meminfo) or the cgroup's path.
@@ -16,7 +16,7 @@ struct HostMemory: Sendable, Equatable {
 
     /// ESXi's sliding scale: 6% of the first 4 GiB, 4% of the next 8, 2% of the next 16 and 1% of
     /// the rest (899 MiB at 28 GiB).
-    static func minFree(totalBytes t: UInt64) -> UInt64 {
+    public static func minFree(totalBytes t: UInt64) -> UInt64 {
         let gib: UInt64 = 1 << 30
         let bands: [(UInt64, UInt64)] = [(4 * gib, 6), (8 * gib, 4), (16 * gib, 2), (UInt64.max, 1)]
         var rest = t, out: UInt64 = 0
@@ -32,10 +32,10 @@ struct HostMemory: Sendable, Equatable {
     /// 64%, hard from 32%, low below that (ESXi 6's thresholds).
     static let edges: [(HostMemoryState, UInt64)] = [(.high, 400), (.clear, 100), (.soft, 64), (.hard, 32)]
 
-    static func state(freeBytes: UInt64, minFree: UInt64) -> HostMemoryState {
+    public static func state(freeBytes: UInt64, minFree: UInt64) -> HostMemoryState {
         for (state, pct) in edges {
-            let (edge, overflow) = minFree.multipliedReportingOverflow(by: pct)
-            if !overflow, freeBytes >= edge / 100 { return state }
+            let (edge, overflow) = (minFree / 100).multipliedReportingOverflow(by: pct)
+            if !overflow, freeBytes >= edge { return state }
         }
         return .low
     }

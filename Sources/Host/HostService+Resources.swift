@@ -73,6 +73,12 @@ extension HostService {
         do throws(VireoError) {
             let cg = try cgroup(name).get()
             try cg.create()
+            // A limit below what the VM holds now would make the kernel reclaim it at once, and
+            // without swap (or on v2, whose memory.max OOM-kills) kill the VMM: refused instead.
+            if let limit = c.memoryLimitMiB, let usage = cg.usageBytes, (UInt64(limit) << 20) + VMCgroup.vmmOverheadBytes < usage {
+                throw VireoError(.conflict, "the VM holds \(ByteSize.format(usage)) of host memory now (its VMM's 64 MiB allowance included), more than a \(limit) MiB limit allows",
+                                 hint: "shrink the guest first (`vireo vm balloon \(name) SIZE`), or give a limit of at least \((usage - min(usage, VMCgroup.vmmOverheadBytes)) >> 20) MiB")
+            }
             try cg.apply(c)
         } catch {
             throw HTTPError.invalid("cgroup-refused", "VM '\(name)': its cgroup refused the new settings: \(error)")

@@ -8,26 +8,33 @@ import Foundation
 
 /// The reclamation ladder's decisions (docs/memory.md), as pure functions of what was measured,
 /// and the calls to the VMMs that carry them out.
-enum MemoryPolicy {
+public enum MemoryPolicy {
     /// One running VM as the policy sees it.
-    struct Candidate: Sendable, Equatable {
-        var name: String
-        var memoryMiB: Int
-        var reservationMiB: Int
-        var shares: Int
+    public struct Candidate: Sendable, Equatable {
+        public var name: String
+        public var memoryMiB: Int
+        public var reservationMiB: Int
+        public var shares: Int
         /// nil: no balloon device.
-        var balloonTargetMiB: Int?
+        public var balloonTargetMiB: Int?
         /// The balloon size the definition starts it with (where an inflated balloon returns to).
-        var configuredBalloonMiB: Int
+        public var configuredBalloonMiB: Int
         /// What the guest's balloon driver last reported free (nil: no figures).
-        var guestFreeMiB: Int?
+        public var guestFreeMiB: Int?
         /// Host memory resident for the VM (VmRSS).
-        var consumedMiB: Int
+        public var consumedMiB: Int
+
+        public init(name: String, memoryMiB: Int, reservationMiB: Int, shares: Int, balloonTargetMiB: Int?, configuredBalloonMiB: Int,
+                    guestFreeMiB: Int?, consumedMiB: Int) {
+            self.name = name; self.memoryMiB = memoryMiB; self.reservationMiB = reservationMiB; self.shares = shares
+            self.balloonTargetMiB = balloonTargetMiB; self.configuredBalloonMiB = configuredBalloonMiB
+            self.guestFreeMiB = guestFreeMiB; self.consumedMiB = consumedMiB
+        }
     }
 
     /// Memory shares decide who is reclaimed first: fewest shares per provisioned MiB first
     /// (ESXi's proportional-share rule), by name among equals.
-    static func reclaimOrder(_ vms: [Candidate]) -> [Candidate] {
+    public static func reclaimOrder(_ vms: [Candidate]) -> [Candidate] {
         vms.sorted { a, b in
             let l = Double(a.shares) / Double(max(1, a.memoryMiB)), r = Double(b.shares) / Double(max(1, b.memoryMiB))
             return l != r ? l < r : a.name < b.name
@@ -35,12 +42,12 @@ enum MemoryPolicy {
     }
 
     /// A guest keeps this much of its own free memory (it needs some to work with).
-    static func guestHeadroomMiB(_ memoryMiB: Int) -> Int { max(16, memoryMiB / 20) }
+    public static func guestHeadroomMiB(_ memoryMiB: Int) -> Int { max(16, memoryMiB / 20) }
 
     /// Balloon targets that reclaim `needMiB` from the guests' free memory, in reclaim order.
     /// A balloon never holds a guest below its reservation, never takes memory a guest did not
     /// report free, and never grows past the guest's RAM. Returns only targets that change.
-    static func inflate(_ vms: [Candidate], needMiB: Int) -> [String: Int] {
+    public static func inflate(_ vms: [Candidate], needMiB: Int) -> [String: Int] {
         var need = needMiB
         var out: [String: Int] = [:]
         for vm in reclaimOrder(vms) where need > 0 {
@@ -56,7 +63,7 @@ enum MemoryPolicy {
     }
 
     /// When memory is plentiful again (high): balloons go back to their configured size.
-    static func deflate(_ vms: [Candidate]) -> [String: Int] {
+    public static func deflate(_ vms: [Candidate]) -> [String: Int] {
         var out: [String: Int] = [:]
         for vm in vms {
             guard let t = vm.balloonTargetMiB, t > vm.configuredBalloonMiB else { continue }
@@ -67,7 +74,7 @@ enum MemoryPolicy {
 
     /// How much each VM's VMM is asked to compress or swap (hard and low): the shortfall, from
     /// the VMs reclaimed first, never taking a VM below its reservation.
-    static func reclaim(_ vms: [Candidate], needMiB: Int) -> [String: Int] {
+    public static func reclaim(_ vms: [Candidate], needMiB: Int) -> [String: Int] {
         var need = needMiB
         var out: [String: Int] = [:]
         for vm in reclaimOrder(vms) where need > 0 {

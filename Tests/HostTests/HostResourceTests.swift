@@ -76,9 +76,9 @@ struct HostResourceTests {
         let d = try TestDaemon()
         defer { d.shutdown() }
         let bin = VireoBinary.path ?? "vireo"
-        let create = try ChildProcessRunner.run([bin, "--socket", d.socket, "vm", "create", "c", "--probe", "compute:100000000000000",
-                                                 "--memory", "64M", "--cpu-shares", "200", "--cpu-limit", "50%",
-                                                 "--memory-limit", "48M", "--memory-reservation", "32M"])
+        let create = try ChildProcessRunner.run([bin, "--socket", d.socket, "vm", "create", "c", "--probe", "dirty",
+                                                 "--memory", "128M", "--cpu-shares", "200", "--cpu-limit", "50%",
+                                                 "--memory-limit", "112M", "--memory-reservation", "32M"])
         #expect(create.status == 0, "\(create.stderr)")
         #expect(try d.action("c", "start").status == 200)
         let pid = try #require(try d.vm("c").pid)
@@ -87,11 +87,11 @@ struct HostResourceTests {
         if FileManager.default.fileExists(atPath: "/sys/fs/cgroup/cpu/cpu.shares") {
             #expect(Self.file(cpu, "cpu.shares") == "2048")
             #expect(Self.file(cpu, "cpu.cfs_quota_us") == "50000" && Self.file(cpu, "cpu.cfs_period_us") == "100000")
-            #expect(Self.file(mem, "memory.limit_in_bytes") == String((48 + 64) << 20))
+            #expect(Self.file(mem, "memory.limit_in_bytes") == String((112 + 64) << 20))
             #expect(Self.file(mem, "memory.soft_limit_in_bytes") == String(32 << 20))
         } else {
             #expect(Self.file(cpu, "cpu.weight") == "200" && Self.file(cpu, "cpu.max") == "50000 100000")
-            #expect(Self.file(mem, "memory.max") == String((48 + 64) << 20) && Self.file(mem, "memory.min") == String(32 << 20))
+            #expect(Self.file(mem, "memory.max") == String((112 + 64) << 20) && Self.file(mem, "memory.min") == String(32 << 20))
         }
         // Every thread of the VMM is in it (the vCPU threads too).
         let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
@@ -106,6 +106,16 @@ struct HostResourceTests {
         } else {
             #expect(Self.file(cpu, "cpu.weight") == "300" && Self.file(cpu, "cpu.max") == "max 100000")
         }
+        // A limit below what the VM holds now is refused (the kernel would kill it), nothing changes.
+        let v1 = FileManager.default.fileExists(atPath: "/sys/fs/cgroup/cpu/cpu.shares")
+        let limitFile = v1 ? "memory.limit_in_bytes" : "memory.max", usageFile = v1 ? "memory.usage_in_bytes" : "memory.current"
+        var usage = 0
+        for _ in 0..<50 where usage <= 96 << 20 { usage = Int(Self.file(mem, usageFile)) ?? 0; usleep(100_000) }
+        #expect(usage > 96 << 20, "the dirty guest's pages are not charged to its cgroup: \(usage)")
+        let tight = try d.req("PATCH", "/v1/vms/c", json: #"{"memory_reservation_mib":0,"memory_limit_mib":1}"#)
+        #expect(tight.status == 422 && tight.text.contains("cgroup-refused") && tight.text.contains("vireo vm balloon"), "\(tight.text)")
+        #expect(try d.vm("c").memoryLimitMiB == 112 && d.vm("c").memoryReservationMiB == 32)
+        #expect(Self.file(mem, limitFile) == String((112 + 64) << 20))
         // Changing what the VMM keeps is still refused while it runs.
         let shareable = try d.req("PATCH", "/v1/vms/c", json: #"{"shareable":true}"#)
         #expect(shareable.status == 409 && shareable.text.contains("page sharing"), "\(shareable.text)")
