@@ -33,6 +33,18 @@ config_extra = {
     "virtio_console": {"type": "boolean", "description": "a virtio console (hvc0), its output in the VM's hvc0.log"},
     "generation_id": {"type": "string", "pattern": "^[0-9a-fA-F-]{32,36}$",
                       "description": "the VM generation ID (ACPI vmgenid, 16 bytes as 32 hex digits); new on clone and revert; chosen when left out"}}
+# Shares, reservations, limits and page sharing (docs/memory.md). A create gives 1 and up; a PATCH's 0 removes a limit or a reservation.
+def resource_fields(patch):
+    lo = 0 if patch else 1
+    return {
+        "cpu_shares": {"type": "integer", "minimum": 1, "maximum": 10000, "description": "CPU weight under contention (cgroup cpu.weight units; default 100)"},
+        "cpu_limit_pct": {"type": "integer", "minimum": lo, "maximum": 25400, "description": "the most CPU the VM gets, percent of one core (150 = 1.5 cores); at most vcpus x 100" + ("; 0 removes it" if patch else "")},
+        "cpu_reservation_pct": {"type": "integer", "minimum": lo, "maximum": 25400, "description": "CPU reserved at admission, percent of one core; at most cpu_limit_pct and the host's CPUs x 100" + ("; 0 removes it" if patch else "")},
+        "memory_reservation_mib": {"type": "integer", "minimum": lo, "maximum": 67108864, "description": "memory never reclaimed (balloon, VMM reclaim) below; cgroup memory.min (v2) or soft limit (v1); at most memory_limit_mib" + ("; 0 removes it" if patch else "")},
+        "memory_limit_mib": {"type": "integer", "minimum": lo, "maximum": 67108864, "description": "the most host memory the guest gets (cgroup memory.max / limit_in_bytes, plus 64 MiB for the VMM itself); at most memory_mib" + ("; 0 removes it" if patch else "")},
+        "memory_shares": {"type": "integer", "minimum": 1, "maximum": 10000, "description": "under memory pressure, VMs with fewer shares per MiB are reclaimed from first (default 100)"},
+        "shareable": {"type": "boolean", "description": "guest RAM mergeable by KSM (default off: shared pages are a side channel between tenants); changes at the next start"}}
+config_extra.update(resource_fields(False))
 doc = {
   "openapi": "3.0.3",
   "info": {"title": "Vireo host API", "version": "0.1.0",
@@ -49,7 +61,7 @@ doc = {
                        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 10000}},
                        {"name": "subject", "in": "query", "schema": {"type": "string"}, "description": "only events about the VM, template or image of this name"},
                        {"name": "vm", "in": "query", "schema": {"type": "string"}, "description": "the first API's name for subject (the same filter, any kind)"},
-                       {"name": "subject_kind", "in": "query", "schema": {"type": "string", "enum": ["vm", "template", "image", "network"]}, "description": "only events about VMs, templates, images or networks"}],
+                       {"name": "subject_kind", "in": "query", "schema": {"type": "string", "enum": ["vm", "template", "image", "network", "host"]}, "description": "only events about VMs, templates, images, networks or the host (memory states, KSM)"}],
         "responses": {"200": {"description": "events (with follow=true: a stream of Event lines)",
                               "content": {"application/json": {"schema": ref("EventList")}, "application/x-ndjson": {"schema": ref("Event")}}},
                       "400": err("bad query parameter"), **unauth}}},
@@ -62,7 +74,7 @@ doc = {
                              "422": err("a value out of range, a missing file, conflicting boot sources"), **unauth}}},
     "/v1/vms/{name}": {
       "get": {"operationId": "getVM", "summary": "One VM", "parameters": [name_param], "responses": {"200": ok("the VM", ref("VM")), "404": err("no such VM"), **unauth}},
-      "patch": {"operationId": "updateVM", "summary": "Change a VM's definition: vcpus, memory_mib, cmdline and balloon_mib while it is stopped, restart_policy any time", "parameters": [name_param],
+      "patch": {"operationId": "updateVM", "summary": "Change a VM's definition: vcpus, memory_mib, cmdline, balloon_mib and shareable while it is stopped; restart_policy, shares, reservations and limits any time (a running VM's cgroup changes at once)", "parameters": [name_param],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": ref("VMUpdate")}}},
                 "responses": {"200": ok("the VM", ref("VM")), "400": err("malformed JSON or unknown field"), "404": err("no such VM"),
                               "409": err("the VM is running and the change needs its VMM restarted"), "422": err("a value out of range, or more memory than the host admits"), **unauth}},
@@ -256,7 +268,7 @@ doc = {
     "VMUpdate": {"type": "object", "additionalProperties": False, "properties": {
         "vcpus": {"type": "integer", "minimum": 1, "maximum": 254}, "memory_mib": {"type": "integer", "minimum": 4, "maximum": 67108864},
         "cmdline": {"type": "string", "maxLength": 2048}, "balloon_mib": {"type": "integer", "minimum": 0, "maximum": 67108864},
-        "restart_policy": ref("RestartPolicy")}},
+        "restart_policy": ref("RestartPolicy"), **resource_fields(True)}},
     "VM": {"type": "object",
            "required": ["name", "vcpus", "memory_mib", "disks", "nics", "restart_policy", "state", "restart_count", "console_log", "api_socket", "created_at"],
            "properties": {
@@ -281,7 +293,20 @@ doc = {
                  "properties": {"hostname": {"type": "string"}, "version": {"type": "string"}, "kvm": {"type": "boolean"},
                                 "pcpus": {"type": "integer"}, "memory_physical_bytes": {"type": "integer"}, "memory_provisioned_bytes": {"type": "integer"},
                                 "vcpus_provisioned": {"type": "integer"}, "vcpu_overcommit_ratio": {"type": "number"},
-                                "vms_total": {"type": "integer"}, "vms_running": {"type": "integer"}, "data_dir": {"type": "string"}}},
+                                "vms_total": {"type": "integer"}, "vms_running": {"type": "integer"}, "data_dir": {"type": "string"},
+                                "memory_state": ref("HostMemoryState"), "memory_ladder": ref("HostMemoryLadder")}},
+    "HostMemoryState": {"type": "string", "enum": ["high", "clear", "soft", "hard", "low"],
+                        "description": "the host memory state (docs/memory.md): free memory against the minFree reserve: high from 400%, clear from 100%, soft from 64%, hard from 32%, low below"},
+    "HostMemoryLadder": {"type": "object", "required": ["state", "total_bytes", "free_bytes", "min_free_bytes", "source", "state_changes", "ksm_saved_bytes",
+                                                        "balloon_bytes", "compressed_bytes", "swapped_bytes", "vms_without_balloon", "vms_without_reclaim"], "properties": {
+        "state": ref("HostMemoryState"), "total_bytes": {"type": "integer", "description": "the host's RAM, or the daemon's memory cgroup's limit"},
+        "free_bytes": {"type": "integer"}, "min_free_bytes": {"type": "integer"},
+        "source": {"type": "string", "description": "host, or the memory cgroup's directory"}, "state_changes": {"type": "integer"},
+        "ksm_saved_bytes": {"type": "integer", "description": "KSM pages_sharing x page size"}, "balloon_bytes": {"type": "integer"},
+        "compressed_bytes": {"type": "integer"}, "swapped_bytes": {"type": "integer"},
+        "ksm_run": {"type": "integer"}, "ksm_pages_to_scan": {"type": "integer"},
+        "vms_without_balloon": {"type": "array", "items": {"type": "string"}, "description": "running VMs the balloon policy cannot reclaim from (no balloon device or no guest figures)"},
+        "vms_without_reclaim": {"type": "array", "items": {"type": "string"}, "description": "running VMs whose VMM does not know `reclaim`"}}},
     "VMStats": {"type": "object", "required": ["name", "state", "memory", "vcpus", "disks", "nics"], "properties": {
         "name": {"type": "string"}, "state": ref("VMState"), "memory": ref("VMMemoryStats"),
         "vcpus": {"type": "array", "items": ref("VCPUStat")}, "disks": {"type": "array", "items": ref("DiskStat")},
@@ -294,7 +319,11 @@ doc = {
         "active_sample_one_in": {"type": "integer", "minimum": 1, "description": "1: every page tracked (exact count of pages written); N: a random 1/N of the pages per window, scaled to all of RAM"},
         "active_status": {"type": "string", "description": "ok, sampling (first window not over), off, unavailable: WHY, or unknown (an older VMM)"},
         "guest_reported": ref("GuestMemoryReport"),
-        "balloon_bytes": {"type": "integer", "minimum": 0, "description": "memory the guest gave back through the balloon"}}},
+        "balloon_bytes": {"type": "integer", "minimum": 0, "description": "memory the guest gave back through the balloon"},
+        "shared_bytes": {"type": "integer", "minimum": 0, "description": "guest pages KSM merged (/proc/PID/ksm_merging_pages); shareable VMs only"},
+        "compressed_bytes": {"type": "integer", "minimum": 0, "description": "cold guest pages the VMM holds compressed"},
+        "swapped_bytes": {"type": "integer", "minimum": 0, "description": "cold guest pages in the VMM's swap file"},
+        "faultin_us_p50": {"type": "number"}, "faultin_us_p99": {"type": "number", "description": "how long bringing a compressed or swapped page back took (µs)"}}},
     "GuestMemoryReport": {"type": "object", "description": "the guest's own figures from the virtio-balloon statistics queue", "properties": {
         "total_bytes": {"type": "integer", "minimum": 0}, "free_bytes": {"type": "integer", "minimum": 0},
         "available_bytes": {"type": "integer", "minimum": 0}, "disk_caches_bytes": {"type": "integer", "minimum": 0}}},
@@ -317,7 +346,7 @@ doc = {
               "properties": {"seq": {"type": "integer", "minimum": 0}, "time": {"type": "string"},
                              "vm": {"type": "string", "description": "the subject's name whatever its kind (the first API's field, kept for its clients): read subject_kind and subject"},
                              "type": {"type": "string"}, "message": {"type": "string"},
-                             "subject_kind": {"type": "string", "enum": ["vm", "template", "image", "network", ""]},
+                             "subject_kind": {"type": "string", "enum": ["vm", "template", "image", "network", "host", ""]},
                              "subject": {"type": "string", "description": "the name of the VM, template or image"}}},
     "EventList": {"type": "object", "required": ["events"], "properties": {"events": {"type": "array", "items": ref("Event")}}},
   }},

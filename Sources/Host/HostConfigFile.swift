@@ -24,7 +24,7 @@ public struct HostConfigFile: Sendable, Equatable {
     public static let keys: [String: Kind] = [
         "socket": .string, "data-dir": .string, "listen": .string, "token-file": .string, "pool": .strings,
         "vmm-binary": .string, "active-memory-window": .uint32, "active-memory-sample": .uint32,
-        "memory-overcommit": .decimal, "default-network": .bool, "allow-emulated-kernels": .bool,
+        "memory-overcommit": .decimal, "memory-min-free": .string, "default-network": .bool, "allow-emulated-kernels": .bool,
     ]
 
     public var values: [String: Value] = [:]

@@ -25,6 +25,8 @@ public enum HostDaemon {
         public var pools: [String] = []
         /// Provisioned guest memory admitted per byte of host RAM + swap (nil: 1.5; Admission.swift).
         public var memoryOvercommit: Double?
+        /// The minFree reserve the host memory states are measured against (nil: ESXi's sliding scale; HostMemory.swift).
+        public var memoryMinFree: UInt64?
         /// This host's KVM is the PVM backend (the caller detects it: `KVMSystem.isPVM`).
         public var kvmIsPVM = false
         /// Start Linux-kernel VMs even on a PVM host (they are refused there otherwise).
@@ -92,6 +94,7 @@ public enum HostDaemon {
         let service = try HostService(dataDir: o.dataDir, vmmBinary: o.vmmBinary, pools: o.pools)
         await service.configureActiveMemory(window: o.activeMemoryWindow, sample: o.activeMemorySample)
         await service.configureAdmission(memoryOvercommit: o.memoryOvercommit)
+        await service.configureMemoryPolicy(minFree: o.memoryMinFree)
         await service.configureKernelPolicy(kvmIsPVM: o.kvmIsPVM, allowEmulatedKernels: o.allowEmulatedKernels)
         await service.migrateDefinitions()
         for line in await service.restoreNetworks(createDefault: o.defaultNetwork) { printLine("vireo host: " + line) }
@@ -139,6 +142,13 @@ public enum HostDaemon {
                 while true {
                     await service.superviseTick()
                     try await Task.sleep(for: .milliseconds(250))
+                }
+            }
+            tasks.addTask {
+                // The reclamation ladder (docs/memory.md): once a second.
+                while true {
+                    await service.ladderTick()
+                    try await Task.sleep(for: .seconds(1))
                 }
             }
             try await tasks.next()

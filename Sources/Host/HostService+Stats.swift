@@ -50,7 +50,11 @@ enum VMStatsCollector {
             activeBytes: m?.activeBytes, activeWindowSeconds: m?.activeWindowSeconds, activeSampleOneIn: m?.activeSampleOneIn,
             activeStatus: m?.activeStatus ?? "unknown: this VMM does not report an estimate (an older version)",
             guestReported: status.guestReport, balloonBytes: m?.balloonBytes)
+        var mem = memory
+        mem.sharedBytes = KSM.mergingPages(pid: t.pid).map { $0 &* KSM.pageSize }
+        let r = status.reclaim
+        mem.compressedBytes = r.compressed; mem.swappedBytes = r.swapped; mem.faultinMicrosP50 = r.p50; mem.faultinMicrosP99 = r.p99
         let state: VMState = status.state == "paused" ? .paused : t.state
-        return VMStats(name: t.name, state: state, memory: memory, vcpus: vcpus, disks: status.diskStats, nics: status.nicStats)
+        return VMStats(name: t.name, state: state, memory: mem, vcpus: vcpus, disks: status.diskStats, nics: status.nicStats)
     }
 }

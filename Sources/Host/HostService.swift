@@ -35,6 +35,10 @@ actor HostService {
     var activeMemorySample: UInt32?
     /// The host's memory overcommit policy (Admission.swift; `vireo host --memory-overcommit`).
     var admission = MemoryAdmission.forThisHost(ratio: nil)
+    /// `vireo host --memory-min-free SIZE` (nil: ESXi's sliding scale of the host's memory; HostMemory.swift).
+    var memoryMinFree: UInt64?
+    /// The reclamation ladder's state (HostService+MemoryPolicy.swift).
+    var ladder = LadderState()
     /// This host's KVM is the PVM backend (`KVMSystem.isPVM`, as `vireo host check` detects it):
     /// it cannot boot stock Linux kernels usefully; kernel VMs are refused unless
     /// `allowEmulatedKernels` (`vireo host --allow-emulated-kernels`).
@@ -196,6 +200,7 @@ actor HostService {
         }
         do {
             try Validation.check(def, socketPath: consoleSocketPath(def.name), admission: admission)
+            try checkReservationsFit(def.config)
             // Every file inside the storage pools, symlinks resolved (the canonical path is kept).
             try confineFiles(&def.config)
             // Every disk's format is recorded now, checked against the file's signature.
@@ -222,6 +227,7 @@ actor HostService {
             if u.memoryMiB != nil { needsRestart.append("memory") }
             if u.cmdline != nil { needsRestart.append("the kernel command line") }
             if u.balloonMiB != nil { needsRestart.append("the balloon device") }
+            if u.shareable != nil { needsRestart.append("page sharing (shareable)") }
             if isSuspended(name) && !needsRestart.isEmpty {
                 throw HTTPError.conflict("VM '\(name)' is suspended to disk, and its saved state keeps \(needsRestart.joined(separator: ", ")): start it (`vireo vm start \(name)`) and stop it, then change it")
             }
@@ -234,13 +240,22 @@ actor HostService {
             if let v = u.cmdline { d.cmdline = v }
             if let v = u.balloonMiB { d.balloonMiB = v }
             if let v = u.restartPolicy { d.restartPolicy = v }
+            Self.applyResourceUpdate(u, to: &d.config)
             try Validation.check(d, socketPath: consoleSocketPath(name), admission: admission)
+            try checkReservationsFit(d.config)
+            if r.state.hasProcess, d.config != r.definition.config {
+                // A running VM: its reservations must still fit beside the others', and its
+                // cgroup takes the new values before they are stored.
+                try admitReservations(name, d.config)
+                try applyLive(name, d.config)
+            }
             var changed: [String] = []
             if d.vcpus != r.definition.vcpus { changed.append("vcpus \(r.definition.vcpus) -> \(d.vcpus)") }
             if d.memoryMiB != r.definition.memoryMiB { changed.append("memory \(r.definition.memoryMiB) -> \(d.memoryMiB) MiB") }
             if d.cmdline != r.definition.cmdline { changed.append("cmdline") }
             if d.balloonMiB != r.definition.balloonMiB { changed.append("balloon \(r.definition.balloonMiB.map { "\($0) MiB" } ?? "none") -> \(d.balloonMiB.map { "\($0) MiB" } ?? "none")") }
             if d.restartPolicy != r.definition.restartPolicy { changed.append("restart policy \(r.definition.restartPolicy.rawValue) -> \(d.restartPolicy.rawValue)") }
+            changed += Self.resourceChanges(r.definition.config, d.config)
             r.definition = d
             try inventory.update(r)
             event(name, "updated", changed.isEmpty ? "nothing changed" : changed.joined(separator: ", "))
@@ -412,7 +427,9 @@ actor HostService {
     func launch(_ r: inout VMRecord, restoreFrom: String? = nil, incoming: VMMCommand.Incoming? = nil) throws {
         let name = r.name
         try checkHostCanBoot(r)
+        try checkMemoryStateAllowsStart(name)
         try admitMemory(r)
+        try admitReservations(name, r.definition.config)
         try Self.makeDirectory(vmDir(name))
         // One VMM per VM: its lock first. Held means a VMM of this VM already runs (the
         // caller adopts it: `VMMAlreadyRunning`).
@@ -474,6 +491,19 @@ actor HostService {
         }
         withExtendedLifetime(lock) {}   // closed here: the VMM's copy keeps the lock
         children.insert(pid)
+        do { try placeInCgroup(name, r.definition.config, pid: pid) } catch {
+            // Controls it was promised cannot be applied: it does not run without them.
+            Glibc.kill(pid, SIGKILL)
+            var status: Int32 = 0
+            waitpid(pid, &status, 0)
+            children.remove(pid)
+            detachNetworkTaps(r.definition.config)
+            removeCgroup(name)
+            r.state = .failed; r.reason = "its resource controls cannot be applied: \(error)"; r.pid = nil
+            try inventory.update(r)
+            event(name, "failed", r.reason ?? "")
+            throw HTTPError.invalid("cgroup-unavailable", "VM '\(name)' has resource controls (cpu_shares, limits, reservations), but its cgroup cannot be made: \(error). Remove them (`vireo vm set \(name) --cpu-limit 0 ...`) or give the daemon cgroups")
+        }
         stopRequested[name] = nil
         lastStart[name] = WallClock.monotonicSeconds()
         r.pid = pid
@@ -643,6 +673,7 @@ actor HostService {
         logStart[name] = nil
         unlink(socketPath(name))
         detachNetworkTaps(r.definition.config)
+        removeCgroup(name)
     }
 
     /// The last error line (`vireo: WHY`, how `vireo run` reports an error before its machine
@@ -740,10 +771,14 @@ actor HostService {
         let pcpus = ProcFS.onlineCPUs
         let vcpus = live.reduce(0) { $0 + $1.definition.vcpus }
         let mem = live.reduce(UInt64(0)) { $0 + UInt64($1.definition.memoryMiB) << 20 }
-        return HostInfo(hostname: ProcFS.hostname, version: Self.version, kvm: access("/dev/kvm", R_OK | W_OK) == 0,
+        var info = HostInfo(hostname: ProcFS.hostname, version: Self.version, kvm: access("/dev/kvm", R_OK | W_OK) == 0,
                         pcpus: pcpus, memoryPhysicalBytes: ProcFS.physicalMemory, memoryProvisionedBytes: mem,
                         vcpusProvisioned: vcpus, vcpuOvercommitRatio: Double(vcpus) / Double(pcpus),
                         vmsTotal: records.count, vmsRunning: live.count, dataDir: dataDir)
+        let ladder = ladderView()
+        info.memoryState = ladder.state
+        info.memoryLadder = ladder
+        return info
     }
 
     /// What /metrics needs from the actor; the rendering (which reads /proc and asks each VMM's

@@ -30,6 +30,24 @@ enum Metrics {
         out += "vireo_host_memory_provisioned_bytes \(host.memoryProvisionedBytes)\n"
         family("vireo_host_memory_physical_bytes", "gauge", "Physical RAM of this host.")
         out += "vireo_host_memory_physical_bytes \(host.memoryPhysicalBytes)\n"
+        if let l = host.memoryLadder {
+            family("vireo_host_memory_state", "gauge", "1 for the host's memory state now (high, clear, soft, hard, low; docs/memory.md), 0 for the others.")
+            for st in HostMemoryState.allCases { out += "vireo_host_memory_state{state=\"\(st.rawValue)\"} \(st == l.state ? 1 : 0)\n" }
+            family("vireo_host_memory_state_changes_total", "counter", "Changes of the host memory state since the daemon started.")
+            out += "vireo_host_memory_state_changes_total \(l.stateChanges)\n"
+            family("vireo_host_memory_free_bytes", "gauge", "Free memory the states are measured on (MemAvailable, or the daemon's memory cgroup's limit less its working set).")
+            out += "vireo_host_memory_free_bytes \(l.freeBytes)\n"
+            family("vireo_host_memory_min_free_bytes", "gauge", "The minFree reserve the states' thresholds are fractions of.")
+            out += "vireo_host_memory_min_free_bytes \(l.minFreeBytes)\n"
+            family("vireo_host_memory_saved_bytes", "gauge", "What each step of the ladder holds back now: step = ksm (pages_sharing), balloon, compressed, swapped.")
+            for (step, v) in [("ksm", l.ksmSavedBytes), ("balloon", l.balloonBytes), ("compressed", l.compressedBytes), ("swapped", l.swappedBytes)] {
+                out += "vireo_host_memory_saved_bytes{step=\"\(step)\"} \(v)\n"
+            }
+            if let run = l.ksmRun {
+                family("vireo_host_ksm_run", "gauge", "/sys/kernel/mm/ksm/run (1: merging).")
+                out += "vireo_host_ksm_run \(run)\n"
+            }
+        }
         family("vireo_host_vms", "gauge", "VMs in the inventory by state.")
         for s in VMState.allCases {
             out += "vireo_host_vms{state=\"\(s.rawValue)\"} \(vms.filter { $0.state == s }.count)\n"
@@ -45,6 +63,10 @@ enum Metrics {
             guard let pid = v.pid else { continue }
             if let rss = ProcFS.statusBytes(pid: pid, key: "VmRSS") { out += "vireo_vm_memory_consumed_bytes{vm=\"\(v.name)\"} \(rss)\n" }
             times.append((v, ProcFS.vcpuTimes(pid: pid)))
+        }
+        family("vireo_vm_memory_shared_bytes", "gauge", "Guest pages KSM merged with identical ones (/proc/PID/ksm_merging_pages; only shareable VMs have any).")
+        for (v, _) in times {
+            if let pid = v.pid, let pages = KSM.mergingPages(pid: pid) { out += "vireo_vm_memory_shared_bytes{vm=\"\(v.name)\"} \(pages &* KSM.pageSize)\n" }
         }
         family("vireo_vm_vcpu_cpu_seconds_total", "counter", "CPU time of each vCPU thread (schedstat run time).")
         for (v, ts) in times { for t in ts { out += "vireo_vm_vcpu_cpu_seconds_total{vm=\"\(v.name)\",vcpu=\"\(t.vcpu)\"} \(fmt(t.cpuSeconds))\n" } }
@@ -62,6 +84,10 @@ enum Metrics {
                 out += "vireo_vm_vcpu_exits_total{vm=\"\(v.name)\",vcpu=\"\(c.index)\",kind=\"mmio\"} \(c.mmioExits ?? 0)\n"
             }
         }
+        family("vireo_vm_memory_compressed_bytes", "gauge", "Guest memory the VMM holds compressed (VMMs that can compress).")
+        for (v, s) in statuses { if let b = s.reclaim.compressed { out += "vireo_vm_memory_compressed_bytes{vm=\"\(v.name)\"} \(b)\n" } }
+        family("vireo_vm_memory_swapped_bytes", "gauge", "Guest memory the VMM wrote to its swap file.")
+        for (v, s) in statuses { if let b = s.reclaim.swapped { out += "vireo_vm_memory_swapped_bytes{vm=\"\(v.name)\"} \(b)\n" } }
         renderDevices(statuses, into: &out)
         return out
     }

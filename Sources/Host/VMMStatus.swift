@@ -24,9 +24,16 @@ public struct VMMStatus: Decodable, Sendable {
         public var activeStatus: String?
         var balloonBytes: UInt64?
         var guest: [String: UInt64]?
+        /// Cold pages the VMM compressed or swapped (`reclaim`), and how long a guest touch of one
+        /// took to bring it back; absent from VMMs that cannot compress.
+        var compressedBytes: UInt64?
+        var swappedBytes: UInt64?
+        var faultinMicrosP50: Double?
+        var faultinMicrosP99: Double?
         enum CodingKeys: String, CodingKey {
             case provisionedBytes = "provisioned_bytes", activeBytes = "active_bytes", activeWindowSeconds = "active_window_seconds", activeSampleOneIn = "active_sample_one_in"
             case activeStatus = "active_status", balloonBytes = "balloon_bytes", guest
+            case compressedBytes = "compressed_bytes", swappedBytes = "swapped_bytes", faultinMicrosP50 = "faultin_us_p50", faultinMicrosP99 = "faultin_us_p99"
         }
     }
     struct Disk: Decodable, Sendable {
@@ -54,6 +61,21 @@ public struct VMMStatus: Decodable, Sendable {
     public var memory: Memory?
     var disks: [Disk]?
     var nics: [NIC]?
+    /// The same reclaim figures at the reply's top level (wherever the VMM puts them).
+    var compressedBytes: UInt64?
+    var swappedBytes: UInt64?
+    var faultinMicrosP50: Double?
+    var faultinMicrosP99: Double?
+    enum CodingKeys: String, CodingKey {
+        case ok, state, pid, vcpus, memory, disks, nics
+        case compressedBytes = "compressed_bytes", swappedBytes = "swapped_bytes", faultinMicrosP50 = "faultin_us_p50", faultinMicrosP99 = "faultin_us_p99"
+    }
+
+    /// Compressed and swapped bytes and fault-in latency, from `memory` or the top level.
+    var reclaim: (compressed: UInt64?, swapped: UInt64?, p50: Double?, p99: Double?) {
+        (memory?.compressedBytes ?? compressedBytes, memory?.swappedBytes ?? swappedBytes,
+         memory?.faultinMicrosP50 ?? faultinMicrosP50, memory?.faultinMicrosP99 ?? faultinMicrosP99)
+    }
 
     /// Decodes one reply line; nil for anything that is not a status object (an error reply,
     /// garbage, a truncated line).

@@ -92,6 +92,8 @@ public struct MachineConfig: Sendable {
         // A kernel's RAM gets transparent huge pages (2 MiB-aligned, MADV_HUGEPAGE), as QEMU
         // gives it: fewer host page faults and 2 MiB NPT/EPT mappings. Still lazily allocated.
         if case .linux = boot { memoryOptions.hugepages = vm.hugepages ?? true } else { memoryOptions.hugepages = vm.hugepages ?? false }
+        // A VM marked shareable lets KSM merge its identical pages with other VMs' (MADV_MERGEABLE).
+        memoryOptions.mergeable = vm.shareable == true
         var v = VirtioConfig()
         v.disks = vm.disks
         v.nets = vm.nics

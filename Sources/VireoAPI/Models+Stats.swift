@@ -39,6 +39,14 @@ public struct VMMemoryStats: Codable, Sendable, Equatable {
     public var guestReported: GuestMemoryReport?
     /// Memory the guest has given back to the host through the balloon.
     public var balloonBytes: UInt64?
+    /// Guest pages KSM merged with identical pages (shareable VMs only; /proc/PID/ksm_merging_pages).
+    public var sharedBytes: UInt64?
+    /// Cold guest pages the VMM holds compressed or in its swap file, and how long bringing one
+    /// back on a guest touch took (µs, median and 99th percentile); absent from VMMs that cannot.
+    public var compressedBytes: UInt64?
+    public var swappedBytes: UInt64?
+    public var faultinMicrosP50: Double?
+    public var faultinMicrosP99: Double?
 
     public init(provisionedBytes: UInt64, consumedBytes: UInt64?, activeBytes: UInt64?, activeWindowSeconds: Int?,
                 activeSampleOneIn: Int? = nil, activeStatus: String, guestReported: GuestMemoryReport?, balloonBytes: UInt64?) {
@@ -51,7 +59,8 @@ public struct VMMemoryStats: Codable, Sendable, Equatable {
     enum CodingKeys: String, CodingKey {
         case provisionedBytes = "provisioned_bytes", consumedBytes = "consumed_bytes", activeBytes = "active_bytes"
         case activeWindowSeconds = "active_window_seconds", activeSampleOneIn = "active_sample_one_in", activeStatus = "active_status", guestReported = "guest_reported"
-        case balloonBytes = "balloon_bytes"
+        case balloonBytes = "balloon_bytes", sharedBytes = "shared_bytes", compressedBytes = "compressed_bytes", swappedBytes = "swapped_bytes"
+        case faultinMicrosP50 = "faultin_us_p50", faultinMicrosP99 = "faultin_us_p99"
     }
 }
 

@@ -94,13 +94,23 @@ public struct VMCreate: Codable, Sendable, Equatable {
     }
 }
 
-/// PATCH /v1/vms/{name} (only while stopped or failed): the fields given replace the stored ones.
+/// PATCH /v1/vms/{name}: the fields given replace the stored ones. vcpus, memory, cmdline,
+/// balloon and shareable only while stopped or failed (the VMM keeps them); the restart policy
+/// and the resource controls at any time (a running VM's cgroup changes at once). For a limit
+/// or a reservation, 0 removes it.
 public struct VMUpdate: Codable, Sendable, Equatable {
     public var vcpus: Int?
     public var memoryMiB: Int?
     public var cmdline: String?
     public var balloonMiB: Int?
     public var restartPolicy: RestartPolicy?
+    public var cpuShares: Int?
+    public var cpuLimitPct: Int?
+    public var cpuReservationPct: Int?
+    public var memoryReservationMiB: Int?
+    public var memoryLimitMiB: Int?
+    public var memoryShares: Int?
+    public var shareable: Bool?
 
     public init(vcpus: Int? = nil, memoryMiB: Int? = nil, cmdline: String? = nil, balloonMiB: Int? = nil, restartPolicy: RestartPolicy? = nil) {
         self.vcpus = vcpus; self.memoryMiB = memoryMiB; self.cmdline = cmdline; self.balloonMiB = balloonMiB; self.restartPolicy = restartPolicy
@@ -108,8 +118,13 @@ public struct VMUpdate: Codable, Sendable, Equatable {
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case vcpus, memoryMiB = "memory_mib", cmdline, balloonMiB = "balloon_mib", restartPolicy = "restart_policy"
+        case cpuShares = "cpu_shares", cpuLimitPct = "cpu_limit_pct", cpuReservationPct = "cpu_reservation_pct"
+        case memoryReservationMiB = "memory_reservation_mib", memoryLimitMiB = "memory_limit_mib", memoryShares = "memory_shares", shareable
     }
     public static let fields = Set(CodingKeys.allCases.map(\.rawValue))
+
+    /// Whether it changes only what a running VM can change (the restart policy, resource controls).
+    public var isLiveChange: Bool { vcpus == nil && memoryMiB == nil && cmdline == nil && balloonMiB == nil && shareable == nil }
 }
 
 /// A VM's definition as stored in the inventory: its configuration (what the VMM runs, whole)
@@ -240,6 +255,9 @@ public struct HostInfo: Codable, Sendable, Equatable {
     public var vmsTotal: Int
     public var vmsRunning: Int
     public var dataDir: String
+    /// The host memory state (high, clear, soft, hard, low) and the ladder's figures (docs/memory.md).
+    public var memoryState: HostMemoryState?
+    public var memoryLadder: HostMemoryLadder?
 
     public init(hostname: String, version: String, kvm: Bool, pcpus: Int, memoryPhysicalBytes: UInt64, memoryProvisionedBytes: UInt64,
                 vcpusProvisioned: Int, vcpuOvercommitRatio: Double, vmsTotal: Int, vmsRunning: Int, dataDir: String) {
@@ -253,14 +271,14 @@ public struct HostInfo: Codable, Sendable, Equatable {
         case hostname, version, kvm, pcpus, memoryPhysicalBytes = "memory_physical_bytes"
         case memoryProvisionedBytes = "memory_provisioned_bytes", vcpusProvisioned = "vcpus_provisioned"
         case vcpuOvercommitRatio = "vcpu_overcommit_ratio", vmsTotal = "vms_total", vmsRunning = "vms_running"
-        case dataDir = "data_dir"
+        case dataDir = "data_dir", memoryState = "memory_state", memoryLadder = "memory_ladder"
     }
 }
 
 /// One thing that happened to a VM (GET /v1/events).
 /// What an event is about: a VM, a template or an image (stream control lines: "").
 public enum EventSubjectKind: String, Codable, Sendable, CaseIterable {
-    case vm, template, image, network
+    case vm, template, image, network, host
 }
 
 public struct Event: Codable, Sendable, Equatable {

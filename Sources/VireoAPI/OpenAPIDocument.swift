@@ -150,10 +150,11 @@ public enum OpenAPIDocument {
                 "vm",
                 "template",
                 "image",
-                "network"
+                "network",
+                "host"
               ]
             },
-            "description": "only events about VMs, templates, images or networks"
+            "description": "only events about VMs, templates, images, networks or the host (memory states, KSM)"
           }
         ],
         "responses": {
@@ -359,7 +360,7 @@ public enum OpenAPIDocument {
       },
       "patch": {
         "operationId": "updateVM",
-        "summary": "Change a VM's definition: vcpus, memory_mib, cmdline and balloon_mib while it is stopped, restart_policy any time",
+        "summary": "Change a VM's definition: vcpus, memory_mib, cmdline, balloon_mib and shareable while it is stopped; restart_policy, shares, reservations and limits any time (a running VM's cgroup changes at once)",
         "parameters": [
           {
             "name": "name",
@@ -3831,6 +3832,46 @@ public enum OpenAPIDocument {
             "type": "string",
             "pattern": "^[0-9a-fA-F-]{32,36}$",
             "description": "the VM generation ID (ACPI vmgenid, 16 bytes as 32 hex digits); new on clone and revert; chosen when left out"
+          },
+          "cpu_shares": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 10000,
+            "description": "CPU weight under contention (cgroup cpu.weight units; default 100)"
+          },
+          "cpu_limit_pct": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 25400,
+            "description": "the most CPU the VM gets, percent of one core (150 = 1.5 cores); at most vcpus x 100"
+          },
+          "cpu_reservation_pct": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 25400,
+            "description": "CPU reserved at admission, percent of one core; at most cpu_limit_pct and the host's CPUs x 100"
+          },
+          "memory_reservation_mib": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 67108864,
+            "description": "memory never reclaimed (balloon, VMM reclaim) below; cgroup memory.min (v2) or soft limit (v1); at most memory_limit_mib"
+          },
+          "memory_limit_mib": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 67108864,
+            "description": "the most host memory the guest gets (cgroup memory.max / limit_in_bytes, plus 64 MiB for the VMM itself); at most memory_mib"
+          },
+          "memory_shares": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 10000,
+            "description": "under memory pressure, VMs with fewer shares per MiB are reclaimed from first (default 100)"
+          },
+          "shareable": {
+            "type": "boolean",
+            "description": "guest RAM mergeable by KSM (default off: shared pages are a side channel between tenants); changes at the next start"
           }
         }
       },
@@ -3859,6 +3900,46 @@ public enum OpenAPIDocument {
           },
           "restart_policy": {
             "$ref": "#/components/schemas/RestartPolicy"
+          },
+          "cpu_shares": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 10000,
+            "description": "CPU weight under contention (cgroup cpu.weight units; default 100)"
+          },
+          "cpu_limit_pct": {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": 25400,
+            "description": "the most CPU the VM gets, percent of one core (150 = 1.5 cores); at most vcpus x 100; 0 removes it"
+          },
+          "cpu_reservation_pct": {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": 25400,
+            "description": "CPU reserved at admission, percent of one core; at most cpu_limit_pct and the host's CPUs x 100; 0 removes it"
+          },
+          "memory_reservation_mib": {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": 67108864,
+            "description": "memory never reclaimed (balloon, VMM reclaim) below; cgroup memory.min (v2) or soft limit (v1); at most memory_limit_mib; 0 removes it"
+          },
+          "memory_limit_mib": {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": 67108864,
+            "description": "the most host memory the guest gets (cgroup memory.max / limit_in_bytes, plus 64 MiB for the VMM itself); at most memory_mib; 0 removes it"
+          },
+          "memory_shares": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 10000,
+            "description": "under memory pressure, VMs with fewer shares per MiB are reclaimed from first (default 100)"
+          },
+          "shareable": {
+            "type": "boolean",
+            "description": "guest RAM mergeable by KSM (default off: shared pages are a side channel between tenants); changes at the next start"
           }
         }
       },
@@ -3955,6 +4036,46 @@ public enum OpenAPIDocument {
             "type": "string",
             "pattern": "^[0-9a-fA-F-]{32,36}$",
             "description": "the VM generation ID (ACPI vmgenid, 16 bytes as 32 hex digits); new on clone and revert; chosen when left out"
+          },
+          "cpu_shares": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 10000,
+            "description": "CPU weight under contention (cgroup cpu.weight units; default 100)"
+          },
+          "cpu_limit_pct": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 25400,
+            "description": "the most CPU the VM gets, percent of one core (150 = 1.5 cores); at most vcpus x 100"
+          },
+          "cpu_reservation_pct": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 25400,
+            "description": "CPU reserved at admission, percent of one core; at most cpu_limit_pct and the host's CPUs x 100"
+          },
+          "memory_reservation_mib": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 67108864,
+            "description": "memory never reclaimed (balloon, VMM reclaim) below; cgroup memory.min (v2) or soft limit (v1); at most memory_limit_mib"
+          },
+          "memory_limit_mib": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 67108864,
+            "description": "the most host memory the guest gets (cgroup memory.max / limit_in_bytes, plus 64 MiB for the VMM itself); at most memory_mib"
+          },
+          "memory_shares": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 10000,
+            "description": "under memory pressure, VMs with fewer shares per MiB are reclaimed from first (default 100)"
+          },
+          "shareable": {
+            "type": "boolean",
+            "description": "guest RAM mergeable by KSM (default off: shared pages are a side channel between tenants); changes at the next start"
           },
           "vsock_socket": {
             "type": "string",
@@ -4079,6 +4200,95 @@ public enum OpenAPIDocument {
           },
           "data_dir": {
             "type": "string"
+          },
+          "memory_state": {
+            "$ref": "#/components/schemas/HostMemoryState"
+          },
+          "memory_ladder": {
+            "$ref": "#/components/schemas/HostMemoryLadder"
+          }
+        }
+      },
+      "HostMemoryState": {
+        "type": "string",
+        "enum": [
+          "high",
+          "clear",
+          "soft",
+          "hard",
+          "low"
+        ],
+        "description": "the host memory state (docs/memory.md): free memory against the minFree reserve: high from 400%, clear from 100%, soft from 64%, hard from 32%, low below"
+      },
+      "HostMemoryLadder": {
+        "type": "object",
+        "required": [
+          "state",
+          "total_bytes",
+          "free_bytes",
+          "min_free_bytes",
+          "source",
+          "state_changes",
+          "ksm_saved_bytes",
+          "balloon_bytes",
+          "compressed_bytes",
+          "swapped_bytes",
+          "vms_without_balloon",
+          "vms_without_reclaim"
+        ],
+        "properties": {
+          "state": {
+            "$ref": "#/components/schemas/HostMemoryState"
+          },
+          "total_bytes": {
+            "type": "integer",
+            "description": "the host's RAM, or the daemon's memory cgroup's limit"
+          },
+          "free_bytes": {
+            "type": "integer"
+          },
+          "min_free_bytes": {
+            "type": "integer"
+          },
+          "source": {
+            "type": "string",
+            "description": "host, or the memory cgroup's directory"
+          },
+          "state_changes": {
+            "type": "integer"
+          },
+          "ksm_saved_bytes": {
+            "type": "integer",
+            "description": "KSM pages_sharing x page size"
+          },
+          "balloon_bytes": {
+            "type": "integer"
+          },
+          "compressed_bytes": {
+            "type": "integer"
+          },
+          "swapped_bytes": {
+            "type": "integer"
+          },
+          "ksm_run": {
+            "type": "integer"
+          },
+          "ksm_pages_to_scan": {
+            "type": "integer"
+          },
+          "vms_without_balloon": {
+            "type": "array",
+            "items": {
+              "type": "string"
+            },
+            "description": "running VMs the balloon policy cannot reclaim from (no balloon device or no guest figures)"
+          },
+          "vms_without_reclaim": {
+            "type": "array",
+            "items": {
+              "type": "string"
+            },
+            "description": "running VMs whose VMM does not know `reclaim`"
           }
         }
       },
@@ -4165,6 +4375,28 @@ public enum OpenAPIDocument {
             "type": "integer",
             "minimum": 0,
             "description": "memory the guest gave back through the balloon"
+          },
+          "shared_bytes": {
+            "type": "integer",
+            "minimum": 0,
+            "description": "guest pages KSM merged (/proc/PID/ksm_merging_pages); shareable VMs only"
+          },
+          "compressed_bytes": {
+            "type": "integer",
+            "minimum": 0,
+            "description": "cold guest pages the VMM holds compressed"
+          },
+          "swapped_bytes": {
+            "type": "integer",
+            "minimum": 0,
+            "description": "cold guest pages in the VMM's swap file"
+          },
+          "faultin_us_p50": {
+            "type": "number"
+          },
+          "faultin_us_p99": {
+            "type": "number",
+            "description": "how long bringing a compressed or swapped page back took (\u00b5s)"
           }
         }
       },
@@ -4351,6 +4583,7 @@ public enum OpenAPIDocument {
               "template",
               "image",
               "network",
+              "host",
               ""
             ]
           },

@@ -47,6 +47,9 @@ struct HostServeCommand: ParsableCommand {
     @Option(name: .customLong("memory-overcommit"), help: ArgumentHelp("Provisioned guest memory this host admits per byte of RAM + swap (0.01 to 100; default 1.5): a VM starts only if its memory plus that of the VMs running fits (RAM + swap) x RATIO.", valueName: "ratio"))
     var memoryOvercommit: Double?
 
+    @Option(name: .customLong("memory-min-free"), help: ArgumentHelp("The free-memory reserve the host's memory states are measured against (high from 4x it, soft below 64%, hard below 32%, low below that; docs/memory.md). Default: ESXi's scale, 6% of the first 4 GiB of RAM (or of the daemon's memory cgroup limit) down to 1% past 28 GiB.", valueName: "size"))
+    var memoryMinFree: String?
+
     @Flag(inversion: .prefixedNo, help: "Make the `default` network (a NAT bridge with DHCP and DNS) at this data directory's first start (the default; --no-default-network does not).")
     var defaultNetwork: Bool?
     @Flag(inversion: .prefixedNo, help: "On a host whose KVM is the PVM backend (`vireo host check` says so), start Linux-kernel VMs anyway; they are refused there otherwise, since stock kernels are emulated and do not boot usefully.")
@@ -77,6 +80,12 @@ struct HostServeCommand: ParsableCommand {
             options.activeMemorySample = activeMemorySample
             options.pools = pools.isEmpty ? file.strings("pool") ?? [] : pools
             options.memoryOvercommit = memoryOvercommit
+            if let m = memoryMinFree ?? file.string("memory-min-free") {
+                guard let v = ByteSize.parse(m, defaultUnit: 1 << 20), v >= 1 << 20 else {
+                    throw VireoError(.invalidArgument, "memory-min-free '\(m)' is not a size of 1 MiB or more; write it like 64M or 1G")
+                }
+                options.memoryMinFree = v
+            }
             options.kvmIsPVM = KVMSystem.isPVM
             options.allowEmulatedKernels = allowEmulatedKernels ?? file.bool("allow-emulated-kernels") ?? false
             options.defaultNetwork = defaultNetwork ?? file.bool("default-network") ?? true
@@ -98,7 +107,7 @@ struct HostInfoCommand: ParsableCommand {
             try APIClient.check(r)
             if client.json { print(r.text); return }
             let h = try client.decode(HostInfo.self, r)
-            let rows: [(String, String)] = [
+            var rows: [(String, String)] = [
                 ("hostname", h.hostname), ("version", h.version), ("kvm", h.kvm ? "yes" : "no (/dev/kvm not usable)"),
                 ("pCPUs", String(h.pcpus)), ("vCPUs provisioned", String(h.vcpusProvisioned)),
                 ("vCPU:pCPU overcommit", String(format2(h.vcpuOvercommitRatio))),
@@ -106,6 +115,16 @@ struct HostInfoCommand: ParsableCommand {
                 ("memory provisioned", ByteSize.format(h.memoryProvisionedBytes)),
                 ("VMs", "\(h.vmsTotal) (\(h.vmsRunning) running)"), ("data dir", h.dataDir),
             ]
+            if let l = h.memoryLadder {
+                let pct = l.minFreeBytes == 0 ? 0 : l.freeBytes * 100 / l.minFreeBytes
+                rows.append(("memory state", "\(l.state.rawValue): \(ByteSize.format(l.freeBytes)) free of \(ByteSize.format(l.totalBytes)) (\(l.source == "host" ? "host RAM" : "cgroup \(l.source)"), \(pct)% of minFree \(ByteSize.format(l.minFreeBytes))); \(l.stateChanges) change\(l.stateChanges == 1 ? "" : "s")"))
+                rows.append(("saved by sharing", ByteSize.format(l.ksmSavedBytes) + (l.ksmRun.map { $0 == 1 ? " (KSM on, \(l.ksmPagesToScan ?? 0) pages per scan)" : " (KSM off)" } ?? " (no KSM)")))
+                rows.append(("saved by balloons", ByteSize.format(l.balloonBytes)))
+                rows.append(("saved by compression", ByteSize.format(l.compressedBytes)))
+                rows.append(("saved by swap", ByteSize.format(l.swappedBytes)))
+                if !l.vmsWithoutBalloon.isEmpty { rows.append(("no balloon driver", l.vmsWithoutBalloon.joined(separator: ", "))) }
+                if !l.vmsWithoutReclaim.isEmpty { rows.append(("VMM cannot compress", l.vmsWithoutReclaim.joined(separator: ", "))) }
+            }
             printKeyValues(rows)
         }
     }

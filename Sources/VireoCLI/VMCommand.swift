@@ -21,7 +21,7 @@ struct VMCommand: ParsableCommand {
                       VMActionCommand<Pause>.self, VMActionCommand<Resume>.self, VMActionCommand<Reboot>.self,
                       VMBalloonCommand.self, VMDeleteCommand.self, VMConsoleCommand.self, VMLogsCommand.self,
                       VMStatsCommand.self, VMConfigCommand.self, VMSnapshotCommand.self, VMActionCommand<Suspend>.self,
-                      VMMigrateCommand.self, VMCloneCommand.self])
+                      VMMigrateCommand.self, VMCloneCommand.self, VMSetCommand.self])
 }
 
 struct VMCreateCommand: ParsableCommand {
@@ -43,6 +43,7 @@ struct VMCreateCommand: ParsableCommand {
     @Option(help: "never, on-failure or always.") var restart: String?
     @Option(help: "Create from a template.") var fromTemplate: String?
     @Option(help: ArgumentHelp("Run the built-in probe guest: pio:N, mmio:N, dirty[:PASSES], compute:N.", visibility: .hidden)) var probe: String?
+    @OptionGroup(title: "Shares, reservations, limits") var resources: ResourceOptions
 
     func run() throws {
         try reportingErrors {
@@ -51,6 +52,7 @@ struct VMCreateCommand: ParsableCommand {
             if let memory { c.memoryMiB = Int(try parseSize(memory, option: "--memory") >> 20) }
             if let balloon { c.balloonMiB = Int(try parseSize(balloon, option: "--balloon") >> 20) }
             if rng { c.rng = true }
+            try resources.fill(&c)
             c.vsockCID = vsock
             if let restart {
                 guard let p = RestartPolicy(rawValue: restart) else { throw VireoError(.invalidArgument, "--restart '\(restart)' is not one of never, on-failure, always") }

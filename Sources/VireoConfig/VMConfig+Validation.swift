@@ -63,6 +63,7 @@ extension VMConfig {
         if let g = generationID, Self.generationIDBytes(g) == nil {
             throw ConfigProblem("generation_id", "invalid-generation-id", "generation_id '\(g.prefix(40))' is not 32 hex digits (16 bytes); leave it out and one is chosen")
         }
+        try validateResources()
         try validateDevices()
     }
 

@@ -45,6 +45,19 @@ public struct VMConfig: Codable, Sendable, Equatable {
     /// guest reseeds its RNG and knows it is no longer the VM it was. nil: the VMM picks one
     /// at boot (and records it, so a snapshot carries it).
     public var generationID: String?
+    /// Resource controls the daemon applies through the VM's cgroup (docs/memory.md): CPU
+    /// shares (relative weight, 1-10000, 100 when absent), a CPU limit and a CPU reservation in
+    /// percent of one core (150 = 1.5 cores), a memory reservation (never reclaimed below) and
+    /// limit (never given more) in MiB, memory shares (who is reclaimed first). nil: none.
+    public var cpuShares: Int?
+    public var cpuLimitPct: Int?
+    public var cpuReservationPct: Int?
+    public var memoryReservationMiB: Int?
+    public var memoryLimitMiB: Int?
+    public var memoryShares: Int?
+    /// Guest RAM mergeable by KSM (transparent page sharing). Off unless asked: pages shared
+    /// with another tenant's VM are a timing side channel between them.
+    public var shareable: Bool?
 
     public init(name: String, vcpus: Int = 1, memoryMiB: Int = 512, kernel: String? = nil, initrd: String? = nil,
                 cmdline: String? = nil, probe: String? = nil, disks: [Disk] = [], nics: [NIC] = [],
@@ -76,6 +89,8 @@ public struct VMConfig: Codable, Sendable, Equatable {
         case disks, nics, balloonMiB = "balloon_mib", balloonStats = "balloon_stats", balloonDeflateOnOOM = "balloon_deflate_on_oom"
         case balloonFreePageReporting = "balloon_free_page_reporting", rng, vsockCID = "vsock_cid", virtioConsole = "virtio_console"
         case generationID = "generation_id"
+        case cpuShares = "cpu_shares", cpuLimitPct = "cpu_limit_pct", cpuReservationPct = "cpu_reservation_pct"
+        case memoryReservationMiB = "memory_reservation_mib", memoryLimitMiB = "memory_limit_mib", memoryShares = "memory_shares", shareable
     }
     /// Every JSON key of a VMConfig.
     public static let fields = Set(CodingKeys.allCases.map(\.rawValue))
@@ -101,6 +116,13 @@ public struct VMConfig: Codable, Sendable, Equatable {
         vsockCID = try c.decodeIfPresent(Int.self, forKey: .vsockCID)
         virtioConsole = try c.decodeIfPresent(Bool.self, forKey: .virtioConsole)
         generationID = try c.decodeIfPresent(String.self, forKey: .generationID)
+        cpuShares = try c.decodeIfPresent(Int.self, forKey: .cpuShares)
+        cpuLimitPct = try c.decodeIfPresent(Int.self, forKey: .cpuLimitPct)
+        cpuReservationPct = try c.decodeIfPresent(Int.self, forKey: .cpuReservationPct)
+        memoryReservationMiB = try c.decodeIfPresent(Int.self, forKey: .memoryReservationMiB)
+        memoryLimitMiB = try c.decodeIfPresent(Int.self, forKey: .memoryLimitMiB)
+        memoryShares = try c.decodeIfPresent(Int.self, forKey: .memoryShares)
+        shareable = try c.decodeIfPresent(Bool.self, forKey: .shareable)
     }
 
     public func encode(to encoder: Encoder) throws { try encode(to: encoder, omitting: []) }
@@ -130,6 +152,13 @@ public struct VMConfig: Codable, Sendable, Equatable {
         try put(vsockCID, .vsockCID)
         try put(virtioConsole, .virtioConsole)
         try put(generationID, .generationID)
+        try put(cpuShares, .cpuShares)
+        try put(cpuLimitPct, .cpuLimitPct)
+        try put(cpuReservationPct, .cpuReservationPct)
+        try put(memoryReservationMiB, .memoryReservationMiB)
+        try put(memoryLimitMiB, .memoryLimitMiB)
+        try put(memoryShares, .memoryShares)
+        try put(shareable, .shareable)
     }
 }
 

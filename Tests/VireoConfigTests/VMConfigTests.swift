@@ -16,6 +16,8 @@ func fullConfig() -> VMConfig {
     c.balloonFreePageReporting = true
     c.virtioConsole = true
     c.generationID = "0123456789abcdef0123456789ABCDEF"
+    c.cpuShares = 200; c.cpuLimitPct = 250; c.cpuReservationPct = 50
+    c.memoryReservationMiB = 256; c.memoryLimitMiB = 512; c.memoryShares = 300; c.shareable = true
     return c
 }
 
@@ -33,6 +35,8 @@ func fullConfig() -> VMConfig {
         #expect(back.hugepages == false && back.virtioConsole == true && back.vsockCID == 42 && back.rng == true)
         #expect(back.configVersion == VMConfig.currentVersion)
         #expect(back.generationID == "0123456789abcdef0123456789ABCDEF")
+        #expect(back.cpuShares == 200 && back.cpuLimitPct == 250 && back.cpuReservationPct == 50)
+        #expect(back.memoryReservationMiB == 256 && back.memoryLimitMiB == 512 && back.memoryShares == 300 && back.shareable == true)
     }
 
     @Test func generationIDsAreCheckedAndNewOnesDiffer() throws {
