@@ -96,19 +96,27 @@ public enum MemoryPolicy {
         case failed(String)
     }
 
-    /// `reclaim BYTES` on a VMM's control socket. Its answer is passed on as it is; an
-    /// "unknown command" reply means this VMM cannot compress.
+    /// `reclaim BYTES` on a VMM's control socket. The VMM answers one line of key=value pairs
+    /// (`ok=true released_bytes=N ...` or `ok=false error=WHY`); an "unknown command" reply
+    /// means this VMM cannot compress. Compressing or writing out a few GiB takes seconds, so
+    /// the wait is long; the ladder's tick waits for it (ticks never overlap).
     static func askReclaim(socket: String, bytes: UInt64) -> ReclaimOutcome {
-        guard let reply = VMMProcess.control(socket, "reclaim \(bytes)", timeoutSeconds: 5) else {
-            return .failed("the VMM did not answer `reclaim` within 5 s")
+        guard let reply = VMMProcess.control(socket, "reclaim \(bytes)", timeoutSeconds: 30) else {
+            return .failed("the VMM did not answer `reclaim` within 30 s")
         }
+        return reclaimOutcome(reply)
+    }
+
+    /// The outcome a `reclaim` reply line stands for.
+    static func reclaimOutcome(_ reply: String) -> ReclaimOutcome {
         let line = String(reply.prefix(while: { $0 != "\n" }))
         if line.contains("unknown command") { return .unsupported }
-        struct Reply: Decodable { var ok: Bool?; var error: String? }
-        if let r = try? JSONDecoder().decode(Reply.self, from: Data(line.utf8)), r.ok == false {
-            return .failed(r.error ?? line)
+        if line.hasPrefix("ok=false") {
+            if let r = line.range(of: "error=") { return .failed(String(line[r.upperBound...].prefix(300))) }
+            return .failed(String(line.prefix(300)))
         }
-        return .done(String(line.prefix(300)))
+        guard line.hasPrefix("ok=true") else { return .failed("the VMM's answer was not understood: \(line.prefix(200))") }
+        return .done(String(line.dropFirst("ok=true ".count).prefix(300)))
     }
 
     /// The balloon's current target (nil: no balloon, or no answer).
