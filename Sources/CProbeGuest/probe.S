@@ -14,6 +14,8 @@
  *   rsi  iterations (loops) or passes (dirty; 0 = forever)
  *   rdx  MMIO address for workload 1
  *   r8   start of the region to dirty, r9 its length (a multiple of 4096)
+ *   r10  dirty: nonzero = a marker exit (al = 4) after every 1 MiB written, so the VMM
+ *        can pace the guest to a set dirty rate (workload dirty-rate:MIBPS)
  *   rdi = 5: COM1 echo, forever: every byte read from the 16550 at 0x3F8 is written back
  *        to it with a-z uppercased (so an echo provably went through the guest), except
  *        '#', which is answered with 4096 '#' (for output-volume tests); an
@@ -27,7 +29,8 @@
  *        number of pages that differ (eax) to 0xFA.
  * Ports (the VMM's probe device):
  *   0xF4 write: workload finished (the VMM stops the machine, exit status 0)
- *   0xF5 write: marker (al = 1 first instruction, 2 end of a dirty pass)
+ *   0xF5 write: marker (al = 1 first instruction, 2 end of a dirty pass,
+ *               3 pattern filled, 4 another MiB dirtied by dirty-rate)
  *   0xF6 write: the PIO exit loop's port
  *   0xF8 read:  idle until COM1 has input (echo workload)
  */
@@ -79,8 +82,15 @@ dirty:
 4:  incq    (%rbx)
     add     $4096, %rbx
     sub     $4096, %rcx
-    ja      4b
-    mov     $2, %al
+    jbe     10f                         /* the pass is done */
+    test    %r10, %r10
+    jz      4b
+    test    $0xFFFFF, %ecx              /* another 1 MiB written: the pacing marker */
+    jnz     4b
+    mov     $4, %al
+    out     %al, $0xF5
+    jmp     4b
+10: mov     $2, %al
     out     %al, $0xF5
     dec     %rsi
     jnz     3b

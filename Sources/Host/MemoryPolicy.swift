@@ -112,8 +112,8 @@ public enum MemoryPolicy {
         let line = String(reply.prefix(while: { $0 != "\n" }))
         if line.contains("unknown command") { return .unsupported }
         if line.hasPrefix("ok=false") {
-            if let r = line.range(of: "error=") { return .failed(String(line[r.upperBound...].prefix(300))) }
-            return .failed(String(line.prefix(300)))
+            let why = line.split(separator: " ", maxSplits: 1).dropFirst().first.map(String.init) ?? line
+            return .failed(String((why.hasPrefix("error=") ? String(why.dropFirst(6)) : why).prefix(300)))
         }
         guard line.hasPrefix("ok=true") else { return .failed("the VMM's answer was not understood: \(line.prefix(200))") }
         return .done(String(line.dropFirst("ok=true ".count).prefix(300)))

@@ -179,7 +179,7 @@ public final class Machine: @unchecked Sendable {
             }
             let t0 = getenv("VIREO_BENCH_T0").flatMap { UInt64(String(cString: $0)) }
             let probe = ProbeDevices(stop: stop, mmioSink: ProbeWorkload.defaultMMIOAddress,
-                                     benchStartNanos: t0, onPass: onProbePass)
+                                     benchStartNanos: t0, onPass: onProbePass, dirtyBytesPerSecond: workload.dirtyBytesPerSecond)
             if let restoring { try probe.restore(restoring.snapshot.devices) }
             if case let .pattern(_, hot) = workload { probe.patternWorkload = true; probe.patternHot = hot > 0 }
             devices = probe

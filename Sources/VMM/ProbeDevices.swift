@@ -38,7 +38,11 @@ final class ProbeDevices: ExitHandler, @unchecked Sendable {
     let verifyStartNanos = Atomic<UInt64>(0)
     let lastVerifyMicros = Atomic<UInt64>(0)
 
-    init(stop: StopSignal, mmioSink: UInt64, benchStartNanos: UInt64?, onPass: (@Sendable (UInt64) -> Void)?) {
+    /// Holds a `dirty-rate` guest to its rate (nil for other workloads).
+    let pacer: DirtyPacer?
+
+    init(stop: StopSignal, mmioSink: UInt64, benchStartNanos: UInt64?, onPass: (@Sendable (UInt64) -> Void)?, dirtyBytesPerSecond: UInt64? = nil) {
+        self.pacer = dirtyBytesPerSecond.map { DirtyPacer(bytesPerSecond: $0) }
         self.stop = stop
         self.mmioSink = mmioSink
         self.benchStartNanos = benchStartNanos
@@ -63,6 +67,9 @@ final class ProbeDevices: ExitHandler, @unchecked Sendable {
             } else if marker == 2 {
                 let n = passes.add(1, ordering: .relaxed).newValue
                 onPass?(n)
+            } else if marker == 4, let pacer, passes.load(ordering: .relaxed) >= 1 {
+                // The first pass (all of RAM touched) runs unpaced; the rest at the set rate.
+                pacer.mebibyteWritten(stop: stop)
             }
             return true
         case ProbeGuest.idlePort:
@@ -122,5 +129,31 @@ final class ProbeDevices: ExitHandler, @unchecked Sendable {
         }
         if !mmio.isWrite { for i in mmio.data.indices { mmio.data[i] = 0 } }
         return true
+    }
+}
+
+/// Paces a `dirty-rate` probe: after each MiB the guest reports, its vCPU waits until the time
+/// that MiB is due at the set rate. A guest held back (paused, migrating, descheduled) for
+/// more than 100 ms starts a new schedule rather than catching up in a burst.
+final class DirtyPacer: @unchecked Sendable {
+    let nanosPerMiB: UInt64
+    private let state = Mutex<(start: UInt64, mib: UInt64)>((0, 0))
+
+    init(bytesPerSecond: UInt64) {
+        nanosPerMiB = max(1, (1 << 20) * 1_000_000_000 / max(1, bytesPerSecond))
+    }
+
+    /// Called on the vCPU thread at each MiB marker; sleeps while the guest is ahead.
+    func mebibyteWritten(stop: StopSignal) {
+        let now = monotonicNanos()
+        let due: UInt64 = state.withLock { s in
+            if s.start == 0 { s = (now, 0) }
+            s.mib &+= 1
+            let (offset, o) = s.mib.multipliedReportingOverflow(by: nanosPerMiB)
+            let due = o ? UInt64.max : s.start &+ offset
+            if now > due &+ 100_000_000 { s = (now, 0); return now }
+            return due
+        }
+        if due > now, !stop.isStopping { usleep(UInt32(min(due - now, 1_000_000_000) / 1000)) }
     }
 }

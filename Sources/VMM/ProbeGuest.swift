@@ -16,6 +16,11 @@ public enum ProbeWorkload: Sendable, Equatable {
     /// Writes one word in every page of the RAM above 2 MiB, `passes` times (0 = forever),
     /// with a marker exit after each pass.
     case dirty(passes: UInt64)
+    /// Writes one word in every page of the RAM above 2 MiB, over and over: the first pass at
+    /// full speed (all of RAM in use), then paced by the VMM to `mibPerSecond` MiB of pages per
+    /// second (a marker exit after each MiB; the VMM holds the vCPU back when it runs ahead):
+    /// a guest with a set dirty rate (`vireo bench migrate`).
+    case dirtyRate(mibPerSecond: UInt64)
     /// `iterations` of a dec/jnz loop, then done: native CPU speed.
     case compute(iterations: UInt64)
     /// Jumps to `address` (no RAM there): an instruction fetch KVM cannot emulate.
@@ -45,17 +50,28 @@ public enum ProbeWorkload: Sendable, Equatable {
 
     public static let defaultMMIOAddress: UInt64 = 0xD000_0000
 
-    /// A workload from its configuration text: pio:N, mmio:N, dirty[:PASSES], compute:N, echo.
+    /// The pace of a `dirtyRate` workload in bytes per second (nil for the others).
+    public var dirtyBytesPerSecond: UInt64? {
+        if case let .dirtyRate(r) = self { return r << 20 }
+        return nil
+    }
+
+    /// A workload from its configuration text: pio:N, mmio:N, dirty[:PASSES], dirty-rate:MIBPS, compute:N, echo.
     public static func parse(_ text: String) throws -> ProbeWorkload {
         if text == "pattern" || text.hasPrefix("pattern:") { return try parsePattern(text) }
         let parts = text.split(separator: ":", maxSplits: 1).map(String.init)
         let count = parts.count > 1 ? UInt64(parts[1]) : nil
-        let form = "one of pio:N, mmio:N, dirty[:PASSES], compute:N, echo, pattern[:MODE[:HOT-MIB]]"
+        let form = "one of pio:N, mmio:N, dirty[:PASSES], dirty-rate:MIBPS, compute:N, echo, pattern[:MODE[:HOT-MIB]]"
         if parts.count > 1, count == nil { throw VireoError(.invalidArgument, "probe '\(text)': '\(parts[1])' is not a count (\(form))") }
         switch parts.first ?? "" {
         case "pio": return .pioLoop(iterations: count ?? 100_000)
         case "mmio": return .mmioLoop(iterations: count ?? 100_000, address: defaultMMIOAddress)
         case "dirty": return .dirty(passes: count ?? 0)
+        case "dirty-rate":
+            guard let rate = count, rate >= 1, rate <= 1 << 20 else {
+                throw VireoError(.invalidArgument, "probe '\(text)': dirty-rate wants MiB per second, 1 to 1048576")
+            }
+            return .dirtyRate(mibPerSecond: rate)
         case "compute": return .compute(iterations: count ?? 1_000_000_000)
         case "echo" where parts.count == 1: return .echo
         default: throw VireoError(.invalidArgument, "probe '\(text)' is not \(form)")
@@ -209,6 +225,11 @@ public enum ProbeGuest {
             regs.r8 = dirtyStart
             let top = min(memorySize, 3 << 30)
             regs.r9 = top > dirtyStart ? (top - dirtyStart) & ~0xFFF : 0x1000
+        case .dirtyRate:
+            regs.rdi = 2; regs.rsi = 0; regs.r10 = 1
+            regs.r8 = dirtyStart
+            let top = min(memorySize, 3 << 30)
+            regs.r9 = top > dirtyStart ? (top - dirtyStart) & ~0xFFFFF : 0x10_0000
         case let .compute(n): regs.rdi = 3; regs.rsi = max(1, n)
         case let .executeUnmapped(address): regs.rdi = 4; regs.rdx = address
         case .image: regs.rdi = 4; regs.rdx = imageAddress

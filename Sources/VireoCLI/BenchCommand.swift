@@ -10,7 +10,7 @@ struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Measure the VMM with the built-in probe guest (release builds give the real figures).",
-        subcommands: [BenchExits.self, BenchMemory.self, BenchStart.self, BenchDirtyLog.self, BenchSnapshot.self, BenchOvercommit.self])
+        subcommands: [BenchExits.self, BenchMemory.self, BenchStart.self, BenchDirtyLog.self, BenchSnapshot.self, BenchMigrate.self, BenchOvercommit.self])
 }
 
 struct BenchExits: ParsableCommand {

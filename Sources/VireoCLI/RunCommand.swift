@@ -304,9 +304,11 @@ struct RunCommand: ParsableCommand {
             let machine: Machine
             do {
                 machine = try Machine(config: config, onProbePass: { pass in
-                    if pass == 1 { writeLine("probe_pass=1") }
-                    // The probe guest has no UART: its pass markers are its console output.
-                    if let probeLog, pass & (pass - 1) == 0 { probeLog.append("probe: dirty pass \(pass) done\n") }
+                    // Passes 1, 2, 4, 8, ... on stdout (benchmarks and tests wait for them); the
+                    // probe guest has no UART: these are its console output too.
+                    guard pass & (pass - 1) == 0 else { return }
+                    writeLine("probe_pass=\(pass)")
+                    probeLog?.append("probe: dirty pass \(pass) done\n")
                 }, restoring: restoring)
             } catch {
                 try? migration?.ready(error: "\(error)")

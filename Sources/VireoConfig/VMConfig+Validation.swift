@@ -42,7 +42,7 @@ extension VMConfig {
             throw ConfigProblem("probe", "conflicting-boot", "give either kernel or probe, not both")
         case let .probe(p):
             guard Self.isValidProbe(p) else {
-                throw ConfigProblem("probe", "invalid-probe", "probe '\(p.prefix(40))' is not one of pio:N, mmio:N, dirty[:PASSES], compute:N, pattern[:MODE[:HOT-MIB]]")
+                throw ConfigProblem("probe", "invalid-probe", "probe '\(p.prefix(40))' is not one of pio:N, mmio:N, dirty[:PASSES], dirty-rate:MIBPS, compute:N, echo, pattern[:MODE[:HOT-MIB]]")
             }
             if initrd != nil || cmdline != nil {
                 throw ConfigProblem("initrd", "conflicting-boot", "initrd and cmdline go with a kernel, not a probe workload")
@@ -189,6 +189,11 @@ extension VMConfig {
             guard p.count <= 3 else { return false }
             if p.count > 1, !["compressible", "random", "zero", "identical"].contains(p[1]) { return false }
             if p.count > 2 { guard !p[2].isEmpty, p[2].count <= 7, let m = UInt64(p[2]), m <= 1 << 20 else { return false } }
+            return true
+        }
+        if s.hasPrefix("dirty-rate:") {
+            // dirty-rate:MIBPS (`vireo bench migrate`): 1 MiB/s to 1 TiB/s
+            guard let r = UInt64(s.dropFirst("dirty-rate:".count)), r >= 1, r <= 1 << 20 else { return false }
             return true
         }
         let parts = s.split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false)

@@ -90,7 +90,9 @@ struct HostMemoryLadderTests {
         #expect(mkdir(cg, 0o755) == 0 || errno == EEXIST)
         defer { rmdir(cg) }
         let minFree = 100 << 20
-        let d = try TestDaemon(extra: ["--memory-min-free", "100M"])
+        // One-second windows over every page: the VMMs know which pages are cold by the time
+        // the test reaches hard (their reclaim takes pages not written for a window or more).
+        let d = try TestDaemon(extra: ["--memory-min-free", "100M", "--active-memory-window", "1", "--active-memory-sample", "1"])
         defer { d.shutdown() }
         let daemonPID = try #require(d.child?.pid)
         #expect(HostResourceTests.writeFile(cg + "/cgroup.procs", String(daemonPID)))

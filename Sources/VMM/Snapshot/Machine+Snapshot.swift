@@ -336,6 +336,7 @@ extension ProbeWorkload {
         case let .pioLoop(n): return "pio:\(n)"
         case let .mmioLoop(n, address) where address == Self.defaultMMIOAddress: return "mmio:\(n)"
         case let .dirty(p): return "dirty:\(p)"
+        case let .dirtyRate(r): return "dirty-rate:\(r)"
         case let .compute(n): return "compute:\(n)"
         case .echo: return "echo"
         case let .pattern(mode, hot): return "pattern:\(mode.name):\(hot >> 20)"
