@@ -24,10 +24,12 @@ struct SnapshotTests {
         return d
     }
 
-    /// Runs dirty(total) until `atLeast` passes, pauses, snapshots into `dir`, stops.
-    func snapshotMidway(_ dir: String, atLeast: UInt64, cpus: Int = 1) throws -> (passes: UInt64, stats: SnapshotStats) {
+    /// Runs dirty(total) until `atLeast` passes, pauses, snapshots into `dir`, stops. `total`
+    /// leaves the pause time to land before the guest finishes (a pass of 16 MiB takes a few
+    /// ms; two vCPUs count two passes per round).
+    func snapshotMidway(_ dir: String, atLeast: UInt64, cpus: Int = 1, total: UInt64 = SnapshotTests.total) throws -> (passes: UInt64, stats: SnapshotStats) {
         let passes = Atomic<UInt64>(0)
-        let machine = try Machine(config: MachineConfig(boot: .probe(.dirty(passes: Self.total)), cpus: cpus, memorySize: Self.memory, serial: .none),
+        let machine = try Machine(config: MachineConfig(boot: .probe(.dirty(passes: total)), cpus: cpus, memorySize: Self.memory, serial: .none),
                                   onProbePass: { n in passes.store(n, ordering: .relaxed) })
         let done = Mutex<MachineExit?>(nil)
         let thread = Thread { done.withLock { $0 = machine.run() } }
@@ -69,7 +71,9 @@ struct SnapshotTests {
     @Test func twoVCPUsAndTwoRestoresFromOneSnapshot() throws {
         let dir = tempDir()
         defer { _ = system("rm -rf \(dir)") }
-        _ = try snapshotMidway(dir, atLeast: 3, cpus: 2)
+        // 400 passes: the 40 of the other tests were sometimes all done before the pause landed
+        // on a loaded host (two vCPUs, a few ms a pass).
+        _ = try snapshotMidway(dir, atLeast: 3, cpus: 2, total: 400)
         let source = try RestoreSource.load(dir)
         #expect(source.snapshot.vcpus.count == 2 && source.snapshot.cpus == 2)
         // Two machines from the same files at once: copy-on-write, neither sees the other's writes.
