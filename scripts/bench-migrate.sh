@@ -56,6 +56,7 @@ set -e
 LOAD1=$(cut -d' ' -f1-3 /proc/loadavg)
 RESULTS=$(tr -d '\r' <"$LOG" | grep '^VIREO-BENCH-MIG vmm=' || true)
 [[ -n $RESULTS ]] || die "no VIREO-BENCH-MIG lines in $LOG"
+FAILS=$(tr -d '\r' <"$LOG" | sed -n 's/^VIREO-BENCH-MIG-FAIL vmm=\([^ ]*\) rep=\([^ ]*\) status=\([^ ]*\) reason=\(.*\)/- \1, run \2: \3: \4/p')
 SKIPS=$(tr -d '\r' <"$LOG" | sed -n 's/^VIREO-BENCH-SKIP vmm=\([^ ]*\) reason=\(.*\)/\1 (\2)/p')
 
 median() { grep -v '^NaN$' | sort -g | awk '{v[NR]=$1} END {if (NR==0) {print "n/a"; exit} if (NR%2) printf "%g", v[(NR+1)/2]; else printf "%g", (v[NR/2]+v[NR/2+1])/2}'; }
@@ -84,6 +85,7 @@ for vmm in $(echo "$RESULTS" | field vmm | awk '!seen[$0]++'); do
 	log "$vmm: downtime ${d_med} ms, console gap ${g_med} ms (usual ${l_med} ms), total ${t_med} ms, sent ${s_med} MiB, rounds ${r_med}, dirty ${w_med} MiB/s, $ok/$total completed and continued"
 done
 [[ -n $SKIPS ]] && log "skipped: $SKIPS"
+[[ -z $FAILS ]] || log "runs that did not complete:"$'\n'"$FAILS"
 
 if ((DOC)); then
 	DOCF=$VIREO_ROOT/docs/PERFORMANCE.md
@@ -118,12 +120,16 @@ if ((DOC)); then
 		echo "  (pages and machine state), QEMU's \`total time\`, \`transferred ram\` and \`dirty sync count\`."
 		echo "- *Dirty rate* is the guest's own: MiB rewritten per second by its clock before the migration;"
 		echo "  the guest's count loop and kernel dirty a little more."
+		echo "- Vireo ends a migration that makes no progress for three rounds (the VM runs on at the source;"
+		echo "  docs/migration.md); QEMU 7.2 without auto-converge goes on until it converges (the script"
+		echo "  cancels it after 300 s). Such runs are listed under the table and left out of the medians."
 		echo
 		echo "Everything runs in the testbed's L1 under nested virtualization (L1 itself is emulated by TCG), so"
 		echo "absolute times are far above what hardware gives; compare the rows, not the numbers with other hosts."
 		echo "Medians of the runs that completed."
 		echo
 		echo "$TABLE"
+		[[ -z $FAILS ]] || { echo; echo "Runs that did not complete (the reason as the VMM gave it):"; echo; echo "$FAILS"; }
 		[[ -z $SKIPS ]] || { echo; echo "Not measured in this run: $SKIPS."; }
 	} >"$OUT/migrate-section.md"
 	awk -v f="$OUT/migrate-section.md" '
