@@ -19,6 +19,13 @@ struct LadderState: Sendable {
     var balloonBytes: UInt64 = 0
     var compressedBytes: UInt64 = 0
     var swappedBytes: UInt64 = 0
+    /// Balloons the policy inflated: the target before it did, and the one it set.
+    var policyBalloons: [String: PolicyBalloon] = [:]
+}
+
+struct PolicyBalloon: Sendable, Equatable {
+    var before: Int
+    var set: Int
 }
 
 extension HostService {
@@ -72,6 +79,7 @@ extension HostService {
         ladder.balloonBytes = r.balloonBytes
         ladder.compressedBytes = r.compressedBytes
         ladder.swappedBytes = r.swappedBytes
+        ladder.policyBalloons = r.policyBalloons
         for (vm, message) in r.events { event(vm, message.type, message.text) }
         for vm in r.withoutBalloon where ladder.state >= .soft && !ladder.reportedNoBalloon.contains(vm) {
             ladder.reportedNoBalloon.insert(vm)
@@ -105,7 +113,8 @@ extension HostService {
     /// One pass of the ladder. The VMMs are asked outside the actor (a slow VMM never holds up requests).
     nonisolated func ladderTick() async {
         let (memory, state, minFree, targets) = await ladderBegin()
-        let result = LadderRun.run(memory: memory, state: state, minFree: minFree, targets: targets)
+        let policy = await ladder.policyBalloons
+        let result = LadderRun.run(memory: memory, state: state, minFree: minFree, targets: targets, policyBalloons: policy)
         await ladderEnd(result)
     }
 }
@@ -116,12 +125,14 @@ struct LadderResult: Sendable {
     var balloonBytes: UInt64 = 0
     var compressedBytes: UInt64 = 0
     var swappedBytes: UInt64 = 0
+    var policyBalloons: [String: PolicyBalloon] = [:]
     var events: [(String, (type: String, text: String))] = []
 }
 
 enum LadderRun {
-    static func run(memory: HostMemory, state: HostMemoryState, minFree: UInt64, targets: [HostService.LadderTarget]) -> LadderResult {
+    static func run(memory: HostMemory, state: HostMemoryState, minFree: UInt64, targets: [HostService.LadderTarget], policyBalloons: [String: PolicyBalloon] = [:]) -> LadderResult {
         var out = LadderResult()
+        // Only running VMs, and only while their target is still the one the policy set.
         var candidates: [MemoryPolicy.Candidate] = []
         var sockets: [String: String] = [:]
         var inFlightMiB = 0   // balloon targets the guests have not reached yet
@@ -139,8 +150,16 @@ enum LadderRun {
             candidates.append(MemoryPolicy.Candidate(
                 name: t.name, memoryMiB: t.config.memoryMiB, reservationMiB: t.config.memoryReservationMiB ?? 0,
                 shares: t.config.memoryShares ?? VMConfig.defaultShares, balloonTargetMiB: balloonTarget,
-                configuredBalloonMiB: t.config.balloonMiB ?? 0, guestFreeMiB: guestFree,
+                configuredBalloonMiB: policyBalloons[t.name].flatMap { $0.set == balloonTarget ? $0.before : nil } ?? balloonTarget ?? t.config.balloonMiB ?? 0,
+                guestFreeMiB: guestFree,
                 consumedMiB: Int(clamping: (ProcFS.statusBytes(pid: t.pid, key: "VmRSS") ?? 0) >> 20)))
+        }
+        for i in candidates.indices {
+            let name = candidates[i].name
+            if let pb = policyBalloons[name], pb.set == candidates[i].balloonTargetMiB {
+                candidates[i].policyTargetMiB = pb.set
+                out.policyBalloons[name] = pb
+            }
         }
         // What it takes to be back at clear (free = 100% of minFree), plus a tenth for margin.
         let goal = minFree + minFree / 10
@@ -155,6 +174,10 @@ enum LadderRun {
         }
         for (name, target) in balloons.sorted(by: { $0.key < $1.key }) {
             guard let socket = sockets[name] else { continue }
+            if state == .high { out.policyBalloons[name] = nil } else {
+                let current = candidates.first { $0.name == name }?.balloonTargetMiB ?? 0
+                out.policyBalloons[name] = PolicyBalloon(before: out.policyBalloons[name]?.before ?? current, set: target)
+            }
             let reply = VMMProcess.control(socket, "balloon \(target)", timeoutSeconds: 2) ?? "no answer"
             let before = candidates.first { $0.name == name }?.balloonTargetMiB ?? 0
             out.events.append((name, ("balloon-policy", "host memory \(state.rawValue): balloon target \(before) -> \(target) MiB" + (reply.contains(#""ok":true"#) ? "" : " (the VMM said: \(reply.prefix(200)))"))))

@@ -17,8 +17,12 @@ public enum MemoryPolicy {
         public var shares: Int
         /// nil: no balloon device.
         public var balloonTargetMiB: Int?
-        /// The balloon size the definition starts it with (where an inflated balloon returns to).
+        /// Where an inflated balloon returns to: the target it had before the policy first
+        /// inflated it (the definition's size, or what the operator set).
         public var configuredBalloonMiB: Int
+        /// The target the policy itself last set (nil: the policy has not inflated this balloon,
+        /// or the operator has set another target since; then it is the operator's and stays).
+        public var policyTargetMiB: Int? = nil
         /// What the guest's balloon driver last reported free (nil: no figures).
         public var guestFreeMiB: Int?
         /// Host memory resident for the VM (VmRSS).
@@ -62,11 +66,12 @@ public enum MemoryPolicy {
         return out
     }
 
-    /// When memory is plentiful again (high): balloons go back to their configured size.
+    /// When memory is plentiful again (high): balloons the policy inflated go back to where they
+    /// were before it; a target the operator set (`vireo vm balloon`) is never undone.
     public static func deflate(_ vms: [Candidate]) -> [String: Int] {
         var out: [String: Int] = [:]
         for vm in vms {
-            guard let t = vm.balloonTargetMiB, t > vm.configuredBalloonMiB else { continue }
+            guard let t = vm.balloonTargetMiB, let mine = vm.policyTargetMiB, t == mine, t > vm.configuredBalloonMiB else { continue }
             out[vm.name] = vm.configuredBalloonMiB
         }
         return out

@@ -168,20 +168,7 @@ struct BenchOvercommit: ParsableCommand {
     /// One control-socket request (retried while the VMM is still starting).
     static func control(_ socket: String, _ command: String) -> String {
         for _ in 0..<100 {
-            let fd = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-            guard fd >= 0 else { return "" }
-            defer { close(fd) }
-            if UnixSocketAddress.with(socket, { connect(fd, $0, $1) }) == 0 {
-                _ = (command + "\n").withCString { send(fd, $0, strlen($0), Int32(MSG_NOSIGNAL)) }
-                var out: [UInt8] = []
-                var buf = [UInt8](repeating: 0, count: 8192)
-                while true {
-                    let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-                    if n <= 0 { break }
-                    out += buf[0..<n]
-                }
-                return String(decoding: out, as: UTF8.self)
-            }
+            if let reply = try? ControlCommand.roundTrip(socket: socket, command: command) { return reply }
             usleep(50_000)
         }
         return ""

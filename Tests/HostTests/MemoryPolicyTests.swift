@@ -44,10 +44,17 @@ import VireoAPI
         #expect(MemoryPolicy.inflate([vm("nb", balloon: nil), vm("nf", free: nil)], needMiB: 100).isEmpty)
         // The guest keeps its headroom (5% of its RAM, at least 16 MiB).
         #expect(MemoryPolicy.inflate([vm("g", free: 60)], needMiB: 500) == ["g": 60 - 51])
-        // Deflating returns each balloon to its configured size.
+        // Deflating returns a balloon the policy inflated to where it was before.
         var inflated = vm("g", balloon: 300)
         inflated.configuredBalloonMiB = 64
+        inflated.policyTargetMiB = 300
         #expect(MemoryPolicy.deflate([inflated, vm("z", balloon: 0)]) == ["g": 64])
+        // A target the operator set (the policy did not, or the operator changed it since) stays.
+        var operators = inflated
+        operators.policyTargetMiB = nil
+        #expect(MemoryPolicy.deflate([operators]).isEmpty)
+        operators.policyTargetMiB = 200
+        #expect(MemoryPolicy.deflate([operators]).isEmpty)
     }
 
     @Test func vmmReclaimKeepsReservationsAndOrder() {
